@@ -1,0 +1,486 @@
+"""The ``safehold`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from safehold import __version__
+from safehold.cli.context import cli_actor, load, pid_path, refuse_if_serving, runtime, with_runtime
+from safehold.domain import UserRole
+from safehold.errors import SafeholdError
+from safehold.services.runtime import Runtime
+
+app = typer.Typer(help="Safehold: a self-hosted vault for privileged passwords, built for high availability.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="The bundled PostgreSQL database.", no_args_is_help=True)
+user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+token_app = typer.Typer(help="Personal API tokens.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
+key_app = typer.Typer(help="The master key.", no_args_is_help=True)
+for sub, name in ((db_app, "db"), (user_app, "user"), (token_app, "token"), (audit_app, "audit"), (key_app, "key")):
+    app.add_typer(sub, name=name)
+
+out = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Path, typer.Option("--data-dir", "-d", help="The server's data directory.",
+                                       envvar="SAFEHOLD_DATA_DIR")]
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        value = path.read_text().strip("\r\n")
+    except OSError as exc:
+        fail(f"cannot read the {what} file {path}: {exc.strerror}")
+    if not value:
+        fail(f"the {what} file {path} is empty")
+    return value
+
+
+@app.command()
+def version() -> None:
+    """Print the Safehold version."""
+    out.print(f"safehold {__version__}")
+
+
+@app.command()
+def init(
+    data_dir: DataDir,
+    port: Annotated[int, typer.Option(help="HTTPS port.", min=1, max=65535)] = 8443,
+    listen: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for all).")] = "127.0.0.1",
+    name: Annotated[str | None, typer.Option(help="Display name of this server (default: the hostname).")] = None,
+    db_port: Annotated[int | None, typer.Option(help="Port of the bundled PostgreSQL (default: a free one).",
+                                                min=1, max=65535)] = None,
+    database_url: Annotated[str | None, typer.Option(help="Use this external PostgreSQL instead of the bundled one.",
+                                                     envvar="SAFEHOLD_DATABASE_URL")] = None,
+    key_file: Annotated[Path | None, typer.Option(help="Master key file (created if missing; default "
+                                                  "DATA_DIR/safehold.key).")] = None,
+    admin_username: Annotated[str, typer.Option(help="Name of the first administrator.")] = "admin",
+    admin_password_file: Annotated[Path | None, typer.Option(help="Read the first administrator's password "
+                                                             "from this file (else one is generated).")] = None,
+    hostname: Annotated[list[str] | None, typer.Option("--hostname", help="Extra DNS name or IP for the "
+                                                       "certificate (repeatable).")] = None,
+) -> None:
+    """Create a new server: key file, TLS certificates, database, schema and first administrator."""
+    from safehold.services.setup import InitOptions, initialise
+
+    password = _read_secret_file(admin_password_file, "admin password") if admin_password_file else None
+    opts = InitOptions(data_dir=data_dir, port=port, listen=listen, name=name, db_port=db_port,
+                       database_url=database_url, key_file=key_file, admin_username=admin_username,
+                       admin_password=password, hostnames=tuple(hostname or ()))
+    with out.status("initialising…") as status:
+        result = initialise(opts, say=lambda m: (status.update(m), out.print(f"• {m}")))
+    s = result.settings
+    out.print(f"[green]✓[/] Safehold server [bold]{s.server.name}[/] initialised in {s.data_dir}")
+    out.print(f"  server id  {s.server.id}\n  URL        https://{s.http.listen}:{s.http.port}")
+    out.print(f"  key file   {result.key_file}  [yellow](needed at every start; back it up apart from the data)[/]")
+    if result.admin_password:
+        out.print(f"  administrator [bold]{result.admin_username}[/], password (shown once): "
+                  f"[bold]{result.admin_password}[/]", highlight=False)
+    else:
+        out.print(f"  administrator [bold]{result.admin_username}[/] with the password from the file")
+    out.print(f"Start it with: safehold serve --data-dir {s.data_dir}")
+
+
+@app.command()
+def serve(data_dir: DataDir) -> None:
+    """Run the server (HTTPS) in the foreground; SIGTERM or Ctrl-C stops it cleanly."""
+    from safehold.services import database
+    from safehold.web.server import check_port_free, run
+
+    settings, master = load(data_dir)
+    refuse_if_serving(settings, "starting it again")
+    check_port_free(settings.http.listen, settings.http.port)
+    pg, started = None, False
+    if database.is_bundled(settings):
+        pg = database.manager(settings)
+        pg.check_data_dir()
+        started = pg.start()
+        pg.wait_ready()
+    pidfile = pid_path(settings)
+    try:
+        database.migrate(settings)
+        pidfile.parent.mkdir(exist_ok=True)
+        pidfile.write_text(f"{os.getpid()}\n")
+        out.print(f"Safehold {__version__} [bold]{settings.server.name}[/] ({settings.server.role}) serving on "
+                  f"https://{settings.http.listen}:{settings.http.port}", highlight=False)
+        run(settings, master)
+    finally:
+        pidfile.unlink(missing_ok=True)
+        if pg is not None and started:
+            pg.stop()
+            out.print("stopped the bundled PostgreSQL")
+    out.print("Safehold stopped")
+
+
+# --- db ---------------------------------------------------------------------------
+
+@db_app.command("start")
+def db_start(data_dir: DataDir) -> None:
+    """Start the bundled PostgreSQL (it keeps running after this command)."""
+    from safehold.services import database
+
+    settings, _ = load(data_dir)
+    pg = database.manager(settings)
+    pg.check_data_dir()
+    started = pg.start()
+    pg.wait_ready()
+    out.print("started" if started else "already running")
+
+
+@db_app.command("stop")
+def db_stop(data_dir: DataDir) -> None:
+    """Stop the bundled PostgreSQL."""
+    from safehold.services import database
+
+    settings, _ = load(data_dir)
+    out.print("stopped" if database.manager(settings).stop() else "was not running")
+
+
+@db_app.command("status")
+def db_status(data_dir: DataDir) -> None:
+    """Show whether the bundled PostgreSQL runs."""
+    from safehold.services import database
+
+    settings, _ = load(data_dir)
+    st = database.manager(settings).status()
+    out.print(f"{'running' if st.running else 'stopped'}  pid={st.pid or '-'}  port={settings.database.port}  "
+              f"data={st.data_dir}")
+    raise typer.Exit(0 if st.running else 3)
+
+
+# --- users ------------------------------------------------------------------------
+
+def _user_table(rows: list[Any]) -> Table:
+    t = Table("username", "role", "TOTP", "disabled", "locked until", "id")
+    for r in rows:
+        t.add_row(r.username, r.role, "yes" if r.totp_enabled else "", "yes" if r.disabled else "",
+                  r.locked_until.isoformat(timespec="seconds") if r.locked_until else "", r.id)
+    return t
+
+
+@user_app.command("list")
+def user_list(data_dir: DataDir) -> None:
+    """List users."""
+    from safehold.services import users
+
+    async def go(rt: Runtime) -> list[Any]:
+        rows, _ = await users.list_users(rt, limit=10_000)
+        return rows
+
+    out.print(_user_table(with_runtime(data_dir, go)))
+
+
+@user_app.command("add")
+def user_add(
+    data_dir: DataDir,
+    username: Annotated[str, typer.Argument()],
+    role: Annotated[UserRole, typer.Option(help="Role of the new user.")] = UserRole.USER,
+    password_file: Annotated[Path | None, typer.Option(help="Read the password from this file "
+                                                       "(else one is generated and shown once).")] = None,
+    full_name: Annotated[str, typer.Option()] = "",
+    email: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Add a user."""
+    from safehold.services import users
+    from safehold.services.passwords import PasswordPolicy, generate
+
+    password = _read_secret_file(password_file, "password") if password_file else None
+    shown = password is None
+    password = password or generate(PasswordPolicy(length=20, symbols=False, exclude_ambiguous=True))
+
+    async def go(rt: Runtime) -> str:
+        return await users.create_user(rt, users.Actor(cli_actor()), username=username, password=password,
+                                       role=role, full_name=full_name, email=email)
+
+    user_id = with_runtime(data_dir, go)
+    out.print(f"[green]✓[/] user [bold]{username}[/] ({role.value}) created, id {user_id}", highlight=False)
+    if shown:
+        out.print(f"  password (shown once): [bold]{password}[/]", highlight=False)
+
+
+def _user_action(data_dir: Path, username: str, action: str, **kw: Any) -> None:
+    from safehold.services import auth, users
+
+    async def go(rt: Runtime) -> None:
+        user = await users.find_user(rt, username)
+        actor = users.Actor(cli_actor())
+        if action == "update":
+            await users.update_user(rt, actor, user.id, **kw)
+        elif action == "unlock":
+            await users.unlock(rt, actor, user.id)
+        elif action == "password":
+            await users.set_password(rt, actor, user.id, kw["password"])
+        elif action == "reset-totp":
+            await auth.totp_disable(rt, actor.name, user.id)
+        elif action == "delete":
+            await users.delete_user(rt, actor, user.id)
+
+    with_runtime(data_dir, go)
+    out.print(f"[green]✓[/] {username}: {action} done")
+
+
+@user_app.command("set-role")
+def user_set_role(data_dir: DataDir, username: str, role: UserRole) -> None:
+    """Change a user's role."""
+    _user_action(data_dir, username, "update", role=role)
+
+
+@user_app.command("disable")
+def user_disable(data_dir: DataDir, username: str) -> None:
+    """Disable a user (and end their sessions)."""
+    _user_action(data_dir, username, "update", disabled=True)
+
+
+@user_app.command("enable")
+def user_enable(data_dir: DataDir, username: str) -> None:
+    """Enable a disabled user."""
+    _user_action(data_dir, username, "update", disabled=False)
+
+
+@user_app.command("unlock")
+def user_unlock(data_dir: DataDir, username: str) -> None:
+    """Lift a lockout after failed logins."""
+    _user_action(data_dir, username, "unlock")
+
+
+@user_app.command("reset-totp")
+def user_reset_totp(data_dir: DataDir, username: str) -> None:
+    """Remove a user's TOTP (they can enrol again)."""
+    _user_action(data_dir, username, "reset-totp")
+
+
+@user_app.command("delete")
+def user_delete(data_dir: DataDir, username: str) -> None:
+    """Delete a user."""
+    _user_action(data_dir, username, "delete")
+
+
+@user_app.command("reset-password")
+def user_reset_password(
+    data_dir: DataDir, username: str,
+    password_file: Annotated[Path | None, typer.Option(help="Read the new password from this file "
+                                                       "(else one is generated and shown once).")] = None,
+) -> None:
+    """Set a new password for a user (ends their sessions)."""
+    from safehold.services.passwords import PasswordPolicy, generate
+
+    password = _read_secret_file(password_file, "password") if password_file else None
+    shown = password is None
+    password = password or generate(PasswordPolicy(length=20, symbols=False, exclude_ambiguous=True))
+    _user_action(data_dir, username, "password", password=password)
+    if shown:
+        out.print(f"  new password (shown once): [bold]{password}[/]", highlight=False)
+
+
+# --- tokens -----------------------------------------------------------------------
+
+@token_app.command("create")
+def token_create(
+    data_dir: DataDir,
+    user: Annotated[str, typer.Option("--user", "-u", help="Whose token.")],
+    name: Annotated[str, typer.Option(help="What the token is for.")] = "cli",
+    days: Annotated[int | None, typer.Option(help="Expires after this many days (default: never).",
+                                             min=1, max=3650)] = None,
+) -> None:
+    """Create a personal API token for a user; it is printed once (to stdout, alone)."""
+    from safehold.services import auth, users
+
+    async def go(rt: Runtime) -> str:
+        u = await users.find_user(rt, user)
+        _, token = await auth.create_api_token(rt, u.id, name, days=days, actor=cli_actor())
+        return token
+
+    token = with_runtime(data_dir, go)
+    err.print(f"token '{name}' for {user} created; it is shown once:")
+    print(token)
+
+
+# --- audit ------------------------------------------------------------------------
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir) -> None:
+    """Check every server's audit chain; exit 1 and name each altered or missing record."""
+    from safehold.audit.verify import verify_all
+
+    async def go(rt: Runtime) -> Any:
+        async with rt.read() as conn:
+            return await verify_all(conn, rt.keys.audit_key)
+
+    report = with_runtime(data_dir, go)
+    t = Table("server", "records")
+    for sid, n in sorted(report.servers.items()):
+        t.add_row(sid, str(n))
+    out.print(t)
+    if report.ok:
+        out.print("[green]✓[/] audit chain intact")
+        return
+    for p in report.problems:
+        err.print(f"[red]✗[/] {p}", highlight=False)
+    fail(f"audit chain broken: {len(report.problems)} problem(s)")
+
+
+@audit_app.command("export")
+def audit_export(
+    data_dir: DataDir,
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="File to write (default: stdout).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or jsonl")] = "csv",
+    server: Annotated[str | None, typer.Option(help="Only records of this server id.")] = None,
+    since: Annotated[dt.datetime | None, typer.Option(help="From this time.")] = None,
+) -> None:
+    """Export audit records."""
+    from safehold.storage import audit as store
+    from safehold.web.api.audit import records_csv
+
+    if fmt not in ("csv", "jsonl"):
+        fail("--format must be csv or jsonl")
+
+    async def go(rt: Runtime) -> list[Any]:
+        async with rt.read() as conn:
+            return await store.export(conn, server=server, since=since)
+
+    rows = with_runtime(data_dir, go)
+    if fmt == "csv":
+        text = records_csv(rows)
+    else:
+        text = "".join(json.dumps(dict(r._mapping), default=str, sort_keys=True) + "\n" for r in rows)
+    if output:
+        output.write_text(text)
+        err.print(f"{len(rows)} record(s) written to {output}")
+    else:
+        sys.stdout.write(text)
+
+
+# --- key --------------------------------------------------------------------------
+
+@key_app.command("rotate")
+def key_rotate(
+    data_dir: DataDir,
+    reencrypt: Annotated[bool, typer.Option("--reencrypt", help="Also make a new data key and re-encrypt every "
+                                            "secret under it (the server must be stopped).")] = False,
+) -> None:
+    """Make a new master key file and re-wrap the data keys under it (old key file kept beside it)."""
+    from safehold.services import database, keys
+
+    settings, old = load(data_dir)
+    if reencrypt:
+        refuse_if_serving(settings, "re-encrypting")
+    new_path, new = keys.new_key_file_beside(settings.key_file)
+    with database.database_running(settings):
+        async def go() -> int:
+            async with runtime(settings, old) as rt:
+                await keys.rewrap(rt, old, new)
+                if not reencrypt:
+                    return 0
+                with Progress(TextColumn("re-encrypting"), BarColumn(), MofNCompleteColumn(),
+                              TimeRemainingColumn(), console=out) as progress:
+                    task = progress.add_task("secrets", total=None)
+                    done, version = await keys.reencrypt(
+                        rt, new, lambda d, t: progress.update(task, completed=d, total=t))
+                out.print(f"re-encrypted {done} secret(s) under data key version {version}")
+                return done
+
+        try:
+            asyncio.run(go())
+        except BaseException:
+            new_path.unlink(missing_ok=True)
+            raise
+    old_copy = keys.install_new_key_file(settings.key_file, new_path)
+    out.print(f"[green]✓[/] new master key {new.key_id} in {settings.key_file}; the old one is kept as {old_copy}")
+    out.print("  other servers of this cluster need the new key file at their next start")
+
+
+# --- backup / restore --------------------------------------------------------------
+
+@app.command()
+def backup(
+    data_dir: DataDir,
+    output: Annotated[Path, typer.Option("--out", "-o", help="Backup file to write.")],
+) -> None:
+    """Back up the vault database (ciphertext only; the key file is never included)."""
+    from safehold.audit.chain import AuditEvent
+    from safehold.domain import AuditAction, AuditResult
+    from safehold.services import database
+    from safehold.services.backup import create_backup
+
+    settings, master = load(data_dir)
+    with database.database_running(settings) as pg:
+        async def cluster_id() -> str:
+            async with runtime(settings, master) as rt:
+                await rt.record_audit(AuditEvent(actor=cli_actor(), action=AuditAction.BACKUP_CREATED,
+                                                 result=AuditResult.SUCCESS, target_type="backup",
+                                                 target_name=str(output)[:500]))
+                return rt.cluster_id
+
+        cid = asyncio.run(cluster_id())
+        with out.status("dumping the database…"):
+            manifest = create_backup(settings, pg, master, cid, output)  # type: ignore[arg-type]
+    out.print(f"[green]✓[/] backup written to {output} ({manifest.dump_size:,} bytes of ciphertext-only dump)")
+
+
+@app.command()
+def restore(
+    backup_file: Annotated[Path, typer.Argument(help="A file made by 'safehold backup'.")],
+    data_dir: DataDir,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Replace this server's vault database with a backup (needs the same key file)."""
+    from safehold.audit.chain import AuditEvent
+    from safehold.domain import AuditAction, AuditResult
+    from safehold.services import database
+    from safehold.services.backup import read_backup, restore_backup
+
+    settings, master = load(data_dir)
+    refuse_if_serving(settings, "restoring")
+    manifest, _ = read_backup(backup_file)
+    if manifest.key_check != master.check_value.hex():
+        fail(f"the key file does not match this backup (backup key id {manifest.key_id}, "
+             f"key file id {master.key_id})")
+    if not yes and not typer.confirm(f"Replace ALL data of this server with the backup of {manifest.created_at}?"):
+        raise typer.Exit(1)
+    with database.database_running(settings) as pg:
+        with out.status("restoring…"):
+            restore_backup(settings, pg, master, backup_file)  # type: ignore[arg-type]
+            database.migrate(settings)
+
+        async def record() -> None:
+            async with runtime(settings, master) as rt:
+                await rt.record_audit(AuditEvent(actor=cli_actor(), action=AuditAction.BACKUP_RESTORED,
+                                                 result=AuditResult.SUCCESS, target_type="backup",
+                                                 target_name=str(backup_file)[:500],
+                                                 detail={"backup_created_at": manifest.created_at}))
+
+        asyncio.run(record())
+    out.print(f"[green]✓[/] restored the backup of {manifest.created_at}")
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("SAFEHOLD_LOG_LEVEL", "WARNING").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except SafeholdError as exc:
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        if exc.hint:
+            err.print(f"[dim]hint:[/] {exc.hint}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,172 @@
+"""Per-server configuration: ``safehold.toml`` in the data directory.
+
+Every value may be overridden by an environment variable named
+``SAFEHOLD_<SECTION>__<KEY>`` (for example ``SAFEHOLD_HTTP__PORT=9443``).
+Relative paths are relative to the data directory.  Validation errors name
+the offending key and never echo its value (a database URL may hold a
+password).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from safehold.domain import ServerRole
+from safehold.errors import ConfigError
+
+CONFIG_NAME = "safehold.toml"
+ENV_PREFIX = "SAFEHOLD_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSection(_Section):
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    name: str = Field(min_length=1, max_length=100)
+    role: ServerRole = ServerRole.STANDALONE
+
+    @field_validator("id")
+    @classmethod
+    def _uuid(cls, v: str) -> str:
+        uuid.UUID(v)
+        return v
+
+
+class HttpSection(_Section):
+    listen: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=1, le=65535)
+    tls_cert: Path = Path("tls/server.crt")
+    tls_key: Path = Path("tls/server.key")
+    tls_ca: Path = Path("tls/ca.crt")
+    public_url: str | None = None
+    workers: int = Field(default=1, ge=1, le=64)
+
+
+class DatabaseSection(_Section):
+    mode: Literal["bundled", "external"] = "bundled"
+    url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=5433, ge=1, le=65535)
+    name: str = "safehold"
+    user: str = "safehold"
+    password_file: Path = Path("secrets/db_password")
+    superuser: str = "safehold_admin"
+    superuser_password_file: Path = Path("secrets/db_superuser_password")
+    bin_dir: Path | None = None
+    data_dir: Path = Path("pg")
+    pool_size: int = Field(default=10, ge=1, le=200)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return v
+
+
+class SecuritySection(_Section):
+    key_file: Path = Path("safehold.key")
+    lockout_threshold: int = Field(default=5, ge=1, le=100)
+    lockout_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    session_idle_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    session_max_hours: int = Field(default=12, ge=1, le=24 * 30)
+
+
+class Settings(_Section):
+    server: ServerSection
+    http: HttpSection = HttpSection()
+    database: DatabaseSection = DatabaseSection()
+    security: SecuritySection = SecuritySection()
+    data_dir: Path = Field(default=Path("."), exclude=True)
+
+    def path(self, p: Path) -> Path:
+        """Resolve a configured path against the data directory."""
+        return p if p.is_absolute() else self.data_dir / p
+
+    @property
+    def key_file(self) -> Path:
+        return self.path(self.security.key_file)
+
+    @property
+    def pg_data_dir(self) -> Path:
+        return self.path(self.database.data_dir)
+
+    def read_secret(self, p: Path) -> str:
+        path = self.path(p)
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            raise ConfigError(f"secret file {path} is missing") from None
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in extra.items():
+        target = merged.setdefault(section, {})
+        if isinstance(target, dict):
+            target.update(values)
+    return merged
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(data_dir: Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read ``safehold.toml`` from ``data_dir`` and apply environment overrides."""
+    data_dir = data_dir.resolve()
+    path = data_dir / CONFIG_NAME
+    if not path.exists():
+        raise ConfigError(
+            f"no {CONFIG_NAME} in {data_dir}",
+            hint=f"run 'safehold init --data-dir {data_dir}' first",
+        )
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    raw = _merge(raw, _env_overrides(os.environ if env is None else env))
+    raw.pop("data_dir", None)
+    try:
+        settings = Settings.model_validate({**raw, "data_dir": data_dir})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, str(path))) from None
+    return settings
+
+
+def write_settings(settings: Settings) -> Path:
+    """Write the configuration file (atomically) and return its path."""
+    data = settings.model_dump(mode="json", exclude_none=True)
+    path = settings.data_dir / CONFIG_NAME
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text("# Safehold server configuration. See 'safehold --help'.\n" + tomli_w.dumps(data))
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,127 @@
+"""The master key file: 32 random bytes that wrap every data key.
+
+The file is text (one line, ``safehold-key-v1:`` followed by the key in
+base64url) so that a wrong file is recognised as such rather than used.
+It is created with mode 0600 and refused when other users may read it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from safehold.errors import KeyFileError
+
+KEY_LEN = 32
+_HEADER = "safehold-key-v1:"
+_CHECK_LABEL = b"safehold key check v1"
+_WRAP_NONCE_LEN = 12
+
+
+class MasterKey:
+    """The unwrapped master key.  Its repr never shows the key."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_LEN:
+            raise KeyFileError("a master key must be 32 bytes")
+        self._key = key
+
+    def __repr__(self) -> str:
+        return f"MasterKey(id={self.key_id})"
+
+    @property
+    def check_value(self) -> bytes:
+        """A value stored in the database to recognise this key; reveals nothing about it."""
+        return hmac.new(self._key, _CHECK_LABEL, hashlib.sha256).digest()[:16]
+
+    @property
+    def key_id(self) -> str:
+        return hashlib.sha256(self.check_value).hexdigest()[:12]
+
+    def derive(self, label: str) -> bytes:
+        """A 32-byte sub-key for one purpose (HMAC-based, one-way)."""
+        return hmac.new(self._key, b"safehold derive v1:" + label.encode(), hashlib.sha256).digest()
+
+    def wrap(self, secret: bytes, label: str, *, nonce: bytes | None = None) -> bytes:
+        """Encrypt a data key under the master key; ``label`` binds it to its use."""
+        nonce = nonce if nonce is not None else os.urandom(_WRAP_NONCE_LEN)
+        return nonce + AESGCM(self._key).encrypt(nonce, secret, label.encode())
+
+    def unwrap(self, blob: bytes, label: str) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return AESGCM(self._key).decrypt(
+                blob[:_WRAP_NONCE_LEN], blob[_WRAP_NONCE_LEN:], label.encode()
+            )
+        except (InvalidTag, ValueError):
+            raise KeyFileError(
+                "the master key file does not match this database (a wrapped key could not be opened)"
+            ) from None
+
+
+def encode_key(key: bytes) -> str:
+    return _HEADER + base64.urlsafe_b64encode(key).decode().rstrip("=") + "\n"
+
+
+def create_key_file(path: Path, *, rand: Callable[[int], bytes] = os.urandom) -> MasterKey:
+    """Create a new key file (mode 0600).  Refuses to overwrite an existing one."""
+    key = rand(KEY_LEN)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(
+            f"key file {path} already exists; Safehold never overwrites a key file",
+            hint="move it away first if you really mean to create a new key",
+        ) from None
+    with os.fdopen(fd, "w") as f:
+        f.write(encode_key(key))
+        f.flush()
+        os.fsync(f.fileno())
+    return MasterKey(key)
+
+
+def check_key_file_mode(path: Path) -> None:
+    st = path.stat()
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        mode = stat.S_IMODE(st.st_mode)
+        raise KeyFileError(
+            f"key file {path} is readable or writable by other users (mode {mode:04o}); refusing to use it",
+            hint=f"chmod 600 {path}",
+        )
+
+
+def load_key_file(path: Path) -> MasterKey:
+    """Read and validate the key file; refuses unsafe permissions and malformed content."""
+    if not path.exists():
+        raise KeyFileError(
+            f"key file {path} not found",
+            hint="set key_file in safehold.toml (or SAFEHOLD_SECURITY__KEY_FILE) to the file made by 'safehold init'",
+        )
+    if not path.is_file():
+        raise KeyFileError(f"key file {path} is not a regular file")
+    check_key_file_mode(path)
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise KeyFileError(f"key file {path} cannot be read: {type(exc).__name__}") from None
+    if not text.startswith(_HEADER):
+        raise KeyFileError(f"{path} is not a Safehold key file")
+    body = text[len(_HEADER) :]
+    try:
+        key = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except ValueError:
+        raise KeyFileError(f"key file {path} is damaged (not valid base64)") from None
+    if len(key) != KEY_LEN:
+        raise KeyFileError(f"key file {path} is damaged (wrong key length)")
+    return MasterKey(key)

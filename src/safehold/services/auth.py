@@ -1,0 +1,300 @@
+"""Logins, sessions, API tokens, TOTP and lockout."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from safehold.audit.chain import AuditEvent
+from safehold.crypto.envelope import aad_for
+from safehold.domain import AuditAction, AuditResult, UserRole
+from safehold.errors import (
+    AccountLocked,
+    AuthenticationFailed,
+    InvalidInput,
+    NotFound,
+    ReauthenticationRequired,
+    TotpRequired,
+)
+from safehold.services.access import Principal
+from safehold.services.runtime import Runtime
+from safehold.storage import users as user_store
+
+HASHER = PasswordHasher()  # argon2id, the library's recommended parameters
+_DUMMY_HASH = HASHER.hash("safehold dummy password for timing")
+SESSION_PREFIX = "shs_"
+API_PREFIX = "sht_"
+TOUCH_EVERY = dt.timedelta(seconds=60)
+REAUTH_VALID = dt.timedelta(minutes=5)
+MIN_PASSWORD_LEN = 12
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def new_token(prefix: str) -> str:
+    return prefix + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+
+
+async def hash_password(password: str) -> str:
+    return await asyncio.to_thread(HASHER.hash, password)
+
+
+async def _verify(hash_: str, password: str) -> bool:
+    def check() -> bool:
+        try:
+            return HASHER.verify(hash_, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    return await asyncio.to_thread(check)
+
+
+def check_password_strength(password: str, *, field: str = "password") -> None:
+    if len(password) < MIN_PASSWORD_LEN:
+        raise InvalidInput(f"password must be at least {MIN_PASSWORD_LEN} characters", field=field)
+    if len(password) > 1024:
+        raise InvalidInput("password is too long (at most 1024 characters)", field=field)
+
+
+def totp_aad(user_id: str) -> bytes:
+    return aad_for("users", "totp_secret_enc", user_id)
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    token: str
+    principal: Principal
+    csrf_token: str
+
+
+def _event(actor: str, action: str, result: str, source_ip: str, user_id: str = "", **detail: object) -> AuditEvent:
+    return AuditEvent(actor=actor, action=action, result=result, source_ip=source_ip, target_type="user",
+                      target_id=user_id, target_name=actor, detail=dict(detail))
+
+
+async def login(rt: Runtime, username: str, password: str, totp: str | None, source_ip: str) -> LoginResult:
+    """Check credentials; on success open a session.  Every outcome is audited."""
+    sec = rt.settings.security
+    failure: Exception | None = None
+    async with rt.write() as conn:
+        user = await user_store.by_username(conn, username, for_update=True)
+        if user is None:
+            await _verify(_DUMMY_HASH, password)
+            await rt.append_audit(conn, _event(username[:64], AuditAction.LOGIN_FAILED, AuditResult.FAILURE,
+                                               source_ip, reason="unknown user"))
+            failure = AuthenticationFailed("invalid username or password")
+        elif user.locked_until is not None and user.locked_until > now():
+            minutes = max(1, int((user.locked_until - now()).total_seconds() // 60) + 1)
+            await rt.append_audit(conn, _event(user.username, AuditAction.LOGIN_FAILED, AuditResult.DENIED,
+                                               source_ip, user.id, reason="account locked"))
+            failure = AccountLocked(f"this account is locked after repeated failed logins; "
+                                    f"try again in {minutes} minute(s) or ask an administrator to unlock it")
+        elif not await _verify(user.password_hash, password) or user.disabled:
+            failures = user.failed_logins + 1
+            reason = "account disabled" if user.disabled else "wrong password"
+            await rt.append_audit(conn, _event(user.username, AuditAction.LOGIN_FAILED, AuditResult.FAILURE,
+                                               source_ip, user.id, reason=reason))
+            failure = await _count_failure(rt, conn, user, failures, source_ip)
+        elif user.totp_enabled and not totp:
+            failure = TotpRequired("a TOTP code is required for this account")
+        elif user.totp_enabled and not _totp_ok(rt, user, totp or ""):
+            await rt.append_audit(conn, _event(user.username, AuditAction.LOGIN_FAILED, AuditResult.FAILURE,
+                                               source_ip, user.id, reason="wrong TOTP code"))
+            failure = await _count_failure(rt, conn, user, user.failed_logins + 1, source_ip,
+                                           message="invalid TOTP code")
+        else:
+            token, csrf = new_token(SESSION_PREFIX), secrets.token_urlsafe(24)
+            token_id = str(uuid.uuid4())
+            t = now()
+            values: dict[str, object] = {"failed_logins": 0, "locked_until": None}
+            if user.totp_enabled:
+                values["totp_last_step"] = _totp_step(rt, user, totp or "")
+            await user_store.update_user(conn, user.id, **values)
+            await user_store.add_token(
+                conn, id=token_id, token_hash=hash_token(token), kind="session", user_id=user.id,
+                csrf_token=csrf, server_id=rt.identity.id, source_ip=source_ip[:64], created_at=t,
+                last_used_at=t, expires_at=t + dt.timedelta(minutes=sec.session_idle_minutes),
+            )
+            await rt.append_audit(conn, _event(user.username, AuditAction.LOGIN, AuditResult.SUCCESS,
+                                               source_ip, user.id, method="password+totp" if user.totp_enabled
+                                               else "password"))
+            principal = Principal(user.id, user.username, UserRole(user.role), token_id, "session",
+                                  source_ip, csrf)
+    if failure is not None:
+        rt.metrics.logins.labels("failure").inc()
+        raise failure
+    rt.metrics.logins.labels("success").inc()
+    return LoginResult(token, principal, csrf)
+
+
+async def _count_failure(rt, conn, user, failures: int, source_ip: str,  # type: ignore[no-untyped-def]
+                         message: str = "invalid username or password") -> Exception:
+    sec = rt.settings.security
+    if failures >= sec.lockout_threshold:
+        until = now() + dt.timedelta(minutes=sec.lockout_minutes)
+        await user_store.update_user(conn, user.id, failed_logins=0, locked_until=until)
+        await rt.append_audit(conn, _event(user.username, AuditAction.USER_LOCKED, AuditResult.SUCCESS,
+                                           source_ip, user.id, failures=failures,
+                                           minutes=sec.lockout_minutes))
+        return AccountLocked(f"too many failed logins: this account is locked for {sec.lockout_minutes} minutes")
+    await user_store.update_user(conn, user.id, failed_logins=failures)
+    return AuthenticationFailed(message)
+
+
+def _totp_of(rt: Runtime, user) -> pyotp.TOTP:  # type: ignore[no-untyped-def]
+    secret = rt.keyring.open_str(bytes(user.totp_secret_enc), totp_aad(user.id))
+    return pyotp.TOTP(secret)
+
+
+def _totp_step(rt: Runtime, user, code: str) -> int | None:  # type: ignore[no-untyped-def]
+    """The time step a code belongs to (±1 step of drift), or None if it matches none."""
+    totp = _totp_of(rt, user)
+    code = code.strip().replace(" ", "")
+    t = now().timestamp()
+    for drift in (0, -1, 1):
+        step = int(t // totp.interval) + drift
+        if secrets.compare_digest(totp.at(step * totp.interval), code):
+            return step
+    return None
+
+
+def _totp_ok(rt: Runtime, user, code: str) -> bool:  # type: ignore[no-untyped-def]
+    if user.totp_secret_enc is None:
+        return False
+    step = _totp_step(rt, user, code)
+    return step is not None and (user.totp_last_step is None or step > user.totp_last_step)
+
+
+async def authenticate(rt: Runtime, token: str, source_ip: str = "") -> Principal:
+    """The principal a bearer/session token stands for; raises AuthenticationFailed."""
+    if not token.startswith((SESSION_PREFIX, API_PREFIX)) or len(token) > 100:
+        raise AuthenticationFailed("invalid or expired token")
+    async with rt.read() as conn:
+        row = await user_store.principal_by_token(conn, hash_token(token))
+        t = now()
+        if row is None or row.disabled or (row.expires_at is not None and row.expires_at <= t):
+            raise AuthenticationFailed("invalid or expired token")
+        if t - row.last_used_at > TOUCH_EVERY:
+            expires = None
+            if row.kind == "session":
+                expires = t + dt.timedelta(minutes=rt.settings.security.session_idle_minutes)
+            await user_store.touch_token(conn, row.token_id, t, expires)
+            await conn.commit()
+    return Principal(row.user_id, row.username, UserRole(row.role), row.token_id, row.kind, source_ip,
+                     row.csrf_token)
+
+
+async def logout(rt: Runtime, p: Principal) -> None:
+    async with rt.write() as conn:
+        await user_store.delete_token(conn, p.token_id)
+        await rt.append_audit(conn, _event(p.username, AuditAction.LOGOUT, AuditResult.SUCCESS,
+                                           p.source_ip, p.user_id))
+
+
+async def reauthenticate(rt: Runtime, p: Principal, password: str, totp: str | None) -> None:
+    """Check the caller's password (and TOTP) again, for sensitive actions such as export."""
+    async with rt.read() as conn:
+        user = await user_store.by_id(conn, p.user_id)
+    if user is None or not await _verify(user.password_hash, password):
+        raise ReauthenticationRequired("re-authentication failed: wrong password")
+    if user.totp_enabled and not (totp and _totp_step(rt, user, totp) is not None):
+        raise ReauthenticationRequired("re-authentication failed: a valid TOTP code is required")
+
+
+# --- TOTP enrolment -----------------------------------------------------------
+
+async def totp_enroll(rt: Runtime, p: Principal) -> tuple[str, str]:
+    """Start enrolment: a new secret (shown once) and its otpauth:// URI."""
+    secret = pyotp.random_base32()
+    async with rt.write() as conn:
+        user = await user_store.by_id(conn, p.user_id, for_update=True)
+        if user is None:
+            raise NotFound("user not found")
+        if user.totp_enabled:
+            raise InvalidInput("TOTP is already enabled; disable it first", field="totp")
+        await user_store.update_user(conn, p.user_id, totp_secret_enc=rt.keyring.seal_str(secret, totp_aad(p.user_id)))
+    uri = pyotp.TOTP(secret).provisioning_uri(name=p.username, issuer_name="Safehold")
+    return secret, uri
+
+
+async def totp_confirm(rt: Runtime, p: Principal, code: str) -> None:
+    async with rt.write() as conn:
+        user = await user_store.by_id(conn, p.user_id, for_update=True)
+        if user is None or user.totp_secret_enc is None:
+            raise InvalidInput("start TOTP enrolment first", field="code")
+        step = _totp_step(rt, user, code)
+        if step is None:
+            raise InvalidInput("the code does not match; check the device clock and try again", field="code")
+        await user_store.update_user(conn, p.user_id, totp_enabled=True, totp_last_step=step)
+        await rt.append_audit(conn, _event(p.username, AuditAction.TOTP_ENABLED, AuditResult.SUCCESS,
+                                           p.source_ip, p.user_id))
+
+
+async def totp_disable(rt: Runtime, actor: Principal | str, user_id: str, source_ip: str = "") -> None:
+    name = actor.username if isinstance(actor, Principal) else actor
+    async with rt.write() as conn:
+        user = await user_store.by_id(conn, user_id, for_update=True)
+        if user is None:
+            raise NotFound("user not found")
+        await user_store.update_user(conn, user_id, totp_enabled=False, totp_secret_enc=None, totp_last_step=None)
+        await rt.append_audit(conn, AuditEvent(actor=name, action=AuditAction.TOTP_DISABLED,
+                                               result=AuditResult.SUCCESS, source_ip=source_ip,
+                                               target_type="user", target_id=user_id,
+                                               target_name=user.username))
+
+
+# --- API tokens ---------------------------------------------------------------
+
+async def create_api_token(
+    rt: Runtime, user_id: str, name: str, *, days: int | None, actor: str, source_ip: str = ""
+) -> tuple[str, str]:
+    """A personal API token (shown once); returns (token id, token)."""
+    if not name.strip() or len(name) > 100:
+        raise InvalidInput("a token needs a name of 1-100 characters", field="name")
+    if days is not None and not 1 <= days <= 3650:
+        raise InvalidInput("expiry must be between 1 and 3650 days", field="days")
+    token, token_id, t = new_token(API_PREFIX), str(uuid.uuid4()), now()
+    async with rt.write() as conn:
+        user = await user_store.by_id(conn, user_id)
+        if user is None:
+            raise NotFound("user not found")
+        await user_store.add_token(
+            conn, id=token_id, token_hash=hash_token(token), kind="api", user_id=user_id, name=name.strip(),
+            server_id=rt.identity.id, source_ip=source_ip[:64], created_at=t, last_used_at=t,
+            expires_at=t + dt.timedelta(days=days) if days else None,
+        )
+        await rt.append_audit(conn, AuditEvent(actor=actor, action=AuditAction.TOKEN_CREATED,
+                                               result=AuditResult.SUCCESS, source_ip=source_ip,
+                                               target_type="token", target_id=token_id,
+                                               target_name=f"{user.username}/{name.strip()}"))
+    return token_id, token
+
+
+async def list_api_tokens(rt: Runtime, user_id: str) -> list[object]:
+    async with rt.read() as conn:
+        return list(await user_store.api_tokens(conn, user_id))
+
+
+async def revoke_api_token(rt: Runtime, p: Principal, token_id: str) -> None:
+    async with rt.write() as conn:
+        n = await user_store.delete_token(conn, token_id, user_id=None if p.is_admin else p.user_id)
+        if n == 0:
+            raise NotFound("token not found")
+        await rt.append_audit(conn, AuditEvent(actor=p.username, action=AuditAction.TOKEN_REVOKED,
+                                               result=AuditResult.SUCCESS, source_ip=p.source_ip,
+                                               target_type="token", target_id=token_id))

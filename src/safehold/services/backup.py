@@ -1,0 +1,118 @@
+"""Backups hold only ciphertext: a pg_dump of the vault database plus a manifest.
+
+File format (a tar archive)::
+
+    manifest.json   format, cluster id, key id and key check value, sha256 of the dump
+    database.dump   pg_dump custom format
+
+A restore checks the manifest and the dump's digest, and refuses a key file
+that does not match the backup before it touches the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from safehold import __version__
+from safehold.config import Settings
+from safehold.crypto.keyfile import MasterKey
+from safehold.errors import KeyFileError, SafeholdError
+from safehold.pg import PgManager
+from safehold.storage import admin
+from safehold.storage.db import owner_target
+
+FORMAT = "safehold-backup-1"
+
+
+class BackupError(SafeholdError):
+    pass
+
+
+@dataclass(frozen=True)
+class Manifest:
+    cluster_id: str
+    key_id: str
+    key_check: str
+    created_at: str
+    version: str
+    dump_sha256: str
+    dump_size: int
+
+    def to_json(self) -> bytes:
+        return json.dumps({"format": FORMAT, **self.__dict__}, indent=2).encode()
+
+
+def create_backup(settings: Settings, pg: PgManager, master: MasterKey, cluster_id: str, out: Path) -> Manifest:
+    target = owner_target(settings)
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="safehold-backup-") as tmp:
+        result = pg.run_tool("pg_dump", ["--format=custom", "--no-password", target.dbname],
+                             env=target.libpq_env())
+        dump = result.stdout
+        manifest = Manifest(
+            cluster_id=cluster_id, key_id=master.key_id, key_check=master.check_value.hex(),
+            created_at=dt.datetime.now(dt.UTC).isoformat(), version=__version__,
+            dump_sha256=hashlib.sha256(dump).hexdigest(), dump_size=len(dump),
+        )
+        part = Path(tmp) / "backup.tar"
+        with tarfile.open(part, "w") as tar:
+            for name, data in (("manifest.json", manifest.to_json()), ("database.dump", dump)):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o600, int(dt.datetime.now().timestamp())
+                tar.addfile(info, io.BytesIO(data))
+        fd = os.open(out.with_suffix(out.suffix + ".part"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(part.read_bytes())
+            f.flush()
+            os.fsync(f.fileno())
+        out.with_suffix(out.suffix + ".part").replace(out)
+    return manifest
+
+
+def read_backup(path: Path) -> tuple[Manifest, bytes]:
+    """Open and check a backup file; raises BackupError with a clear reason."""
+    try:
+        with tarfile.open(path, "r") as tar:
+            members = {m.name: m for m in tar.getmembers()}
+            if "manifest.json" not in members or "database.dump" not in members:
+                raise BackupError(f"{path} is not a Safehold backup (missing manifest or dump)")
+            raw = tar.extractfile(members["manifest.json"]).read()  # type: ignore[union-attr]
+            dump = tar.extractfile(members["database.dump"]).read()  # type: ignore[union-attr]
+    except FileNotFoundError:
+        raise BackupError(f"backup file {path} not found") from None
+    except (tarfile.TarError, EOFError, OSError):
+        raise BackupError(f"{path} is damaged or not a Safehold backup") from None
+    try:
+        data = json.loads(raw)
+        if data.pop("format", None) != FORMAT:
+            raise ValueError
+        manifest = Manifest(**data)
+    except (ValueError, TypeError):
+        raise BackupError(f"{path} has an unreadable manifest") from None
+    if hashlib.sha256(dump).hexdigest() != manifest.dump_sha256 or len(dump) != manifest.dump_size:
+        raise BackupError(f"{path} is damaged: the database dump does not match its checksum")
+    return manifest, dump
+
+
+def restore_backup(settings: Settings, pg: PgManager, master: MasterKey, path: Path) -> Manifest:
+    manifest, dump = read_backup(path)
+    if manifest.key_check != master.check_value.hex():
+        raise KeyFileError(
+            f"the key file does not match this backup (backup key id {manifest.key_id}, "
+            f"key file id {master.key_id})",
+            hint="restore needs the key file of the cluster the backup was taken from",
+        )
+    target = owner_target(settings)
+    admin.recreate_database(owner_target(settings, dbname="postgres"), target.dbname)
+    pg.run_tool("pg_restore", ["--no-password", "--exit-on-error", "--single-transaction",
+                               f"--dbname={target.dbname}"], env=target.libpq_env(), input=dump)
+    return manifest

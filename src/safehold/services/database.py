@@ -1,0 +1,46 @@
+"""The bundled database of a server: its manager, and 'make sure it runs' for the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from safehold.config import Settings
+from safehold.pg import ClusterSpec, PgManager, find_binaries
+from safehold.storage.db import owner_target, run_migrations
+
+
+def manager(settings: Settings) -> PgManager:
+    db = settings.database
+    spec = ClusterSpec(
+        data_dir=settings.pg_data_dir, port=db.port, listen=db.host,
+        tls_cert=settings.path(settings.http.tls_cert), tls_key=settings.path(settings.http.tls_key),
+        tls_ca=settings.path(settings.http.tls_ca), superuser=db.superuser,
+    )
+    return PgManager(spec, find_binaries(db.bin_dir))
+
+
+def is_bundled(settings: Settings) -> bool:
+    return settings.database.mode == "bundled"
+
+
+@contextlib.contextmanager
+def database_running(settings: Settings) -> Iterator[PgManager | None]:
+    """Start the bundled database for the duration of a command if it is not running already."""
+    if not is_bundled(settings):
+        yield None
+        return
+    pg = manager(settings)
+    pg.check_data_dir()
+    started = pg.start()
+    try:
+        pg.wait_ready()
+        yield pg
+    finally:
+        if started:
+            pg.stop()
+
+
+def migrate(settings: Settings) -> None:
+    run_migrations(owner_target(settings), app_user=settings.database.user
+                   if is_bundled(settings) else None)

@@ -1,0 +1,143 @@
+"""User administration (administrators only, or the CLI on the server itself)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from safehold.audit.chain import AuditEvent
+from safehold.domain import AuditAction, AuditResult, UserRole
+from safehold.errors import Conflict, InvalidInput, NotFound
+from safehold.services.auth import check_password_strength, hash_password, now
+from safehold.services.runtime import Runtime
+from safehold.storage import users as user_store
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who performs an administrative action: a signed-in user or the local CLI."""
+
+    name: str
+    source_ip: str = ""
+
+
+def _audit(actor: Actor, action: str, user_id: str, username: str, **detail: Any) -> AuditEvent:
+    return AuditEvent(actor=actor.name, action=action, result=AuditResult.SUCCESS, source_ip=actor.source_ip,
+                      target_type="user", target_id=user_id, target_name=username, detail=detail)
+
+
+def validate_username(username: str) -> str:
+    if not USERNAME_RE.match(username):
+        raise InvalidInput(
+            "username must be 1-64 characters: letters, digits and . _ @ - (starting with a letter or digit)",
+            field="username",
+        )
+    return username
+
+
+async def create_user(
+    rt: Runtime, actor: Actor, *, username: str, password: str, role: UserRole,
+    full_name: str = "", email: str = "",
+) -> str:
+    validate_username(username)
+    check_password_strength(password)
+    password_hash = await hash_password(password)
+    user_id = str(uuid.uuid4())
+    async with rt.write() as conn:
+        if await user_store.by_username(conn, username) is not None:
+            raise Conflict(f"a user named '{username}' already exists")
+        await user_store.create(conn, id=user_id, username=username, full_name=full_name[:200],
+                                email=email[:254], role=role.value, password_hash=password_hash)
+        await rt.append_audit(conn, _audit(actor, AuditAction.USER_CREATED, user_id, username, role=role.value))
+    return user_id
+
+
+async def get_user(rt: Runtime, user_id: str) -> Any:
+    async with rt.read() as conn:
+        user = await user_store.by_id(conn, user_id)
+    if user is None:
+        raise NotFound("user not found")
+    return user
+
+
+async def find_user(rt: Runtime, username: str) -> Any:
+    async with rt.read() as conn:
+        user = await user_store.by_username(conn, username)
+    if user is None:
+        raise NotFound(f"no user named '{username}'")
+    return user
+
+
+async def list_users(rt: Runtime, *, limit: int = 100, offset: int = 0) -> tuple[list[Any], int]:
+    async with rt.read() as conn:
+        return await user_store.listing(conn, limit=limit, offset=offset)
+
+
+async def update_user(
+    rt: Runtime, actor: Actor, user_id: str, *, role: UserRole | None = None, disabled: bool | None = None,
+    full_name: str | None = None, email: str | None = None,
+) -> None:
+    async with rt.write() as conn:
+        user = await user_store.by_id(conn, user_id, for_update=True)
+        if user is None:
+            raise NotFound("user not found")
+        values: dict[str, Any] = {}
+        if role is not None:
+            values["role"] = role.value
+        if disabled is not None:
+            values["disabled"] = disabled
+        if full_name is not None:
+            values["full_name"] = full_name[:200]
+        if email is not None:
+            values["email"] = email[:254]
+        demoting = user.role == UserRole.ADMINISTRATOR and (
+            (role is not None and role != UserRole.ADMINISTRATOR) or disabled
+        )
+        if demoting and await user_store.count_admins(conn) <= 1:
+            raise Conflict("this is the last active administrator; add another one first")
+        if not values:
+            return
+        await user_store.update_user(conn, user_id, **values)
+        if disabled:
+            await user_store.delete_user_sessions(conn, user_id)
+        changed = {k: v for k, v in values.items() if k in ("role", "disabled")}
+        await rt.append_audit(conn, _audit(actor, AuditAction.USER_UPDATED, user_id, user.username, **changed))
+
+
+async def delete_user(rt: Runtime, actor: Actor, user_id: str) -> None:
+    async with rt.write() as conn:
+        user = await user_store.by_id(conn, user_id, for_update=True)
+        if user is None:
+            raise NotFound("user not found")
+        if user.role == UserRole.ADMINISTRATOR and await user_store.count_admins(conn) <= 1:
+            raise Conflict("this is the last active administrator; it cannot be deleted")
+        await user_store.delete_user(conn, user_id)
+        await rt.append_audit(conn, _audit(actor, AuditAction.USER_DELETED, user_id, user.username))
+
+
+async def set_password(rt: Runtime, actor: Actor, user_id: str, password: str, *, own: bool = False) -> None:
+    check_password_strength(password)
+    password_hash = await hash_password(password)
+    async with rt.write() as conn:
+        user = await user_store.by_id(conn, user_id, for_update=True)
+        if user is None:
+            raise NotFound("user not found")
+
+        await user_store.update_user(conn, user_id, password_hash=password_hash, password_changed_at=now(),
+                                     failed_logins=0, locked_until=None)
+        await user_store.delete_user_sessions(conn, user_id)
+        action = AuditAction.OWN_PASSWORD_CHANGED if own else AuditAction.USER_UPDATED
+        await rt.append_audit(conn, _audit(actor, action, user_id, user.username, password_reset=True))
+
+
+async def unlock(rt: Runtime, actor: Actor, user_id: str) -> None:
+    async with rt.write() as conn:
+        user = await user_store.by_id(conn, user_id, for_update=True)
+        if user is None:
+            raise NotFound("user not found")
+        await user_store.update_user(conn, user_id, failed_logins=0, locked_until=None)
+        await rt.append_audit(conn, _audit(actor, AuditAction.USER_UNLOCKED, user_id, user.username))

@@ -1,0 +1,393 @@
+"""Resources, accounts, password retrieval and change, history, sharing, import/export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from safehold.audit.chain import AuditEvent
+from safehold.crypto.envelope import aad_for
+from safehold.domain import AuditAction, AuditResult, Permission
+from safehold.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from safehold.ids import parse_id
+from safehold.services import access
+from safehold.services.access import Principal
+from safehold.services.auth import now
+from safehold.services.runtime import Runtime
+from safehold.storage import users as user_store
+from safehold.storage import vault as store
+
+EXPORT_COLUMNS = ["resource", "type", "address", "description", "tags", "username", "password", "notes"]
+MAX_SECRET = 4096
+
+
+def password_aad(account_id: str) -> bytes:
+    return aad_for("accounts", "password_enc", account_id)
+
+
+def notes_aad(account_id: str) -> bytes:
+    return aad_for("accounts", "notes_enc", account_id)
+
+
+def history_aad(history_id: str) -> bytes:
+    return aad_for("password_history", "password_enc", history_id)
+
+
+def _ev(p: Principal, action: str, target_type: str, target_id: str, target_name: str,
+        result: str = AuditResult.SUCCESS, **detail: Any) -> AuditEvent:
+    return AuditEvent(actor=p.username, action=action, result=result, source_ip=p.source_ip,
+                      target_type=target_type, target_id=str(target_id), target_name=target_name[:500],
+                      detail=detail)
+
+
+@dataclass(frozen=True)
+class ResourceInput:
+    name: str
+    type: str = "server"
+    address: str = ""
+    description: str = ""
+    tags: tuple[str, ...] = ()
+
+    def clean(self) -> ResourceInput:
+        name = self.name.strip()
+        if not name or len(name) > 200:
+            raise InvalidInput("name must be 1-200 characters", field="name")
+        tags = tuple(dict.fromkeys(t.strip() for t in self.tags if t.strip()))
+        if any(len(t) > 64 for t in tags) or len(tags) > 50:
+            raise InvalidInput("at most 50 tags of up to 64 characters", field="tags")
+        if len(self.type) > 64 or len(self.address) > 500:
+            raise InvalidInput("type (64) or address (500) is too long", field="address")
+        return ResourceInput(name, self.type.strip() or "server", self.address.strip(), self.description, tags)
+
+
+def _check_secret(value: str, field: str) -> None:
+    if len(value) > MAX_SECRET:
+        raise InvalidInput(f"{field} is too long (at most {MAX_SECRET} characters)", field=field)
+
+
+# --- resources ----------------------------------------------------------------
+
+async def create_resource(rt: Runtime, p: Principal, data: ResourceInput) -> dict[str, Any]:
+    access.require(access.can_create_resources(p), "only administrators and password administrators "
+                                                   "can add resources")
+    data = data.clean()
+    rid = str(uuid.uuid4())
+    try:
+        async with rt.write() as conn:
+            await store.create_resource(conn, id=rid, name=data.name, type=data.type, address=data.address,
+                                        description=data.description, tags=list(data.tags), owner_id=p.user_id)
+            await rt.append_audit(conn, _ev(p, AuditAction.RESOURCE_CREATED, "resource", rid, data.name))
+            row = await store.resource(conn, rid)
+    except IntegrityError:
+        raise Conflict(f"a resource named '{data.name}' already exists") from None
+    return dict(row._mapping) | {"permission": Permission.MODIFY.value}
+
+
+async def _resource_for(rt: Runtime, conn: Any, p: Principal, resource_id: str,
+                        need: Permission = Permission.VIEW) -> tuple[Any, Permission]:
+    row = await store.resource(conn, parse_id(resource_id, "resource"))
+    if row is None:
+        raise NotFound("resource not found")
+    share = None if p.is_admin else await store.share_permission(conn, row.id, p.user_id)
+    perm = access.resource_permission(p, row.owner_id, share)
+    if perm is None:
+        raise NotFound("resource not found")  # do not reveal that it exists
+    if need == Permission.MODIFY and perm != Permission.MODIFY:
+        raise PermissionDenied("you may view this resource but not change it")
+    return row, perm
+
+
+async def search_resources(rt: Runtime, p: Principal, *, query: str | None, tag: str | None,
+                           limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    async with rt.read() as conn:
+        rows, total = await store.search_resources(conn, visible_to=access.visible_scope(p), query=query,
+                                                   tag=tag, limit=limit, offset=offset)
+    return [dict(r._mapping) for r in rows], total
+
+
+async def get_resource(rt: Runtime, p: Principal, resource_id: str) -> dict[str, Any]:
+    async with rt.read() as conn:
+        row, perm = await _resource_for(rt, conn, p, resource_id)
+        accounts = await store.accounts_of(conn, row.id)
+    return dict(row._mapping) | {"permission": perm.value, "accounts": [dict(a._mapping) for a in accounts]}
+
+
+async def update_resource(rt: Runtime, p: Principal, resource_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    try:
+        async with rt.write() as conn:
+            row, perm = await _resource_for(rt, conn, p, resource_id, Permission.MODIFY)
+            merged = ResourceInput(
+                name=changes.get("name", row.name), type=changes.get("type", row.type),
+                address=changes.get("address", row.address),
+                description=changes.get("description", row.description),
+                tags=tuple(changes.get("tags", row.tags)),
+            ).clean()
+            await store.update_resource(conn, row.id, name=merged.name, type=merged.type, address=merged.address,
+                                        description=merged.description, tags=list(merged.tags))
+            await rt.append_audit(conn, _ev(p, AuditAction.RESOURCE_UPDATED, "resource", row.id, merged.name,
+                                            fields=sorted(changes)))
+            new = await store.resource(conn, row.id)
+    except IntegrityError:
+        raise Conflict("another resource already has that name") from None
+    return dict(new._mapping) | {"permission": perm.value}
+
+
+async def delete_resource(rt: Runtime, p: Principal, resource_id: str) -> None:
+    async with rt.write() as conn:
+        row, _ = await _resource_for(rt, conn, p, resource_id, Permission.MODIFY)
+        access.require(access.can_manage_share(p, row.owner_id), "only the owner or an administrator can delete "
+                                                                 "a resource")
+        await store.delete_resource(conn, row.id)
+        await rt.append_audit(conn, _ev(p, AuditAction.RESOURCE_DELETED, "resource", row.id, row.name))
+
+
+# --- accounts -----------------------------------------------------------------
+
+async def create_account(rt: Runtime, p: Principal, resource_id: str, username: str, password: str,
+                         notes: str | None = None) -> dict[str, Any]:
+    username = username.strip()
+    if not username or len(username) > 200:
+        raise InvalidInput("username must be 1-200 characters", field="username")
+    if not password:
+        raise InvalidInput("password must not be empty", field="password")
+    _check_secret(password, "password")
+    _check_secret(notes or "", "notes")
+    aid = str(uuid.uuid4())
+    try:
+        async with rt.write() as conn:
+            res, _ = await _resource_for(rt, conn, p, resource_id, Permission.MODIFY)
+            await store.create_account(
+                conn, id=aid, resource_id=res.id, username=username,
+                password_enc=rt.keyring.seal_str(password, password_aad(aid)),
+                notes_enc=rt.keyring.seal_str(notes, notes_aad(aid)) if notes else None,
+            )
+            await rt.append_audit(conn, _ev(p, AuditAction.ACCOUNT_CREATED, "account", aid,
+                                            f"{res.name}/{username}"))
+            row = await store.account_by_username(conn, res.id, username)
+    except IntegrityError:
+        raise Conflict(f"the resource already has an account named '{username}'") from None
+    return dict(row._mapping) | {"resource_name": res.name}
+
+
+async def _account_for(rt: Runtime, conn: Any, p: Principal, account_id: str,
+                       need: Permission = Permission.VIEW) -> tuple[Any, Permission]:
+    row = await store.account_with_access(conn, parse_id(account_id, "account"), p.user_id)
+    if row is None:
+        raise NotFound("account not found")
+    perm = access.resource_permission(p, row.owner_id, row.share_permission)
+    if perm is None:
+        raise NotFound("account not found")
+    if need == Permission.MODIFY and perm != Permission.MODIFY:
+        raise PermissionDenied("you may view this account but not change it")
+    return row, perm
+
+
+def _account_public(row: Any, perm: Permission) -> dict[str, Any]:
+    keys = ("id", "resource_id", "username", "created_at", "updated_at", "password_changed_at", "resource_name")
+    return {k: getattr(row, k) for k in keys} | {"permission": perm.value}
+
+
+async def get_account(rt: Runtime, p: Principal, account_id: str) -> dict[str, Any]:
+    async with rt.read() as conn:
+        row, perm = await _account_for(rt, conn, p, account_id)
+    return _account_public(row, perm)
+
+
+async def retrieve_password(rt: Runtime, p: Principal, account_id: str, *, reason: str = "") -> dict[str, Any]:
+    """Decrypt and return a password — only after its retrieval is durably audited."""
+    async with rt.read() as conn:
+        row, _ = await _account_for(rt, conn, p, account_id)
+    password = rt.keyring.open_str(bytes(row.password_enc), password_aad(row.id))
+    notes = rt.keyring.open_str(bytes(row.notes_enc), notes_aad(row.id)) if row.notes_enc else None
+    detail = {"reason": reason[:200]} if reason else {}
+    await rt.record_audit(_ev(p, AuditAction.PASSWORD_RETRIEVED, "account", row.id,
+                              f"{row.resource_name}/{row.username}", **detail))
+    rt.metrics.retrievals.labels("success").inc()
+    return {"account_id": row.id, "username": row.username, "password": password, "notes": notes}
+
+
+async def update_account(rt: Runtime, p: Principal, account_id: str, *, username: str | None = None,
+                         password: str | None = None, notes: str | None = None) -> dict[str, Any]:
+    """Change an account; a password change keeps the old one (encrypted) in the history."""
+    if password is not None:
+        if not password:
+            raise InvalidInput("password must not be empty", field="password")
+        _check_secret(password, "password")
+    if notes is not None:
+        _check_secret(notes, "notes")
+    try:
+        async with rt.write() as conn:
+            row, perm = await _account_for(rt, conn, p, account_id, Permission.MODIFY)
+            locked = await store.lock_account(conn, row.id)
+            values: dict[str, Any] = {}
+            if username is not None:
+                if not username.strip() or len(username) > 200:
+                    raise InvalidInput("username must be 1-200 characters", field="username")
+                values["username"] = username.strip()
+            if notes is not None:
+                values["notes_enc"] = rt.keyring.seal_str(notes, notes_aad(row.id)) if notes else None
+            if password is not None:
+                hid = str(uuid.uuid4())
+                old = rt.keyring.open_str(bytes(locked.password_enc), password_aad(row.id))
+                await store.add_history(conn, id=hid, account_id=row.id, changed_by=p.username,
+                                        password_enc=rt.keyring.seal_str(old, history_aad(hid)))
+                values["password_enc"] = rt.keyring.seal_str(password, password_aad(row.id))
+                values["password_changed_at"] = now()
+            if values:
+                await store.update_account(conn, row.id, **values)
+                action = AuditAction.PASSWORD_CHANGED if password is not None else AuditAction.ACCOUNT_UPDATED
+                await rt.append_audit(conn, _ev(p, action, "account", row.id,
+                                                f"{row.resource_name}/{values.get('username', row.username)}",
+                                                fields=sorted(k.removesuffix("_enc") for k in values)))
+            row, perm = await _account_for(rt, conn, p, account_id)
+    except IntegrityError:
+        raise Conflict("the resource already has an account with that username") from None
+    return _account_public(row, perm)
+
+
+async def delete_account(rt: Runtime, p: Principal, account_id: str) -> None:
+    async with rt.write() as conn:
+        row, _ = await _account_for(rt, conn, p, account_id, Permission.MODIFY)
+        await store.delete_account(conn, row.id)
+        await rt.append_audit(conn, _ev(p, AuditAction.ACCOUNT_DELETED, "account", row.id,
+                                        f"{row.resource_name}/{row.username}"))
+
+
+async def password_history(rt: Runtime, p: Principal, account_id: str, *, reveal: bool = False
+                           ) -> list[dict[str, Any]]:
+    """Earlier passwords of an account (modify permission needed); revealing them is audited."""
+    async with rt.read() as conn:
+        row, _ = await _account_for(rt, conn, p, account_id, Permission.MODIFY)
+        items = await store.history(conn, row.id)
+    out = [{"id": h.id, "changed_by": h.changed_by, "retired_at": h.retired_at} for h in items]
+    if reveal:
+        for item, h in zip(out, items, strict=True):
+            item["password"] = rt.keyring.open_str(bytes(h.password_enc), history_aad(h.id))
+        await rt.record_audit(_ev(p, AuditAction.PASSWORD_RETRIEVED, "account", row.id,
+                                  f"{row.resource_name}/{row.username}", history=True, count=len(out)))
+    return out
+
+
+# --- sharing ------------------------------------------------------------------
+
+async def list_shares(rt: Runtime, p: Principal, resource_id: str) -> list[dict[str, Any]]:
+    async with rt.read() as conn:
+        row, _ = await _resource_for(rt, conn, p, resource_id)
+        return [dict(s._mapping) for s in await store.shares_of(conn, row.id)]
+
+
+async def share(rt: Runtime, p: Principal, resource_id: str, user_id: str, permission: Permission) -> None:
+    async with rt.write() as conn:
+        row, _ = await _resource_for(rt, conn, p, resource_id)
+        access.require(access.can_manage_share(p, row.owner_id), "only the owner or an administrator can share")
+        user = await user_store.by_id(conn, parse_id(user_id, "user"))
+        if user is None:
+            raise NotFound("user not found")
+        await store.put_share(conn, row.id, user.id, permission.value)
+        await rt.append_audit(conn, _ev(p, AuditAction.SHARED, "resource", row.id, row.name,
+                                        user=user.username, permission=permission.value))
+
+
+async def unshare(rt: Runtime, p: Principal, resource_id: str, user_id: str) -> None:
+    async with rt.write() as conn:
+        row, _ = await _resource_for(rt, conn, p, resource_id)
+        access.require(access.can_manage_share(p, row.owner_id), "only the owner or an administrator can unshare")
+        if await store.delete_share(conn, row.id, parse_id(user_id, "user")) == 0:
+            raise NotFound("the resource is not shared with that user")
+        await rt.append_audit(conn, _ev(p, AuditAction.UNSHARED, "resource", row.id, row.name, user_id=user_id))
+
+
+# --- import / export ----------------------------------------------------------
+
+async def export_csv(rt: Runtime, p: Principal) -> str:
+    """Every visible account with its password, as CSV.  The caller re-authenticated first."""
+    async with rt.read() as conn:
+        rows = await store.export_rows(conn, visible_to=access.visible_scope(p))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(EXPORT_COLUMNS)
+    for r in rows:
+        w.writerow([
+            r.resource_name, r.type, r.address, r.description, ";".join(r.tags), r.username,
+            rt.keyring.open_str(bytes(r.password_enc), password_aad(r.account_id)),
+            rt.keyring.open_str(bytes(r.notes_enc), notes_aad(r.account_id)) if r.notes_enc else "",
+        ])
+    await rt.record_audit(_ev(p, AuditAction.EXPORTED, "vault", "", "csv export", accounts=len(rows)))
+    return buf.getvalue()
+
+
+@dataclass
+class ImportReport:
+    resources_created: int = 0
+    accounts_created: int = 0
+    accounts_updated: int = 0
+    errors: list[str] | None = None
+
+
+async def import_csv(rt: Runtime, p: Principal, text: str) -> ImportReport:
+    """Import rows with the export's columns; all or nothing (the whole file in one transaction)."""
+    access.require(access.can_create_resources(p), "only administrators and password administrators can import")
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"resource", "username", "password"} - set(reader.fieldnames or [])
+    if missing:
+        raise InvalidInput(f"the CSV lacks the column(s): {', '.join(sorted(missing))}", field="file")
+    rows = list(reader)
+    errors = []
+    for n, r in enumerate(rows, start=2):
+        if not (r.get("resource") or "").strip() or not (r.get("username") or "").strip() or not r.get("password"):
+            errors.append(f"line {n}: resource, username and password are required")
+    if errors:
+        raise InvalidInput("; ".join(errors[:20]), field="file")
+    report = ImportReport()
+    async with rt.write() as conn:
+        cache: dict[str, str] = {}
+        for r in rows:
+            name = r["resource"].strip()
+            rid = cache.get(name.lower())
+            if rid is None:
+                res = await store.resource_by_name(conn, name)
+                if res is None:
+                    data = ResourceInput(name, r.get("type") or "server", r.get("address") or "",
+                                         r.get("description") or "",
+                                         tuple((r.get("tags") or "").split(";"))).clean()
+                    rid = str(uuid.uuid4())
+                    await store.create_resource(conn, id=rid, name=data.name, type=data.type, address=data.address,
+                                                description=data.description, tags=list(data.tags),
+                                                owner_id=p.user_id)
+                    report.resources_created += 1
+                else:
+                    share = None if p.is_admin else await store.share_permission(conn, res.id, p.user_id)
+                    if access.resource_permission(p, res.owner_id, share) != Permission.MODIFY:
+                        raise PermissionDenied(f"you may not change the existing resource '{name}'")
+                    rid = res.id
+                cache[name.lower()] = rid
+            username, password, notes = r["username"].strip(), r["password"], r.get("notes") or None
+            _check_secret(password, "password")
+            existing = await store.account_by_username(conn, rid, username)
+            if existing is None:
+                aid = str(uuid.uuid4())
+                await store.create_account(conn, id=aid, resource_id=rid, username=username,
+                                           password_enc=rt.keyring.seal_str(password, password_aad(aid)),
+                                           notes_enc=rt.keyring.seal_str(notes, notes_aad(aid)) if notes else None)
+                report.accounts_created += 1
+            else:
+                locked = await store.lock_account(conn, existing.id)
+                old = rt.keyring.open_str(bytes(locked.password_enc), password_aad(existing.id))
+                if old != password:
+                    hid = str(uuid.uuid4())
+                    await store.add_history(conn, id=hid, account_id=existing.id, changed_by=p.username,
+                                            password_enc=rt.keyring.seal_str(old, history_aad(hid)))
+                    await store.update_account(conn, existing.id,
+                                               password_enc=rt.keyring.seal_str(password, password_aad(existing.id)),
+                                               password_changed_at=now())
+                    report.accounts_updated += 1
+        await rt.append_audit(conn, _ev(p, AuditAction.IMPORTED, "vault", "", "csv import",
+                                        resources_created=report.resources_created,
+                                        accounts_created=report.accounts_created,
+                                        accounts_updated=report.accounts_updated))
+    return report

@@ -1,0 +1,118 @@
+"""The audit log: chained appends and filtered reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from safehold.audit.chain import GENESIS, AuditEvent, ChainedRecord, StoredRecord, extend
+from safehold.storage.schema import audit_heads, audit_log
+
+PUBLIC_COLUMNS = [
+    audit_log.c.id, audit_log.c.server_id, audit_log.c.server_role, audit_log.c.seq, audit_log.c.at,
+    audit_log.c.actor, audit_log.c.source_ip, audit_log.c.action, audit_log.c.target_type,
+    audit_log.c.target_id, audit_log.c.target_name, audit_log.c.result, audit_log.c.detail,
+]
+
+
+async def append(
+    conn: AsyncConnection, key: bytes, server_id: str, server_role: str, events: Sequence[AuditEvent]
+) -> list[ChainedRecord]:
+    """Append events to this server's chain inside the caller's transaction.
+
+    The chain head row is locked, so appends from several processes of one
+    server (or a batch and a write transaction) are serialised.
+    """
+    if not events:
+        return []
+    await conn.execute(
+        pg_insert(audit_heads).values(server_id=server_id, seq=0, mac=GENESIS).on_conflict_do_nothing()
+    )
+    head = (
+        await conn.execute(
+            select(audit_heads.c.seq, audit_heads.c.mac).where(audit_heads.c.server_id == server_id).with_for_update()
+        )
+    ).one()
+    records = extend(key, server_id, server_role, head.seq, bytes(head.mac), events)
+    await conn.execute(insert(audit_log), [r.row() for r in records])
+    await conn.execute(
+        update(audit_heads)
+        .where(audit_heads.c.server_id == server_id)
+        .values(seq=records[-1].seq, mac=records[-1].mac)
+    )
+    return records
+
+
+def _filters(
+    *, action: str | None = None, actor: str | None = None, server: str | None = None,
+    role: str | None = None, result: str | None = None, since: dt.datetime | None = None,
+    until: dt.datetime | None = None, target_id: str | None = None,
+) -> ColumnElement[bool]:
+    cond: ColumnElement[bool] = literal(True)
+    if action:
+        cond = and_(cond, audit_log.c.action == action)
+    if actor:
+        cond = and_(cond, func.lower(audit_log.c.actor) == actor.lower())
+    if server:
+        cond = and_(cond, audit_log.c.server_id == server)
+    if role:
+        cond = and_(cond, audit_log.c.server_role == role)
+    if result:
+        cond = and_(cond, audit_log.c.result == result)
+    if since:
+        cond = and_(cond, audit_log.c.at >= since)
+    if until:
+        cond = and_(cond, audit_log.c.at < until)
+    if target_id:
+        cond = and_(cond, audit_log.c.target_id == target_id)
+    return cond
+
+
+async def search(conn: AsyncConnection, *, limit: int, offset: int, **filters: Any) -> tuple[list[Row[Any]], int]:
+    cond = _filters(**filters)
+    total = (await conn.execute(select(func.count()).select_from(audit_log).where(cond))).scalar_one()
+    rows = await conn.execute(
+        select(*PUBLIC_COLUMNS).where(cond).order_by(audit_log.c.at.desc(), audit_log.c.id.desc())
+        .limit(limit).offset(offset)
+    )
+    return list(rows), int(total)
+
+
+async def export(conn: AsyncConnection, **filters: Any) -> list[Row[Any]]:
+    cond = _filters(**filters)
+    return list(await conn.execute(select(*PUBLIC_COLUMNS).where(cond).order_by(audit_log.c.at, audit_log.c.id)))
+
+
+async def chain_servers(conn: AsyncConnection) -> list[str]:
+    q = select(audit_heads.c.server_id).union(select(audit_log.c.server_id).distinct())
+    return sorted(r[0] for r in await conn.execute(q))
+
+
+async def head(conn: AsyncConnection, server_id: str) -> tuple[int, bytes] | None:
+    row = (
+        await conn.execute(select(audit_heads.c.seq, audit_heads.c.mac).where(audit_heads.c.server_id == server_id))
+    ).first()
+    return (row.seq, bytes(row.mac)) if row else None
+
+
+async def chain_page(conn: AsyncConnection, server_id: str, after_seq: int, limit: int) -> list[StoredRecord]:
+    rows = await conn.execute(
+        select(audit_log).where(audit_log.c.server_id == server_id, audit_log.c.seq > after_seq)
+        .order_by(audit_log.c.seq).limit(limit)
+    )
+    out = []
+    for r in rows:
+        event = AuditEvent(
+            actor=r.actor, action=r.action, result=r.result, source_ip=r.source_ip,
+            target_type=r.target_type, target_id=r.target_id, target_name=r.target_name,
+            detail=r.detail, at=r.at,
+        )
+        out.append(StoredRecord(r.id, ChainedRecord(r.server_id, r.server_role, r.seq, event,
+                                                    bytes(r.prev_mac), bytes(r.mac))))
+    return out

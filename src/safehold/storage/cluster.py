@@ -1,0 +1,63 @@
+"""The cluster row (identity, key check value, generation) and the wrapped keyring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from safehold.storage.schema import cluster, keyring
+
+
+@dataclass(frozen=True)
+class ClusterRow:
+    cluster_id: str
+    key_check: bytes
+    generation: int
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    purpose: str
+    version: int
+    wrapped: bytes
+    active: bool
+
+
+async def get(conn: AsyncConnection) -> ClusterRow | None:
+    row = (await conn.execute(select(cluster.c.cluster_id, cluster.c.key_check, cluster.c.generation))).first()
+    return ClusterRow(row.cluster_id, bytes(row.key_check), row.generation) if row else None
+
+
+async def create(conn: AsyncConnection, cluster_id: str, key_check: bytes) -> None:
+    await conn.execute(insert(cluster).values(id=1, cluster_id=cluster_id, key_check=key_check))
+
+
+async def set_key_check(conn: AsyncConnection, key_check: bytes) -> None:
+    await conn.execute(update(cluster).where(cluster.c.id == 1).values(key_check=key_check))
+
+
+async def keys(conn: AsyncConnection) -> list[WrappedKey]:
+    rows = await conn.execute(
+        select(keyring.c.purpose, keyring.c.version, keyring.c.wrapped, keyring.c.active).order_by(
+            keyring.c.purpose, keyring.c.version
+        )
+    )
+    return [WrappedKey(r.purpose, r.version, bytes(r.wrapped), r.active) for r in rows]
+
+
+async def add_key(conn: AsyncConnection, purpose: str, version: int, wrapped: bytes, *, active: bool) -> None:
+    if active:
+        await conn.execute(update(keyring).where(keyring.c.purpose == purpose).values(active=False))
+    await conn.execute(
+        insert(keyring).values(purpose=purpose, version=version, wrapped=wrapped, active=active)
+    )
+
+
+async def rewrap_key(conn: AsyncConnection, purpose: str, version: int, wrapped: bytes) -> None:
+    await conn.execute(
+        update(keyring)
+        .where(keyring.c.purpose == purpose, keyring.c.version == version)
+        .values(wrapped=wrapped)
+    )

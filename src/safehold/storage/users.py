@@ -1,0 +1,114 @@
+"""Users and their credentials (sessions and API tokens)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from safehold.storage.schema import auth_tokens, users
+
+USER_COLUMNS = [
+    users.c.id, users.c.username, users.c.full_name, users.c.email, users.c.role,
+    users.c.totp_enabled, users.c.disabled, users.c.failed_logins, users.c.locked_until,
+    users.c.created_at, users.c.updated_at,
+]
+
+
+async def by_username(conn: AsyncConnection, username: str, *, for_update: bool = False) -> Row[Any] | None:
+    q = select(users).where(func.lower(users.c.username) == username.lower())
+    if for_update:
+        q = q.with_for_update()
+    return (await conn.execute(q)).first()
+
+
+async def by_id(conn: AsyncConnection, user_id: str, *, for_update: bool = False) -> Row[Any] | None:
+    q = select(users).where(users.c.id == user_id)
+    if for_update:
+        q = q.with_for_update()
+    return (await conn.execute(q)).first()
+
+
+async def listing(conn: AsyncConnection, *, limit: int, offset: int) -> tuple[list[Row[Any]], int]:
+    total = (await conn.execute(select(func.count()).select_from(users))).scalar_one()
+    rows = await conn.execute(select(*USER_COLUMNS).order_by(users.c.username).limit(limit).offset(offset))
+    return list(rows), total
+
+
+async def create(conn: AsyncConnection, **values: Any) -> None:
+    await conn.execute(insert(users).values(**values))
+
+
+async def update_user(conn: AsyncConnection, user_id: str, **values: Any) -> None:
+    await conn.execute(update(users).where(users.c.id == user_id).values(updated_at=func.now(), **values))
+
+
+async def delete_user(conn: AsyncConnection, user_id: str) -> None:
+    await conn.execute(delete(users).where(users.c.id == user_id))
+
+
+async def count_admins(conn: AsyncConnection) -> int:
+    q = select(func.count()).select_from(users).where(users.c.role == "administrator", users.c.disabled.is_(False))
+    return int((await conn.execute(q)).scalar_one())
+
+
+# --- tokens -----------------------------------------------------------------
+
+async def add_token(conn: AsyncConnection, **values: Any) -> None:
+    await conn.execute(insert(auth_tokens).values(**values))
+
+
+async def principal_by_token(conn: AsyncConnection, token_hash: bytes) -> Row[Any] | None:
+    """The token and its user in one round trip (the hot path of every request)."""
+    q = (
+        select(
+            auth_tokens.c.id.label("token_id"), auth_tokens.c.kind, auth_tokens.c.expires_at,
+            auth_tokens.c.last_used_at, auth_tokens.c.csrf_token, auth_tokens.c.reauth_at,
+            users.c.id.label("user_id"), users.c.username, users.c.role, users.c.disabled,
+        )
+        .join(users, users.c.id == auth_tokens.c.user_id)
+        .where(auth_tokens.c.token_hash == token_hash)
+    )
+    return (await conn.execute(q)).first()
+
+
+async def touch_token(conn: AsyncConnection, token_id: str, now: dt.datetime, expires_at: dt.datetime | None) -> None:
+    values: dict[str, Any] = {"last_used_at": now}
+    if expires_at is not None:
+        values["expires_at"] = expires_at
+    await conn.execute(update(auth_tokens).where(auth_tokens.c.id == token_id).values(**values))
+
+
+async def set_reauth(conn: AsyncConnection, token_id: str, at: dt.datetime) -> None:
+    await conn.execute(update(auth_tokens).where(auth_tokens.c.id == token_id).values(reauth_at=at))
+
+
+async def delete_token(conn: AsyncConnection, token_id: str, *, user_id: str | None = None) -> int:
+    q = delete(auth_tokens).where(auth_tokens.c.id == token_id)
+    if user_id is not None:
+        q = q.where(auth_tokens.c.user_id == user_id)
+    return (await conn.execute(q)).rowcount
+
+
+async def delete_user_sessions(conn: AsyncConnection, user_id: str) -> None:
+    await conn.execute(
+        delete(auth_tokens).where(auth_tokens.c.user_id == user_id, auth_tokens.c.kind == "session")
+    )
+
+
+async def api_tokens(conn: AsyncConnection, user_id: str) -> list[Row[Any]]:
+    q = (
+        select(auth_tokens.c.id, auth_tokens.c.name, auth_tokens.c.created_at,
+               auth_tokens.c.last_used_at, auth_tokens.c.expires_at)
+        .where(auth_tokens.c.user_id == user_id, auth_tokens.c.kind == "api")
+        .order_by(auth_tokens.c.created_at)
+    )
+    return list(await conn.execute(q))
+
+
+async def purge_expired(conn: AsyncConnection, now: dt.datetime) -> int:
+    q = delete(auth_tokens).where(auth_tokens.c.expires_at.is_not(None), auth_tokens.c.expires_at < now)
+    return (await conn.execute(q)).rowcount

@@ -1,0 +1,29 @@
+"""/health: is this server up, and can it reach its database?"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from safehold import __version__
+from safehold.errors import DatabaseError
+from safehold.web.deps import RuntimeDep
+from safehold.web.schemas import Health, ServerInfo
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health", response_model=Health, responses={503: {"model": Health, "description": "degraded"}})
+async def health(rt: RuntimeDep) -> JSONResponse:
+    """No authentication needed; 200 when the database answers, 503 otherwise."""
+    database = "ok"
+    try:
+        async with rt.read() as conn:
+            await conn.execute(text("SELECT 1"))
+    except DatabaseError:
+        database = "unavailable"
+    body = Health(status="ok" if database == "ok" else "degraded", version=__version__,
+                  server=ServerInfo(id=rt.identity.id, name=rt.identity.name, role=rt.identity.role.value),
+                  database=database)  # type: ignore[arg-type]
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if database == "ok" else 503)

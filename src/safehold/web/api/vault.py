@@ -1,0 +1,164 @@
+"""/resources, /accounts, sharing, password generation, import and export."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+
+from safehold.errors import InvalidInput
+from safehold.services import auth, vault
+from safehold.services.passwords import PasswordPolicy, generate
+from safehold.services.vault import ResourceInput
+from safehold.web.api.common import AUTH_ERRORS, Limit, Offset, errors
+from safehold.web.deps import CurrentUser, RuntimeDep
+from safehold.web.schemas import (
+    AccountCreate,
+    AccountOut,
+    AccountUpdate,
+    ExportIn,
+    GenerateIn,
+    GenerateOut,
+    HistoryItem,
+    ImportOut,
+    Page,
+    PasswordOut,
+    ResourceCreate,
+    ResourceDetail,
+    ResourceOut,
+    ResourceUpdate,
+    ShareIn,
+    ShareOut,
+    Text,
+)
+
+router = APIRouter(tags=["vault"])
+WITH_404 = errors(401, 403, 404, 409, 422, 503)
+MAX_IMPORT = 10 * 1024 * 1024
+
+SearchText = Annotated[Text(200) | None, Query(description="matches name, address, description, tags")]  # type: ignore[valid-type]
+TagText = Annotated[Text(64) | None, Query(description="only resources with this tag")]  # type: ignore[valid-type]
+ReasonText = Annotated[Text(200), Query(description="why the password is needed (audited)")]  # type: ignore[valid-type]
+
+
+@router.get("/resources", response_model=Page[ResourceOut], responses=AUTH_ERRORS)
+async def list_resources(p: CurrentUser, rt: RuntimeDep, q: SearchText = None, tag: TagText = None,
+                         limit: Limit = 50, offset: Offset = 0) -> Page[ResourceOut]:
+    items, total = await vault.search_resources(rt, p, query=q, tag=tag, limit=limit, offset=offset)
+    return Page[ResourceOut](items=[ResourceOut(**i) for i in items], total=total, limit=limit, offset=offset)
+
+
+@router.post("/resources", response_model=ResourceOut, status_code=201, responses=errors(401, 403, 409, 422, 503))
+async def create_resource(body: ResourceCreate, p: CurrentUser, rt: RuntimeDep) -> ResourceOut:
+    row = await vault.create_resource(rt, p, ResourceInput(body.name, body.type, body.address, body.description,
+                                                           tuple(body.tags)))
+    return ResourceOut(**row)
+
+
+@router.get("/resources/{resource_id}", response_model=ResourceDetail, responses=WITH_404)
+async def get_resource(resource_id: str, p: CurrentUser, rt: RuntimeDep) -> ResourceDetail:
+    return ResourceDetail(**await vault.get_resource(rt, p, resource_id))
+
+
+@router.patch("/resources/{resource_id}", response_model=ResourceOut, responses=WITH_404)
+async def update_resource(resource_id: str, body: ResourceUpdate, p: CurrentUser, rt: RuntimeDep) -> ResourceOut:
+    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    return ResourceOut(**await vault.update_resource(rt, p, resource_id, changes))
+
+
+@router.delete("/resources/{resource_id}", status_code=204, responses=WITH_404)
+async def delete_resource(resource_id: str, p: CurrentUser, rt: RuntimeDep) -> Response:
+    await vault.delete_resource(rt, p, resource_id)
+    return Response(status_code=204)
+
+
+@router.post("/resources/{resource_id}/accounts", response_model=AccountOut, status_code=201,
+             responses=WITH_404)
+async def create_account(resource_id: str, body: AccountCreate, p: CurrentUser, rt: RuntimeDep) -> AccountOut:
+    row = await vault.create_account(rt, p, resource_id, body.username, body.password, body.notes)
+    return AccountOut(**row, permission="modify")
+
+
+@router.get("/resources/{resource_id}/shares", response_model=list[ShareOut], responses=WITH_404)
+async def list_shares(resource_id: str, p: CurrentUser, rt: RuntimeDep) -> list[ShareOut]:
+    return [ShareOut(**s) for s in await vault.list_shares(rt, p, resource_id)]
+
+
+@router.put("/resources/{resource_id}/shares/{user_id}", status_code=204, responses=WITH_404)
+async def share(resource_id: str, user_id: str, body: ShareIn, p: CurrentUser, rt: RuntimeDep) -> Response:
+    await vault.share(rt, p, resource_id, user_id, body.permission)
+    return Response(status_code=204)
+
+
+@router.delete("/resources/{resource_id}/shares/{user_id}", status_code=204, responses=WITH_404)
+async def unshare(resource_id: str, user_id: str, p: CurrentUser, rt: RuntimeDep) -> Response:
+    await vault.unshare(rt, p, resource_id, user_id)
+    return Response(status_code=204)
+
+
+@router.get("/accounts/{account_id}", response_model=AccountOut, responses=WITH_404)
+async def get_account(account_id: str, p: CurrentUser, rt: RuntimeDep) -> AccountOut:
+    return AccountOut(**await vault.get_account(rt, p, account_id))
+
+
+@router.patch("/accounts/{account_id}", response_model=AccountOut, responses=WITH_404)
+async def update_account(account_id: str, body: AccountUpdate, p: CurrentUser, rt: RuntimeDep) -> AccountOut:
+    """Change the username, password (the old one goes to the history) or notes."""
+    row = await vault.update_account(rt, p, account_id, username=body.username, password=body.password,
+                                     notes=body.notes)
+    return AccountOut(**row)
+
+
+@router.delete("/accounts/{account_id}", status_code=204, responses=WITH_404)
+async def delete_account(account_id: str, p: CurrentUser, rt: RuntimeDep) -> Response:
+    await vault.delete_account(rt, p, account_id)
+    return Response(status_code=204)
+
+
+@router.get("/accounts/{account_id}/password", response_model=PasswordOut, responses=WITH_404)
+async def retrieve_password(account_id: str, p: CurrentUser, rt: RuntimeDep, reason: ReasonText = "") -> PasswordOut:
+    """Reveal a password.  The retrieval is audited first; if it cannot be audited, nothing is revealed."""
+    return PasswordOut(**await vault.retrieve_password(rt, p, account_id, reason=reason))
+
+
+@router.get("/accounts/{account_id}/history", response_model=list[HistoryItem], responses=WITH_404)
+async def history(account_id: str, p: CurrentUser, rt: RuntimeDep,
+                  reveal: Annotated[bool, Query(description="include the old passwords (audited)")] = False,
+                  ) -> list[HistoryItem]:
+    return [HistoryItem(**h) for h in await vault.password_history(rt, p, account_id, reveal=reveal)]
+
+
+@router.post("/passwords/generate", response_model=GenerateOut, responses=AUTH_ERRORS)
+async def generate_password(body: GenerateIn, p: CurrentUser) -> GenerateOut:
+    return GenerateOut(password=generate(PasswordPolicy(**body.model_dump())))
+
+
+@router.post("/export", response_class=PlainTextResponse, responses=errors(401, 403, 422, 503) | {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "CSV of every visible account"}})
+async def export(body: ExportIn, p: CurrentUser, rt: RuntimeDep) -> PlainTextResponse:
+    """Export every account you can see, with passwords, as CSV.  Needs your password again; audited."""
+    await auth.reauthenticate(rt, p, body.password, body.totp)
+    text = await vault.export_csv(rt, p)
+    return PlainTextResponse(text, media_type="text/csv",
+                             headers={"Content-Disposition": 'attachment; filename="safehold-export.csv"',
+                                      "Cache-Control": "no-store"})
+
+
+@router.post("/import", response_model=ImportOut, responses=errors(401, 403, 413, 422, 503),
+             openapi_extra={"requestBody": {"required": True,
+                                            "content": {"text/csv": {"schema": {"type": "string"}}}}})
+async def import_csv(request: Request, p: CurrentUser, rt: RuntimeDep) -> ImportOut:
+    """Import accounts from CSV (the export's columns); the whole file or nothing."""
+    body = await request.body()
+    if len(body) > MAX_IMPORT:
+        raise InvalidInput("the file is larger than 10 MiB", field="file")
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidInput("the file is not UTF-8 text", field="file") from None
+    if "\x00" in text:
+        raise InvalidInput("the file contains NUL characters", field="file")
+    report = await vault.import_csv(rt, p, text)
+    return ImportOut(resources_created=report.resources_created, accounts_created=report.accounts_created,
+                     accounts_updated=report.accounts_updated)

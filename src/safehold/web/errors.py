@@ -1,0 +1,73 @@
+"""One JSON error shape for every failure: ``{"error": {"code", "message", "field"?, "hint"?}}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from safehold import errors as e
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    e.NotFound: 404,
+    e.PermissionDenied: 403,
+    e.Conflict: 409,
+    e.InvalidInput: 422,
+    e.AuthenticationFailed: 401,
+    e.TotpRequired: 401,
+    e.AccountLocked: 423,
+    e.ReauthenticationRequired: 401,
+    e.AuditUnavailable: 503,
+    e.Unavailable: 503,
+    e.DatabaseError: 503,
+}
+CODES = {400: "bad_request", 401: "authentication_failed", 403: "forbidden", 404: "not_found",
+         405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+         422: "invalid_input", 429: "too_many_requests", 503: "unavailable"}
+
+
+def error_response(status: int, code: str, message: str, *, field: str | None = None,
+                   hint: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, object] = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    if hint:
+        body["hint"] = hint
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(e.SafeholdError)
+    async def _safehold(request: Request, exc: e.SafeholdError) -> JSONResponse:
+        status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
+        code = getattr(exc, "code", "error") if isinstance(exc, e.ServiceError) else CODES.get(status, "error")
+        if status >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return error_response(status, code, exc.message, field=getattr(exc, "field", None), hint=exc.hint,
+                              headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        field = ".".join(loc) or None
+        msg = first.get("msg", "invalid request")
+        # Never echo the rejected input: it may be a password.
+        return error_response(422, "invalid_input", f"{field}: {msg}" if field else msg, field=field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        return error_response(exc.status_code, CODES.get(exc.status_code, "error"), message,
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal_error", "an unexpected error occurred; see the server log")

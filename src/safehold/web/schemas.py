@@ -1,0 +1,295 @@
+"""Request and response bodies of the REST API.
+
+Separate input and output models, so a database row (or a secret) never
+reaches a response by accident.  Every text input refuses NUL characters and
+unencodable code points, which PostgreSQL cannot store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from safehold.domain import Permission, UserRole
+
+
+def _clean_text(v: str) -> str:
+    if "\x00" in v:
+        raise ValueError("must not contain NUL characters")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return v
+
+
+def Text(max_length: int, min_length: int = 0) -> type[str]:  # noqa: N802 - a type factory
+    return Annotated[str, Field(min_length=min_length, max_length=max_length), AfterValidator(_clean_text)]  # type: ignore[return-value]
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+    hint: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class ServerInfo(BaseModel):
+    id: str
+    name: str
+    role: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    version: str
+    server: ServerInfo
+    database: Literal["ok", "unavailable"]
+
+
+class LoginIn(In):
+    username: Text(64, 1)  # type: ignore[valid-type]
+    password: Text(1024, 1)  # type: ignore[valid-type]
+    totp: Text(16) | None = None  # type: ignore[valid-type]
+
+
+class LoginOut(BaseModel):
+    token: str
+    csrf_token: str
+    user: UserOut
+    expires_in: int
+
+
+class UserOut(BaseModel):
+    id: str
+    username: str
+    full_name: str
+    email: str
+    role: UserRole
+    totp_enabled: bool
+    disabled: bool
+    locked_until: dt.datetime | None
+    created_at: dt.datetime
+
+
+class UserCreate(In):
+    username: Text(64, 1)  # type: ignore[valid-type]
+    password: Text(1024, 1)  # type: ignore[valid-type]
+    role: UserRole = UserRole.USER
+    full_name: Text(200) = ""  # type: ignore[valid-type]
+    email: Text(254) = ""  # type: ignore[valid-type]
+
+
+class UserUpdate(In):
+    role: UserRole | None = None
+    disabled: bool | None = None
+    full_name: Text(200) | None = None  # type: ignore[valid-type]
+    email: Text(254) | None = None  # type: ignore[valid-type]
+
+
+class PasswordSet(In):
+    password: Text(1024, 1)  # type: ignore[valid-type]
+
+
+class OwnPasswordChange(In):
+    current_password: Text(1024, 1)  # type: ignore[valid-type]
+    new_password: Text(1024, 1)  # type: ignore[valid-type]
+
+
+class TotpEnrollOut(BaseModel):
+    secret: str
+    otpauth_uri: str
+
+
+class TotpConfirm(In):
+    code: Text(16, 1)  # type: ignore[valid-type]
+
+
+class TokenCreate(In):
+    name: Text(100, 1)  # type: ignore[valid-type]
+    days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class TokenCreated(BaseModel):
+    id: str
+    name: str
+    token: str
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    created_at: dt.datetime
+    last_used_at: dt.datetime
+    expires_at: dt.datetime | None
+
+
+Tag = Text(64, 1)
+
+
+class ResourceCreate(In):
+    name: Text(200, 1)  # type: ignore[valid-type]
+    type: Text(64) = "server"  # type: ignore[valid-type]
+    address: Text(500) = ""  # type: ignore[valid-type]
+    description: Text(5000) = ""  # type: ignore[valid-type]
+    tags: list[Tag] = Field(default_factory=list, max_length=50)  # type: ignore[valid-type]
+
+
+class ResourceUpdate(In):
+    name: Text(200, 1) | None = None  # type: ignore[valid-type]
+    type: Text(64) | None = None  # type: ignore[valid-type]
+    address: Text(500) | None = None  # type: ignore[valid-type]
+    description: Text(5000) | None = None  # type: ignore[valid-type]
+    tags: list[Tag] | None = Field(default=None, max_length=50)  # type: ignore[valid-type]
+
+
+class AccountSummary(BaseModel):
+    id: str
+    username: str
+    password_changed_at: dt.datetime
+
+
+class ResourceOut(BaseModel):
+    id: str
+    name: str
+    type: str
+    address: str
+    description: str
+    tags: list[str]
+    owner_id: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    permission: Permission | None = None
+
+
+class ResourceDetail(ResourceOut):
+    accounts: list[AccountSummary]
+
+
+class AccountCreate(In):
+    username: Text(200, 1)  # type: ignore[valid-type]
+    password: Text(4096, 1)  # type: ignore[valid-type]
+    notes: Text(4096) | None = None  # type: ignore[valid-type]
+
+
+class AccountUpdate(In):
+    username: Text(200, 1) | None = None  # type: ignore[valid-type]
+    password: Text(4096, 1) | None = None  # type: ignore[valid-type]
+    notes: Text(4096) | None = None  # type: ignore[valid-type]
+
+
+class AccountOut(BaseModel):
+    id: str
+    resource_id: str
+    resource_name: str
+    username: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    password_changed_at: dt.datetime
+    permission: Permission
+
+
+class PasswordOut(BaseModel):
+    account_id: str
+    username: str
+    password: str
+    notes: str | None
+
+
+class HistoryItem(BaseModel):
+    id: str
+    changed_by: str
+    retired_at: dt.datetime
+    password: str | None = None
+
+
+class ShareIn(In):
+    permission: Permission
+
+
+class ShareOut(BaseModel):
+    user_id: str
+    username: str
+    permission: Permission
+    created_at: dt.datetime
+
+
+class GenerateIn(In):
+    length: int = Field(default=20, ge=8, le=256)
+    lowercase: bool = True
+    uppercase: bool = True
+    digits: bool = True
+    symbols: bool = True
+    exclude_ambiguous: bool = False
+
+
+class GenerateOut(BaseModel):
+    password: str
+
+
+class ExportIn(In):
+    password: Text(1024, 1)  # type: ignore[valid-type]
+    totp: Text(16) | None = None  # type: ignore[valid-type]
+
+
+class ImportOut(BaseModel):
+    resources_created: int
+    accounts_created: int
+    accounts_updated: int
+
+
+class AuditRecordOut(BaseModel):
+    id: int
+    server_id: str
+    server_role: str
+    seq: int
+    at: dt.datetime
+    actor: str
+    source_ip: str
+    action: str
+    target_type: str
+    target_id: str
+    target_name: str
+    result: str
+    detail: dict[str, object]
+
+
+class ChainServer(BaseModel):
+    server_id: str
+    records: int
+
+
+class ChainProblem(BaseModel):
+    server_id: str
+    record_id: int | None
+    seq: int | None
+    problem: str
+
+
+class ChainReportOut(BaseModel):
+    ok: bool
+    servers: list[ChainServer]
+    problems: list[ChainProblem]
+
+
+LoginOut.model_rebuild()
