@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 
 import uvicorn
@@ -44,4 +45,15 @@ async def serve(settings: Settings, master: MasterKey) -> None:
 
 
 def run(settings: Settings, master: MasterKey) -> None:
-    asyncio.run(serve(settings, master))
+    """Serve until SIGTERM/SIGINT.  uvicorn re-raises the signal after its graceful shutdown;
+    our handlers swallow it so the caller can still stop the bundled database."""
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        asyncio.run(serve(settings, master))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        log.info("stopped by signal %s", received[0])

@@ -1,0 +1,162 @@
+"""Test support: real Safehold servers as their own processes on 127.0.0.1.
+
+Each :class:`Server` has its own data directory and free ports; every process
+it starts is stopped by :meth:`Server.cleanup` (the fixtures call it even when
+a test fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ADMIN_PASSWORD = "Admin-Password-For-Tests-1"
+SAFEHOLD = [sys.executable, "-m", "safehold"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_cli(*args: str, check: bool = True, input: str | None = None, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*SAFEHOLD, *args], capture_output=True, text=True, input=input, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"safehold {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def wait_until(predicate: Any, *, timeout: float = 30, interval: float = 0.2, what: str = "condition") -> Any:
+    """Poll with a deadline (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - keep polling
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Server:
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    db_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> str:
+        return str(self.data_dir / "tls" / "ca.crt")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca)
+
+    def init(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        pw = self.data_dir.parent / f"{self.data_dir.name}-admin-pw"
+        pw.write_text(ADMIN_PASSWORD)
+        return run_cli("init", "--data-dir", str(self.data_dir), "--port", str(self.port),
+                       "--db-port", str(self.db_port), "--admin-password-file", str(pw), "--name",
+                       self.data_dir.name, *extra)
+
+    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen([*SAFEHOLD, "serve", "--data-dir", str(self.data_dir)], stdout=log,
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        if wait:
+            self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        def healthy() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            with httpx.Client(verify=self.ssl_context(), timeout=2) as c:
+                return c.get(f"{self.url}/api/v1/health").status_code == 200
+
+        wait_until(healthy, timeout=timeout, what=f"{self.url} to be healthy")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def cleanup(self) -> None:
+        """Stop the app server and any bundled PostgreSQL of this data directory."""
+        with contextlib.suppress(Exception):
+            self.stop(timeout=15)
+        pg_dir = self.data_dir / "pg"
+        pid_file = pg_dir / "postmaster.pid"
+        if pid_file.exists():
+            from safehold.config import load_settings
+            from safehold.services import database
+
+            try:
+                pg = database.manager(load_settings(self.data_dir))
+                if not pg.stop(timeout=15):
+                    pg.kill()
+            except Exception:  # noqa: BLE001 - last resort below
+                with contextlib.suppress(Exception):
+                    os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=f"{self.url}/api/v1", verify=self.ssl_context(), headers=headers, timeout=30)
+
+    def login(self, username: str = "admin", password: str = ADMIN_PASSWORD, totp: str | None = None) -> str:
+        body: dict[str, str] = {"username": username, "password": password}
+        if totp:
+            body["totp"] = totp
+        with self.client() as c:
+            r = c.post("/auth/login", json=body)
+        assert r.status_code == 200, r.text
+        return str(r.json()["token"])
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_cli(args[0], *args[1:], "--data-dir", str(self.data_dir), check=check)
+
+
+@contextlib.contextmanager
+def running_server(data_dir: Path, *init_args: str) -> Iterator[Server]:
+    server = Server(data_dir)
+    try:
+        server.init(*init_args)
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
