@@ -160,3 +160,39 @@ def running_server(data_dir: Path, *init_args: str) -> Iterator[Server]:
         yield server
     finally:
         server.cleanup()
+
+
+def superuser_connect(server: Server, dbname: str = "safehold") -> Any:
+    """A psycopg connection as the bundled database's superuser (to play the attacker with DB access)."""
+    import psycopg
+
+    from safehold.config import load_settings
+    from safehold.storage.db import owner_target
+
+    t = owner_target(load_settings(server.data_dir), dbname=dbname)
+    return psycopg.connect(host=t.host, port=t.port, user=t.user, password=t.password, dbname=t.dbname,
+                           sslmode="verify-full", sslrootcert=str(t.sslrootcert), autocommit=True)
+
+
+def pg_dump(server: Server) -> bytes:
+    """A plain-SQL dump of the vault database, made with the bundled pg_dump."""
+    from safehold.config import load_settings
+    from safehold.services import database
+    from safehold.storage.db import owner_target
+
+    settings = load_settings(server.data_dir)
+    target = owner_target(settings)
+    return database.manager(settings).run_tool("pg_dump", ["--format=plain", target.dbname],
+                                               env=target.libpq_env()).stdout
+
+
+def seed_account(server: Server, token: str, password: str, *, resource: str = "db01",
+                 username: str = "root") -> tuple[str, str]:
+    """Create a resource with one account; returns (resource id, account id)."""
+    with server.client(token) as c:
+        r = c.post("/resources", json={"name": resource, "address": "db01.example.internal", "tags": ["prod"]})
+        assert r.status_code == 201, r.text
+        rid = r.json()["id"]
+        a = c.post(f"/resources/{rid}/accounts", json={"username": username, "password": password})
+        assert a.status_code == 201, a.text
+        return rid, a.json()["id"]

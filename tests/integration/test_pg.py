@@ -49,6 +49,7 @@ from safehold.pg import (
     ensure_traversable,
     find_binaries,
 )
+from safehold.pg.runas import resolve_service_user
 
 IS_ROOT = os.geteuid() == 0
 SRC_DIR = Path(__file__).resolve().parents[2] / "src"
@@ -140,6 +141,20 @@ def _teardown(manager: PgManager) -> None:
 
 
 @pytest.fixture(scope="module")
+def pg_root() -> Iterator[Path]:
+    """Where the data directories go: a fresh 0700 directory in /tmp.
+
+    Not pytest's tmp_path: any pytest session starting on the machine (a
+    colleague's, say) chmods /tmp/pytest-of-root back to 0700, which would cut
+    the service user off from a cluster in the middle of a test. The manager
+    handles a private parent like this one the same way (it adds o+x).
+    """
+    root = Path(tempfile.mkdtemp(prefix="safehold-test-pg-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
 def binaries() -> Binaries:
     return find_binaries()
 
@@ -155,11 +170,9 @@ def password() -> str:
 
 
 @pytest.fixture(scope="module")
-def running(
-    tmp_path_factory: pytest.TempPathFactory, binaries: Binaries, tls: Tls, password: str
-) -> Iterator[PgManager]:
+def running(pg_root: Path, binaries: Binaries, tls: Tls, password: str) -> Iterator[PgManager]:
     """One started cluster shared by the read-only checks."""
-    manager = PgManager(_spec(tmp_path_factory.mktemp("running") / "pg", tls), binaries)
+    manager = PgManager(_spec(pg_root / "running", tls), binaries)
     try:
         manager.initdb(password)
         assert manager.start() is True
@@ -169,25 +182,23 @@ def running(
 
 
 @pytest.fixture(scope="module")
-def template(
-    tmp_path_factory: pytest.TempPathFactory, binaries: Binaries, tls: Tls, password: str
-) -> Path:
+def template(pg_root: Path, binaries: Binaries, tls: Tls, password: str) -> Path:
     """An initialised, never started data directory, copied by tests that need a fresh one."""
-    data_dir = tmp_path_factory.mktemp("template") / "pg"
+    data_dir = pg_root / "template"
     PgManager(_spec(data_dir, tls), binaries).initdb(password)
     return data_dir
 
 
 @pytest.fixture
 def cluster_from_template(
-    tmp_path: Path, template: Path, binaries: Binaries, tls: Tls
+    pg_root: Path, template: Path, binaries: Binaries, tls: Tls
 ) -> Iterator[Callable[[], PgManager]]:
     """Make clusters by copying the template (as root the copy is owned by root,
     which start() hands back to the service user); all are torn down after the test."""
     made: list[PgManager] = []
 
     def make() -> PgManager:
-        data_dir = tmp_path / f"pg{len(made)}"
+        data_dir = Path(tempfile.mkdtemp(prefix="copy-", dir=pg_root)) / "pg"
         shutil.copytree(template, data_dir, symlinks=True)
         manager = PgManager(_spec(data_dir, tls), binaries)
         made.append(manager)
@@ -383,6 +394,28 @@ def test_run_tool_as_service_user(running: PgManager, password: str) -> None:
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="the service user is used only when running as root")
+def test_run_tool_hints_at_files_the_service_user_cannot_read(
+    running: PgManager, password: str, pg_root: Path, tls: Tls
+) -> None:
+    private = pg_root / "root-only"
+    private.mkdir(mode=0o700)
+    shutil.copy(tls.ca, private / "ca.pem")
+    params = running.conninfo(user=running.spec.superuser)
+    del params["sslrootcert"]  # taken from PGSSLROOTCERT, as storage's libpq_env() does
+    with pytest.raises(PgError) as info:
+        running.run_tool(
+            "psql",
+            ["-X", "-d", make_conninfo(**params), "-c", "SELECT 1"],
+            env={"PGPASSWORD": password, "PGSSLROOTCERT": str(private / "ca.pem")},
+            timeout=30,
+        )
+    assert "root certificate file" in info.value.message
+    assert info.value.hint is not None
+    assert f"PGSSLROOTCERT={private / 'ca.pem'}" in info.value.hint
+    assert str(running.tool_sslrootcert()) in info.value.hint
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the service user is used only when running as root")
 def test_runs_as_the_service_user(running: PgManager) -> None:
     user = running.service_user
     assert user is not None and user.uid != 0
@@ -549,6 +582,44 @@ def test_cluster_survives_death_of_the_process_that_started_it(
 
 
 # --- permissions -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the service user is used only when running as root")
+def test_reaches_binaries_and_data_behind_private_directories(
+    pg_root: Path, binaries: Binaries, tls: Tls, password: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Binaries in a venv under /root (0700) and PGDATA under a 0700 temp root both work."""
+    home = pg_root / "home"  # stands for /root
+    private = pg_root / "private" / "deeper"  # stands for /tmp/pytest-of-root/pytest-N
+    install = home / "venv" / "pginstall"
+    shutil.copytree(binaries.bin_dir.parent, install, symlinks=True)
+    for d in (home, home / "venv", pg_root / "private", private):
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)
+    moved = find_binaries(install / "bin")
+    manager = PgManager(_spec(private / "pg", tls), moved)
+    caplog.set_level("INFO", logger="safehold.pg.runas")
+    try:
+        manager.initdb(password)
+        assert manager.start() is True
+        with _connect(manager, password) as conn:
+            assert conn.execute("SHOW ssl").fetchone() == ("on",)
+    finally:
+        _teardown(manager)
+    for d in (home, home / "venv", pg_root / "private", private):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o701, d  # search bit only
+    granted = [r.getMessage() for r in caplog.records if "search permission" in r.getMessage()]
+    assert len([m for m in granted if f" {home} " in m]) == 1  # logged once
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the service user is used only when running as root")
+def test_service_user_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAFEHOLD_PG_USER", "nobody")
+    user = resolve_service_user("auto")
+    assert user is not None and user.name == "nobody" and user.uid != 0
+    assert resolve_service_user(None) is None
+    with pytest.raises(PgError, match="refuses to run as root"):
+        resolve_service_user("root")
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to create and act for another user")

@@ -37,6 +37,7 @@ from safehold.pg.runas import (
     make_dir,
     read_tail,
     resolve_service_user,
+    user_can_read,
     write_file,
 )
 
@@ -47,6 +48,15 @@ _LOG_TAIL_LINES = 20
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
 _HAVE_PROC = Path("/proc/self/stat").exists()
+#: libpq environment variables naming files the tool must read.
+_FILE_VARIABLES = (
+    "PGSSLROOTCERT",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGSSLCRL",
+    "PGPASSFILE",
+    "PGSERVICEFILE",
+)
 
 
 @dataclass(frozen=True)
@@ -195,8 +205,28 @@ class PgManager:
         except subprocess.TimeoutExpired as exc:
             raise PgError(f"{name} did not finish within {timeout:g}s") from exc
         if proc.returncode != 0:
-            raise PgError(f"{name} failed (exit {proc.returncode}): {_stderr_tail(proc)}")
+            raise PgError(
+                f"{name} failed (exit {proc.returncode}): {_stderr_tail(proc)}",
+                hint=self._unreadable_hint(name, env or {}),
+            )
         return proc
+
+    def _unreadable_hint(self, tool: str, env: dict[str, str]) -> str | None:
+        """A hint naming the files in `env` the service user cannot read, if any."""
+        user = self.service_user
+        if user is None:
+            return None
+        unreadable = [
+            f"{var}={env[var]}"
+            for var in _FILE_VARIABLES
+            if var in env and not user_can_read(Path(env[var]), user)
+        ]
+        if not unreadable:
+            return None
+        return (
+            f"{tool} runs as {user.name!r}, which cannot read {', '.join(unreadable)}; "
+            f"for TLS verification use the CA copy {self.tool_sslrootcert()}"
+        )
 
     # --- the data directory ---------------------------------------------------------
 
@@ -288,7 +318,7 @@ class PgManager:
                     "--locale=C",
                     "--data-checksums",
                 ]  # fmt: skip
-                if self.binaries.major >= 13:
+                if self.binaries.major >= 14:
                     args.append("--no-instructions")
                 self.run_tool("initdb", args, timeout=600)
             self.apply_settings()
@@ -416,12 +446,14 @@ class PgManager:
                 log.warning("gave %d entries of %s to %s", n, self.data_dir, user.name)
         make_dir(self.data_dir, mode=_DIR_MODE, owner=user)
         make_dir(self._path(conf.LOG_DIR), mode=_DIR_MODE, owner=user)
-        stale = self._path("postmaster.pid")
-        if stale.exists():
-            # Its postmaster is gone (or a zombie nobody reaps, which PostgreSQL
-            # would mistake for a live one): remove the stale lock.
-            log.info("removing stale %s", stale)
-            stale.unlink(missing_ok=True)
+        pid_file = self._pid_file()
+        if pid_file is not None and not _maybe_postgres(pid_file.pid):
+            # Its postmaster is gone, or is a zombie nobody reaps (PostgreSQL
+            # would take that for a live postmaster and refuse to start), or the
+            # pid now belongs to another program. A live postgres process keeps
+            # the lock: PostgreSQL itself decides then.
+            log.info("removing stale postmaster.pid (pid %d) in %s", pid_file.pid, self.data_dir)
+            self._path("postmaster.pid").unlink(missing_ok=True)
         self.apply_settings()
 
     def start(self, *, timeout: float = 30) -> bool:
@@ -585,9 +617,16 @@ class PgManager:
         service user can read (the spec's path may sit in a directory it cannot).
         """
         params = self.conninfo(user=user, dbname=dbname)
-        root_name = conf.ROOT_CERT if self.spec.tls_ca is not None else conf.SERVER_CERT
-        params["sslrootcert"] = str(self._path(root_name))
+        params["sslrootcert"] = str(self.tool_sslrootcert())
         return conf.render_conninfo(params)
+
+    def tool_sslrootcert(self) -> Path:
+        """The CA (or self-signed certificate) copy inside PGDATA, readable by the service user.
+
+        Give it to tools run through `run_tool` (PGSSLROOTCERT) instead of the
+        spec's path, which the service user may not be able to read.
+        """
+        return self._path(conf.ROOT_CERT if self.spec.tls_ca is not None else conf.SERVER_CERT)
 
 
 # --- helpers with side effects only on the OS ---------------------------------------
@@ -661,6 +700,16 @@ def _is_live(pid: int) -> bool:
         return True
     info = _proc_stat(pid)
     return info is not None and info[1] not in ("Z", "X")
+
+
+def _maybe_postgres(pid: int) -> bool:
+    """Whether `pid` is live and might be a PostgreSQL process (of any cluster)."""
+    if not _is_live(pid):
+        return False
+    if not _HAVE_PROC:
+        return True
+    info = _proc_stat(pid)
+    return info is not None and info[0].startswith(("postgres", "postmaster"))
 
 
 def _children(pid: int) -> list[int]:

@@ -170,6 +170,17 @@ def ensure_traversable(path: Path, user: ServiceUser) -> None:
             log.info("granted search permission (+x) on %s so %s can reach it", d, user.name)
 
 
+def user_can_read(path: Path, user: ServiceUser) -> bool:
+    """Whether `user` can reach and read `path`, judging by mode bits (ACLs ignored)."""
+    try:
+        for d in _chain(path.parent):
+            if not _can(d.stat(), user, _SEARCH):
+                return False
+        return _can(path.stat(), user, _READ)
+    except OSError:
+        return False
+
+
 def check_tree_usable(root: Path, user: ServiceUser) -> None:
     """Verify `user` can read every file under `root` and run its executables.
 

@@ -6,13 +6,13 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, literal, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from safehold.audit.chain import GENESIS, AuditEvent, ChainedRecord, StoredRecord, extend
-from safehold.storage.schema import audit_heads, audit_log
+from safehold.storage.schema import audit_heads, audit_log, servers
 
 PUBLIC_COLUMNS = [
     audit_log.c.id, audit_log.c.server_id, audit_log.c.server_role, audit_log.c.seq, audit_log.c.at,
@@ -78,15 +78,22 @@ async def search(conn: AsyncConnection, *, limit: int, offset: int, **filters: A
     cond = _filters(**filters)
     total = (await conn.execute(select(func.count()).select_from(audit_log).where(cond))).scalar_one()
     rows = await conn.execute(
-        select(*PUBLIC_COLUMNS).where(cond).order_by(audit_log.c.at.desc(), audit_log.c.id.desc())
+        _with_server_name().where(cond).order_by(audit_log.c.at.desc(), audit_log.c.id.desc())
         .limit(limit).offset(offset)
     )
     return list(rows), int(total)
 
 
+def _with_server_name() -> Select[Any]:
+    """Records with the display name of the server they happened on (as registered now)."""
+    return select(*PUBLIC_COLUMNS, func.coalesce(servers.c.name, "").label("server_name")).outerjoin(
+        servers, servers.c.id == audit_log.c.server_id
+    )
+
+
 async def export(conn: AsyncConnection, **filters: Any) -> list[Row[Any]]:
     cond = _filters(**filters)
-    return list(await conn.execute(select(*PUBLIC_COLUMNS).where(cond).order_by(audit_log.c.at, audit_log.c.id)))
+    return list(await conn.execute(_with_server_name().where(cond).order_by(audit_log.c.at, audit_log.c.id)))
 
 
 async def chain_servers(conn: AsyncConnection) -> list[str]:

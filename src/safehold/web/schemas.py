@@ -261,6 +261,7 @@ class ImportOut(BaseModel):
 class AuditRecordOut(BaseModel):
     id: int
     server_id: str
+    server_name: str
     server_role: str
     seq: int
     at: dt.datetime

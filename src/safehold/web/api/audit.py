@@ -74,7 +74,7 @@ async def export(p: CurrentUser, rt: RuntimeDep, f: Annotated[Filters, Depends()
 def records_csv(rows: list[object]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    cols = ["id", "at", "server_id", "server_role", "seq", "actor", "source_ip", "action", "target_type",
+    cols = ["id", "at", "server_id", "server_name", "server_role", "seq", "actor", "source_ip", "action", "target_type",
             "target_id", "target_name", "result", "detail"]
     w.writerow(cols)
     for r in rows:
