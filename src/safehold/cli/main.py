@@ -86,7 +86,11 @@ def init(
                        database_url=database_url, key_file=key_file, admin_username=admin_username,
                        admin_password=password, hostnames=tuple(hostname or ()))
     with out.status("initialising…") as status:
-        result = initialise(opts, say=lambda m: (status.update(m), out.print(f"• {m}")))
+        def say(message: str) -> None:
+            status.update(message)
+            out.print(f"• {message}")
+
+        result = initialise(opts, say=say)
     s = result.settings
     out.print(f"[green]✓[/] Safehold server [bold]{s.server.name}[/] initialised in {s.data_dir}")
     out.print(f"  server id  {s.server.id}\n  URL        https://{s.http.listen}:{s.http.port}")

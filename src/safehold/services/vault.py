@@ -21,6 +21,7 @@ from safehold.services.auth import now
 from safehold.services.runtime import Runtime
 from safehold.storage import users as user_store
 from safehold.storage import vault as store
+from safehold.storage.rows import present
 
 EXPORT_COLUMNS = ["resource", "type", "address", "description", "tags", "username", "password", "notes"]
 MAX_SECRET = 4096
@@ -85,7 +86,7 @@ async def create_resource(rt: Runtime, p: Principal, data: ResourceInput) -> dic
             row = await store.resource(conn, rid)
     except IntegrityError:
         raise Conflict(f"a resource named '{data.name}' already exists") from None
-    return dict(row._mapping) | {"permission": Permission.MODIFY.value}
+    return dict(present(row)._mapping) | {"permission": Permission.MODIFY.value}
 
 
 async def _resource_for(rt: Runtime, conn: Any, p: Principal, resource_id: str,
@@ -134,7 +135,7 @@ async def update_resource(rt: Runtime, p: Principal, resource_id: str, changes: 
             new = await store.resource(conn, row.id)
     except IntegrityError:
         raise Conflict("another resource already has that name") from None
-    return dict(new._mapping) | {"permission": perm.value}
+    return dict(present(new)._mapping) | {"permission": perm.value}
 
 
 async def delete_resource(rt: Runtime, p: Principal, resource_id: str) -> None:
@@ -171,7 +172,7 @@ async def create_account(rt: Runtime, p: Principal, resource_id: str, username: 
             row = await store.account_by_username(conn, res.id, username)
     except IntegrityError:
         raise Conflict(f"the resource already has an account named '{username}'") from None
-    return dict(row._mapping) | {"resource_name": res.name}
+    return dict(present(row)._mapping) | {"resource_name": res.name}
 
 
 async def _account_for(rt: Runtime, conn: Any, p: Principal, account_id: str,
@@ -233,7 +234,7 @@ async def update_account(rt: Runtime, p: Principal, account_id: str, *, username
                 values["notes_enc"] = rt.keyring.seal_str(notes, notes_aad(row.id)) if notes else None
             if password is not None:
                 hid = str(uuid.uuid4())
-                old = rt.keyring.open_str(bytes(locked.password_enc), password_aad(row.id))
+                old = rt.keyring.open_str(bytes(present(locked).password_enc), password_aad(row.id))
                 await store.add_history(conn, id=hid, account_id=row.id, changed_by=p.username,
                                         password_enc=rt.keyring.seal_str(old, history_aad(hid)))
                 values["password_enc"] = rt.keyring.seal_str(password, password_aad(row.id))
@@ -377,7 +378,7 @@ async def import_csv(rt: Runtime, p: Principal, text: str) -> ImportReport:
                 report.accounts_created += 1
             else:
                 locked = await store.lock_account(conn, existing.id)
-                old = rt.keyring.open_str(bytes(locked.password_enc), password_aad(existing.id))
+                old = rt.keyring.open_str(bytes(present(locked).password_enc), password_aad(existing.id))
                 if old != password:
                     hid = str(uuid.uuid4())
                     await store.add_history(conn, id=hid, account_id=existing.id, changed_by=p.username,

@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from safehold.audit.chain import GENESIS, AuditEvent, ChainedRecord, StoredRecord, extend
+from safehold.storage.rows import AnyRow
 from safehold.storage.schema import audit_heads, audit_log, servers
 
 PUBLIC_COLUMNS = [
@@ -74,7 +74,7 @@ def _filters(
     return cond
 
 
-async def search(conn: AsyncConnection, *, limit: int, offset: int, **filters: Any) -> tuple[list[Row[Any]], int]:
+async def search(conn: AsyncConnection, *, limit: int, offset: int, **filters: Any) -> tuple[list[AnyRow], int]:
     cond = _filters(**filters)
     total = (await conn.execute(select(func.count()).select_from(audit_log).where(cond))).scalar_one()
     rows = await conn.execute(
@@ -91,7 +91,7 @@ def _with_server_name() -> Select[Any]:
     )
 
 
-async def export(conn: AsyncConnection, **filters: Any) -> list[Row[Any]]:
+async def export(conn: AsyncConnection, **filters: Any) -> list[AnyRow]:
     cond = _filters(**filters)
     return list(await conn.execute(_with_server_name().where(cond).order_by(audit_log.c.at, audit_log.c.id)))
 

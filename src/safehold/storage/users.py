@@ -6,9 +6,9 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from safehold.storage.rows import AnyRow
 from safehold.storage.schema import auth_tokens, users
 
 USER_COLUMNS = [
@@ -18,21 +18,21 @@ USER_COLUMNS = [
 ]
 
 
-async def by_username(conn: AsyncConnection, username: str, *, for_update: bool = False) -> Row[Any] | None:
+async def by_username(conn: AsyncConnection, username: str, *, for_update: bool = False) -> AnyRow | None:
     q = select(users).where(func.lower(users.c.username) == username.lower())
     if for_update:
         q = q.with_for_update()
     return (await conn.execute(q)).first()
 
 
-async def by_id(conn: AsyncConnection, user_id: str, *, for_update: bool = False) -> Row[Any] | None:
+async def by_id(conn: AsyncConnection, user_id: str, *, for_update: bool = False) -> AnyRow | None:
     q = select(users).where(users.c.id == user_id)
     if for_update:
         q = q.with_for_update()
     return (await conn.execute(q)).first()
 
 
-async def listing(conn: AsyncConnection, *, limit: int, offset: int) -> tuple[list[Row[Any]], int]:
+async def listing(conn: AsyncConnection, *, limit: int, offset: int) -> tuple[list[AnyRow], int]:
     total = (await conn.execute(select(func.count()).select_from(users))).scalar_one()
     rows = await conn.execute(select(*USER_COLUMNS).order_by(users.c.username).limit(limit).offset(offset))
     return list(rows), total
@@ -61,7 +61,7 @@ async def add_token(conn: AsyncConnection, **values: Any) -> None:
     await conn.execute(insert(auth_tokens).values(**values))
 
 
-async def principal_by_token(conn: AsyncConnection, token_hash: bytes) -> Row[Any] | None:
+async def principal_by_token(conn: AsyncConnection, token_hash: bytes) -> AnyRow | None:
     """The token and its user in one round trip (the hot path of every request)."""
     q = (
         select(
@@ -99,7 +99,7 @@ async def delete_user_sessions(conn: AsyncConnection, user_id: str) -> None:
     )
 
 
-async def api_tokens(conn: AsyncConnection, user_id: str) -> list[Row[Any]]:
+async def api_tokens(conn: AsyncConnection, user_id: str) -> list[AnyRow]:
     q = (
         select(auth_tokens.c.id, auth_tokens.c.name, auth_tokens.c.created_at,
                auth_tokens.c.last_used_at, auth_tokens.c.expires_at)

@@ -17,9 +17,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from safehold.storage.rows import AnyRow
 from safehold.storage.schema import accounts, password_history, resources, shares, users
 
 RESOURCE_COLUMNS = [
@@ -47,7 +47,7 @@ def _escape_like(term: str) -> str:
 async def search_resources(
     conn: AsyncConnection, *, visible_to: str | None, query: str | None, tag: str | None,
     limit: int, offset: int,
-) -> tuple[list[Row[Any]], int]:
+) -> tuple[list[AnyRow], int]:
     cond = _visible_to(visible_to)
     if query:
         like = f"%{_escape_like(query)}%"
@@ -65,14 +65,14 @@ async def search_resources(
     return list(rows), int(total)
 
 
-async def resource(conn: AsyncConnection, resource_id: str, *, for_update: bool = False) -> Row[Any] | None:
+async def resource(conn: AsyncConnection, resource_id: str, *, for_update: bool = False) -> AnyRow | None:
     q = select(*RESOURCE_COLUMNS).where(resources.c.id == resource_id)
     if for_update:
         q = q.with_for_update()
     return (await conn.execute(q)).first()
 
 
-async def resource_by_name(conn: AsyncConnection, name: str) -> Row[Any] | None:
+async def resource_by_name(conn: AsyncConnection, name: str) -> AnyRow | None:
     q = select(*RESOURCE_COLUMNS).where(func.lower(resources.c.name) == name.lower())
     return (await conn.execute(q)).first()
 
@@ -96,12 +96,12 @@ async def delete_resource(conn: AsyncConnection, resource_id: str) -> None:
     await conn.execute(delete(resources).where(resources.c.id == resource_id))
 
 
-async def accounts_of(conn: AsyncConnection, resource_id: str) -> list[Row[Any]]:
+async def accounts_of(conn: AsyncConnection, resource_id: str) -> list[AnyRow]:
     q = select(*ACCOUNT_COLUMNS).where(accounts.c.resource_id == resource_id).order_by(accounts.c.username)
     return list(await conn.execute(q))
 
 
-async def account_with_access(conn: AsyncConnection, account_id: str, user_id: str) -> Row[Any] | None:
+async def account_with_access(conn: AsyncConnection, account_id: str, user_id: str) -> AnyRow | None:
     """An account, its ciphertexts, its resource and the user's share on it: one round trip."""
     q = (
         select(
@@ -116,7 +116,7 @@ async def account_with_access(conn: AsyncConnection, account_id: str, user_id: s
     return (await conn.execute(q)).first()
 
 
-async def lock_account(conn: AsyncConnection, account_id: str) -> Row[Any] | None:
+async def lock_account(conn: AsyncConnection, account_id: str) -> AnyRow | None:
     q = select(accounts.c.id, accounts.c.password_enc).where(accounts.c.id == account_id).with_for_update()
     return (await conn.execute(q)).first()
 
@@ -135,7 +135,7 @@ async def delete_account(conn: AsyncConnection, account_id: str) -> None:
     await conn.execute(delete(accounts).where(accounts.c.id == account_id))
 
 
-async def account_by_username(conn: AsyncConnection, resource_id: str, username: str) -> Row[Any] | None:
+async def account_by_username(conn: AsyncConnection, resource_id: str, username: str) -> AnyRow | None:
     q = select(*ACCOUNT_COLUMNS).where(accounts.c.resource_id == resource_id, accounts.c.username == username)
     return (await conn.execute(q)).first()
 
@@ -144,7 +144,7 @@ async def add_history(conn: AsyncConnection, **values: Any) -> None:
     await conn.execute(insert(password_history).values(**values))
 
 
-async def history(conn: AsyncConnection, account_id: str) -> list[Row[Any]]:
+async def history(conn: AsyncConnection, account_id: str) -> list[AnyRow]:
     q = (
         select(password_history.c.id, password_history.c.changed_by, password_history.c.retired_at,
                password_history.c.password_enc)
@@ -154,7 +154,7 @@ async def history(conn: AsyncConnection, account_id: str) -> list[Row[Any]]:
     return list(await conn.execute(q))
 
 
-async def shares_of(conn: AsyncConnection, resource_id: str) -> list[Row[Any]]:
+async def shares_of(conn: AsyncConnection, resource_id: str) -> list[AnyRow]:
     q = (
         select(shares.c.user_id, users.c.username, shares.c.permission, shares.c.created_at)
         .join(users, users.c.id == shares.c.user_id)
@@ -206,7 +206,7 @@ async def replace_secret(conn: AsyncConnection, table: str, column: str, row_id:
     await conn.execute(update(t).where(t.c.id == row_id).values({column: blob}))
 
 
-async def export_rows(conn: AsyncConnection, *, visible_to: str | None) -> list[Row[Any]]:
+async def export_rows(conn: AsyncConnection, *, visible_to: str | None) -> list[AnyRow]:
     q = (
         select(
             resources.c.name.label("resource_name"), resources.c.type, resources.c.address,

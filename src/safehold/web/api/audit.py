@@ -6,7 +6,8 @@ import csv
 import datetime as dt
 import io
 import json
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse
@@ -71,14 +72,14 @@ async def export(p: CurrentUser, rt: RuntimeDep, f: Annotated[Filters, Depends()
                              headers={"Content-Disposition": 'attachment; filename="safehold-audit.csv"'})
 
 
-def records_csv(rows: list[object]) -> str:
+def records_csv(rows: Sequence[Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     cols = ["id", "at", "server_id", "server_name", "server_role", "seq", "actor", "source_ip", "action", "target_type",
             "target_id", "target_name", "result", "detail"]
     w.writerow(cols)
     for r in rows:
-        m = r._mapping  # type: ignore[attr-defined]
+        m = r._mapping
         w.writerow([json.dumps(m[c], sort_keys=True) if c == "detail" else m[c] for c in cols])
     return buf.getvalue()
 

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
+from safehold.domain import Permission
 from safehold.errors import InvalidInput
 from safehold.services import auth, vault
 from safehold.services.passwords import PasswordPolicy, generate
@@ -77,7 +78,7 @@ async def delete_resource(resource_id: str, p: CurrentUser, rt: RuntimeDep) -> R
              responses=WITH_404)
 async def create_account(resource_id: str, body: AccountCreate, p: CurrentUser, rt: RuntimeDep) -> AccountOut:
     row = await vault.create_account(rt, p, resource_id, body.username, body.password, body.notes)
-    return AccountOut(**row, permission="modify")
+    return AccountOut(**row, permission=Permission.MODIFY)
 
 
 @router.get("/resources/{resource_id}/shares", response_model=list[ShareOut], responses=WITH_404)
