@@ -201,10 +201,6 @@ def render_hba(extra_lines: Iterable[str] = ()) -> str:
     return _HBA_HEADER + "\n".join([*_BASE_HBA, *extra]) + "\n"
 
 
-def base_hba_lines() -> tuple[str, ...]:
-    return _BASE_HBA
-
-
 # --- marker -----------------------------------------------------------------------
 
 

@@ -55,6 +55,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # its loc is a character offset, not a field
+            reason = (first.get("ctx") or {}).get("error", "")  # json's own words: positions, no input
+            return error_response(422, "invalid_input", f"the request body is not valid JSON ({reason})"
+                                  if reason else "the request body is not valid JSON")
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
         field = ".".join(loc) or None
         msg = first.get("msg", "invalid request")
@@ -63,6 +67,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # The framework's only 400: a body it cannot parse at all (not UTF-8, nested too deep).
+            # That is invalid input like any other, with the one status the API documents for it.
+            return error_response(422, "invalid_input", "the request body cannot be parsed: "
+                                  "send UTF-8 JSON of the documented shape")
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         return error_response(exc.status_code, CODES.get(exc.status_code, "error"), message,
                               headers=getattr(exc, "headers", None))
