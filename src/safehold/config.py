@@ -128,13 +128,18 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Mapping[str, str]]) -> dict
     return merged
 
 
-def describe_validation_error(exc: ValidationError, source: str) -> str:
+def describe_validation_error(
+    exc: ValidationError, source: str, from_env: Mapping[str, Mapping[str, str]] | None = None
+) -> str:
     lines = [f"invalid configuration in {source}:"]
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        if from_env and len(loc) >= 2 and loc[1] in from_env.get(loc[0], {}):
+            key += f" (from {ENV_PREFIX}{loc[0].upper()}__{loc[1].upper()})"
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 
@@ -152,12 +157,13 @@ def load_settings(data_dir: Path, env: Mapping[str, str] | None = None) -> Setti
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    raw = _merge(raw, _env_overrides(os.environ if env is None else env))
+    overrides = _env_overrides(os.environ if env is None else env)
+    raw = _merge(raw, overrides)
     raw.pop("data_dir", None)
     try:
         settings = Settings.model_validate({**raw, "data_dir": data_dir})
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, str(path))) from None
+        raise ConfigError(describe_validation_error(exc, str(path), overrides)) from None
     return settings
 
 

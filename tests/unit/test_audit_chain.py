@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -49,7 +50,7 @@ def problems(
     return list(verify(key, SERVER, stored, head))
 
 
-def with_event(s: StoredRecord, **changes: object) -> StoredRecord:
+def with_event(s: StoredRecord, **changes: Any) -> StoredRecord:
     r = s.record
     return StoredRecord(s.id, dataclasses.replace(r, event=dataclasses.replace(r.event, **changes)))
 
@@ -193,7 +194,7 @@ def test_checker_finds_one_altered_record_deep_in_a_long_chain() -> None:
     ],
     ids=lambda c: next(iter(c)),
 )
-def test_edited_field_is_reported_as_altered_naming_record_id_and_seq(change: dict[str, object]) -> None:
+def test_edited_field_is_reported_as_altered_naming_record_id_and_seq(change: dict[str, Any]) -> None:
     stored, head = chain(5)
     stored[2] = with_event(stored[2], **change)
 

@@ -339,3 +339,32 @@ def test_a_cancelled_request_does_not_disturb_the_others() -> None:
         await writer.stop()
 
     run(body())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: AuditWriter.record (src/safehold/audit/writer.py) only checks `self._task is None`; "
+    "once the writer task has ended other than through stop() (here: the committer raised "
+    "CancelledError), later record() calls queue onto a dead queue and wait forever instead of "
+    "raising AuditUnavailable",
+)
+def test_record_fails_closed_when_the_writer_task_has_died() -> None:
+    async def body() -> None:
+        attempts = 0
+
+        async def commit(batch: Sequence[AuditEvent]) -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:  # e.g. the driver's own future was cancelled under it
+                raise asyncio.CancelledError()
+
+        writer = AuditWriter(commit)
+        writer.start()
+        with pytest.raises(AuditUnavailable):
+            await writer.record(ev(1))
+
+        with pytest.raises(AuditUnavailable):
+            await asyncio.wait_for(writer.record(ev(2)), timeout=0.5)
+        await writer.stop()
+
+    run(body())

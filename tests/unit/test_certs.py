@@ -92,7 +92,7 @@ def test_server_cert_verifies_like_verify_full(
 ) -> None:
     """What a TLS client does: chain to the pinned CA and match the host name or IP."""
     try:
-        subject: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
+        subject: x509.DNSName | x509.IPAddress = x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
         subject = x509.DNSName(name)
     verifier = PolicyBuilder().store(Store([load(ca[0])])).build_server_verifier(subject)

@@ -256,3 +256,19 @@ def test_version_of_reads_the_header_without_a_key() -> None:
 def test_version_of_refuses_a_blob_shorter_than_the_header(blob: bytes) -> None:
     with pytest.raises(DecryptionError):
         Keyring.version_of(blob)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Keyring.seal_with_nonce (src/safehold/crypto/envelope.py) accepts any nonce AESGCM "
+    "accepts (8..128 bytes) but open() always reads 12, so a non-12-byte nonce silently yields a "
+    "ciphertext that can never be opened",
+)
+@pytest.mark.parametrize("nonce_len", [8, 16])
+def test_seal_with_nonce_never_returns_an_unopenable_ciphertext(nonce_len: int) -> None:
+    ring = Keyring({7: KEY_V7}, 7)
+    try:
+        blob = ring.seal_with_nonce(PLAINTEXT, AAD, bytes(nonce_len))
+    except ValueError:
+        return  # refusing the nonce is a fine answer
+    assert ring.open(blob, AAD) == PLAINTEXT

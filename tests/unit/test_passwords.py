@@ -34,9 +34,10 @@ def policies() -> list[PasswordPolicy]:
     for flags in itertools.product([True, False], repeat=4):
         if not any(flags):
             continue
+        lower, upper, digits, symbols = flags
         for exclude in (False, True):
             for length in (8, 9, 12, 20, 64, 256):
-                out.append(PasswordPolicy(length, *flags, exclude_ambiguous=exclude))
+                out.append(PasswordPolicy(length, lower, upper, digits, symbols, exclude_ambiguous=exclude))
     return out
 
 

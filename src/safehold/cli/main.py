@@ -32,8 +32,8 @@ key_app = typer.Typer(help="The master key.", no_args_is_help=True)
 for sub, name in ((db_app, "db"), (user_app, "user"), (token_app, "token"), (audit_app, "audit"), (key_app, "key")):
     app.add_typer(sub, name=name)
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", "-d", help="The server's data directory.",
                                        envvar="SAFEHOLD_DATA_DIR")]
