@@ -31,7 +31,7 @@ class _Section(BaseModel):
 
 
 class ServerSection(_Section):
-    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    id: str
     name: str = Field(min_length=1, max_length=100)
     role: ServerRole = ServerRole.STANDALONE
 
@@ -54,7 +54,7 @@ class HttpSection(_Section):
 
 class DatabaseSection(_Section):
     mode: Literal["bundled", "external"] = "bundled"
-    url: str | None = None
+    url: str | None = Field(default=None, repr=False)  # may hold a password
     host: str = "127.0.0.1"
     port: int = Field(default=5433, ge=1, le=65535)
     name: str = "safehold"

@@ -151,9 +151,10 @@ def test_intact_chain_verifies(n: int) -> None:
     assert problems(stored, head if n else None) == []
 
 
-def test_intact_chain_verifies_without_a_head() -> None:
+def test_a_deleted_chain_head_is_reported() -> None:
     stored, _ = chain(3)
-    assert problems(stored, None) == []
+    found = problems(stored, None)
+    assert len(found) == 1 and "head is missing" in found[0].what
 
 
 def test_checker_over_many_records_keeps_only_constant_state() -> None:

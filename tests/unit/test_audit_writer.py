@@ -341,13 +341,6 @@ def test_a_cancelled_request_does_not_disturb_the_others() -> None:
     run(body())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: AuditWriter.record (src/safehold/audit/writer.py) only checks `self._task is None`; "
-    "once the writer task has ended other than through stop() (here: the committer raised "
-    "CancelledError), later record() calls queue onto a dead queue and wait forever instead of "
-    "raising AuditUnavailable",
-)
 def test_record_fails_closed_when_the_writer_task_has_died() -> None:
     async def body() -> None:
         attempts = 0

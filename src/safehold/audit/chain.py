@@ -55,6 +55,8 @@ class ChainedRecord:
 
 
 def canonical(server_id: str, server_role: str, seq: int, e: AuditEvent) -> bytes:
+    if e.at.tzinfo is None:
+        raise ValueError("audit times must be timezone-aware")
     at = e.at.astimezone(dt.UTC).isoformat(timespec="microseconds")
     body = [server_id, server_role, seq, at, e.actor, e.source_ip, e.action, e.target_type,
             e.target_id, e.target_name, e.result, e.detail]
@@ -125,6 +127,8 @@ class ChainChecker:
 
     def finish(self, head: tuple[int, bytes] | None) -> list[Problem]:
         last_seq = self.expected_seq - 1
+        if head is None and self.count:
+            return [Problem(self.server_id, None, None, "the chain head is missing: it was deleted")]
         if head is not None and (head[0] != last_seq or head[1] != self.prev):
             return [Problem(self.server_id, None, head[0],
                             f"chain head says {head[0]} records but the log ends at {last_seq}: "

@@ -48,7 +48,7 @@ class AuditWriter:
 
     async def record(self, event: AuditEvent) -> None:
         """Return once the event is durably in the audit log; raise AuditUnavailable otherwise."""
-        if self._task is None:
+        if self._task is None or self._task.done():
             raise AuditUnavailable("the audit writer is not running")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._queue.put((event, fut))

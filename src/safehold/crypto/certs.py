@@ -71,6 +71,8 @@ def make_server_cert(
     ca_cert_pem: bytes, ca_key_pem: bytes, names: list[str], *, days: int = 825
 ) -> tuple[bytes, bytes]:
     """A server certificate for DNS names and IP addresses, signed by the CA."""
+    if not names:
+        raise ValueError("a server certificate needs at least one name")
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
     ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
@@ -111,7 +113,8 @@ def fingerprint(cert_pem: bytes) -> str:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    path.unlink(missing_ok=True)  # never reuse an old file's (possibly wider) permissions
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.chmod(path, mode)
@@ -124,11 +127,12 @@ def write_tls_bundle(directory: Path, names: list[str], *, cluster_name: str = "
         ca_cert=directory / "ca.crt", ca_key=directory / "ca.key",
         cert=directory / "server.crt", key=directory / "server.key",
     )
-    if not paths.ca_cert.exists():
+    new_ca = not paths.ca_cert.exists()
+    if new_ca:
         ca_pem, ca_key_pem = make_ca(f"{cluster_name} cluster CA")
         _write(paths.ca_key, ca_key_pem, 0o600)
         _write(paths.ca_cert, ca_pem, 0o644)
-    if not paths.cert.exists():
+    if new_ca or not paths.cert.exists():
         cert_pem, key_pem = make_server_cert(paths.ca_cert.read_bytes(), paths.ca_key.read_bytes(), names)
         _write(paths.key, key_pem, 0o600)
         _write(paths.cert, cert_pem, 0o644)

@@ -68,6 +68,8 @@ class Keyring:
 
     def with_key(self, version: int, key: bytes) -> Keyring:
         """A keyring that also holds ``key`` as ``version`` and seals with it."""
+        if version in self._aeads:
+            raise ValueError(f"data key version {version} already exists")
         ring = Keyring({version: key}, version, rand=self._rand)
         ring._aeads = {**self._aeads, version: AESGCM(key)}
         return ring
@@ -81,6 +83,8 @@ class Keyring:
 
     def seal_with_nonce(self, plaintext: bytes, aad: bytes, nonce: bytes) -> bytes:
         """Deterministic sealing for test vectors; production code calls :meth:`seal`."""
+        if len(nonce) != _NONCE_LEN:
+            raise ValueError(f"the nonce must be {_NONCE_LEN} bytes")
         header = _HEADER.pack(FORMAT_V1, self.active_version)
         aead = self._aeads[self.active_version]
         return header + nonce + aead.encrypt(nonce, plaintext, header + aad)

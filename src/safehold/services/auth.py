@@ -189,14 +189,23 @@ async def authenticate(rt: Runtime, token: str, source_ip: str = "") -> Principa
         t = now()
         if row is None or row.disabled or (row.expires_at is not None and row.expires_at <= t):
             raise AuthenticationFailed("invalid or expired token")
+        max_age = dt.timedelta(hours=rt.settings.security.session_max_hours)
+        if row.kind == "session" and row.created_at + max_age <= t:
+            raise AuthenticationFailed("the session has expired; sign in again")
         if t - row.last_used_at > TOUCH_EVERY:
             expires = None
             if row.kind == "session":
-                expires = t + dt.timedelta(minutes=rt.settings.security.session_idle_minutes)
+                expires = min(t + dt.timedelta(minutes=rt.settings.security.session_idle_minutes),
+                              row.created_at + max_age)
             await user_store.touch_token(conn, row.token_id, t, expires)
             await conn.commit()
     return Principal(row.user_id, row.username, UserRole(row.role), row.token_id, row.kind, source_ip,
                      row.csrf_token)
+
+
+async def purge_expired_tokens(rt: Runtime) -> int:
+    async with rt.write() as conn:
+        return await user_store.purge_expired(conn, now())
 
 
 async def logout(rt: Runtime, p: Principal) -> None:

@@ -90,7 +90,7 @@ def initialise(opts: InitOptions, say: Say = lambda _: None) -> InitResult:
 
 def _undo(data_dir: Path) -> None:
     try:
-        settings = Settings(server=ServerSection(name="x"), data_dir=data_dir)
+        settings = Settings(server=ServerSection(id=str(uuid.uuid4()), name="x"), data_dir=data_dir)
         pg = database.manager(settings)
         if pg.status().running:
             pg.stop()

@@ -66,6 +66,7 @@ async def principal_by_token(conn: AsyncConnection, token_hash: bytes) -> AnyRow
     q = (
         select(
             auth_tokens.c.id.label("token_id"), auth_tokens.c.kind, auth_tokens.c.expires_at,
+            auth_tokens.c.created_at,
             auth_tokens.c.last_used_at, auth_tokens.c.csrf_token, auth_tokens.c.reauth_at,
             users.c.id.label("user_id"), users.c.username, users.c.role, users.c.disabled,
         )

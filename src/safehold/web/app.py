@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +16,8 @@ from safehold import __version__
 from safehold.config import Settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import AuditAction
+from safehold.errors import SafeholdError
+from safehold.services import auth as auth_service
 from safehold.services.runtime import Runtime, open_runtime, system_event
 from safehold.web import errors
 from safehold.web.api import audit, auth, system, users, vault
@@ -32,6 +35,18 @@ SECURITY_HEADERS = {
 }
 
 
+async def _housekeeping(rt: Runtime, every: float = 600) -> None:
+    """Periodic clean-up: expired sessions and tokens.  Errors are logged, never fatal."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            purged = await auth_service.purge_expired_tokens(rt)
+            if purged:
+                log.info("purged %d expired session(s)/token(s)", purged)
+        except SafeholdError as exc:
+            log.warning("housekeeping skipped: %s", exc.message)
+
+
 def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: Runtime | None = None) -> FastAPI:
     """Build the app.  The runtime (database, keys) is opened in the app's own event loop at start-up;
     the master key is needed only then."""
@@ -47,9 +62,11 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         rt.start_background()
         app.state.runtime = rt
         await rt.record_audit(system_event(AuditAction.SERVER_STARTED, detail={"version": __version__}))
+        housekeeping = asyncio.get_running_loop().create_task(_housekeeping(rt), name="housekeeping")
         try:
             yield
         finally:
+            housekeeping.cancel()
             try:
                 await rt.record_audit(system_event(AuditAction.SERVER_STOPPED))
             except Exception:  # noqa: BLE001 - the database may already be gone
