@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from safehold.crypto.keyfile import create_key_file
-
 from tests.support import ADMIN_PASSWORD, Server, pg_dump, run_cli, seed_account, superuser_connect
 
 SECRET = "Tr0ub4dor&3-correct-horse-battery-staple"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -54,14 +55,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        first: dict[str, Any] = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         if first.get("type") == "json_invalid":  # its loc is a character offset, not a field
             reason = (first.get("ctx") or {}).get("error", "")  # json's own words: positions, no input
             return error_response(422, "invalid_input", f"the request body is not valid JSON ({reason})"
                                   if reason else "the request body is not valid JSON")
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
         field = ".".join(loc) or None
-        msg = first.get("msg", "invalid request")
+        msg = str(first.get("msg", "invalid request"))
         # Never echo the rejected input: it may be a password.
         return error_response(422, "invalid_input", f"{field}: {msg}" if field else msg, field=field)
 
