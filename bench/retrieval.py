@@ -247,12 +247,17 @@ def children_of(pid: int) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of these processes (all their threads), in seconds."""
+    """CPU seconds of these processes (all their threads) and of their children that have exited.
+
+    The children term matters for PostgreSQL: a backend of a connection the app's pool
+    closed again is gone by the time of the next sample, and its time is added to the
+    postmaster's cutime/cstime when it is reaped.
+    """
     total = 0
     for pid in pids:
         st = _proc_stat(pid)
         if st is not None:
-            total += int(st[11]) + int(st[12])
+            total += int(st[11]) + int(st[12]) + int(st[13]) + int(st[14])  # utime stime cutime cstime
     return total / CLK_TCK
 
 

@@ -185,3 +185,17 @@ def test_backup_restore_round_trip_needs_the_same_key(server: Server, tmp_path: 
     with server.client(server.login()) as c:
         assert c.get(f"/accounts/{account}/password").json()["password"] == SECRET
         assert c.get("/audit/verify").json()["ok"] is True
+
+
+def test_conflicts_and_bad_ids_get_clear_answers(shared_server: Server, admin_token: str) -> None:
+    with shared_server.client(admin_token) as c:
+        first = c.post("/resources", json={"name": "dup-host"})
+        assert first.status_code == 201
+        again = c.post("/resources", json={"name": "DUP-host"})
+        assert again.status_code == 409 and "already exists" in again.json()["error"]["message"]
+        rid = first.json()["id"]
+        assert c.post(f"/resources/{rid}/accounts", json={"username": "u", "password": "p1"}).status_code == 201
+        dup = c.post(f"/resources/{rid}/accounts", json={"username": "u", "password": "p2"})
+        assert dup.status_code == 409
+        assert c.get("/accounts/not-a-uuid/password").status_code == 404
+        assert c.get("/resources/00000000-0000-0000-0000-000000000000").status_code == 404

@@ -10,11 +10,11 @@ import datetime as dt
 import logging
 import socket
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from safehold import __version__
@@ -24,7 +24,7 @@ from safehold.config import Settings
 from safehold.crypto.envelope import Keyring, new_data_key
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import AuditResult, ServerRole
-from safehold.errors import AuditUnavailable, DatabaseError, KeyFileError
+from safehold.errors import AuditUnavailable, DatabaseError, InvalidInput, KeyFileError
 from safehold.metrics import Metrics
 from safehold.storage import audit as audit_store
 from safehold.storage import cluster as cluster_store
@@ -89,6 +89,20 @@ async def bootstrap_cluster(conn: AsyncConnection, master: MasterKey) -> str:
     return cluster_id
 
 
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """Constraint violations go to the caller (they mean a conflict); a value the database refuses is
+    bad input; anything else means the database is unavailable."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except DataError:
+        raise InvalidInput("the database refused a value of this request") from None
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"database unavailable ({type(exc).__name__})") from None
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -106,20 +120,16 @@ class Runtime:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        try:
+        with _database_errors():
             async with self.engine.connect() as conn:
                 yield conn
-        except SQLAlchemyError as exc:
-            raise DatabaseError(f"database unavailable ({type(exc).__name__})") from None
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A transaction; commit on success."""
-        try:
+        with _database_errors():
             async with self.engine.begin() as conn:
                 yield conn
-        except SQLAlchemyError as exc:
-            raise DatabaseError(f"database unavailable ({type(exc).__name__})") from None
 
     async def append_audit(self, conn: AsyncConnection, *events: AuditEvent) -> None:
         """Audit inside the caller's write transaction (the change and its record commit together)."""
