@@ -319,6 +319,25 @@ def seed(server: Server, admin_password: str, n_accounts: int) -> tuple[str, lis
         api.close()
 
 
+def audit_counters(server: Server) -> tuple[float, float]:
+    """(audit records, audit commits) so far, from the server's Prometheus metrics (0, 0 if unavailable)."""
+    api = Api(server)
+    try:
+        api.conn.request("GET", "/metrics")
+        resp = api.conn.getresponse()
+        text = resp.read().decode(errors="replace")
+    except (OSError, http.client.HTTPException):
+        return 0.0, 0.0
+    finally:
+        api.close()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("safehold_audit_records_total", "safehold_audit_commits_total"):
+            values[name] = float(value)
+    return values.get("safehold_audit_records_total", 0.0), values.get("safehold_audit_commits_total", 0.0)
+
+
 def audited_retrievals(server: Server, token: str) -> int:
     api = Api(server, token)
     try:
@@ -484,7 +503,9 @@ class UsageMonitor(threading.Thread):
 
     def _sample(self) -> tuple[float, float, float, float, float]:
         ru = resource.getrusage(resource.RUSAGE_SELF)
-        app = cpu_seconds([self.server.proc.pid]) if self.server.proc else 0.0
+        app = 0.0
+        if self.server.proc is not None:  # the server process and any worker processes it runs
+            app = cpu_seconds([self.server.proc.pid, *children_of(self.server.proc.pid)])
         pm = self.server._postmaster_pid()
         pg = cpu_seconds([pm, *children_of(pm)]) if pm else 0.0
         busy, total = system_busy_seconds()
@@ -544,7 +565,7 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 
 def report(args: argparse.Namespace, results: list[ClientResult], usage: Usage | None,
-           audited: int, cut_short: bool) -> bool:
+           audited: int, commits: tuple[float, float], cut_short: bool) -> bool:
     lat = sorted(x for r in results for x in r.latencies)
     measured = len(lat)
     rate = measured / args.duration
@@ -577,6 +598,10 @@ def report(args: argparse.Namespace, results: list[ClientResult], usage: Usage |
               + ("every retrieval audited" if audited_ok else "MISMATCH"))
     else:
         print(f"  audited           {audited} password_retrieved records during the run (expected 0)")
+    records, batches = commits
+    if batches:
+        print(f"  audit commits     {batches:.0f} group commits for {records:.0f} records during the run "
+              f"({records / batches:.1f} records per commit)")
     if usage is not None and measured:
         per = 1e6 / measured
         machine = usage.machine_busy / usage.machine_total * 100 if usage.machine_total else 0.0
@@ -659,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"serving (pid {server.proc.pid}); seeding {args.accounts} accounts")
         token, ids = seed(server, admin_password, args.accounts)
         before = audited_retrievals(server, token)
+        counters_before = audit_counters(server)
         plan = Plan(clients=args.clients, warmup=args.warmup, duration=args.duration,
                     max_per_client=max(1, args.max_requests // args.clients),
                     account_paths=[ENDPOINTS[args.endpoint][0].format(id=i) for i in ids],
@@ -675,7 +701,9 @@ def main(argv: list[str] | None = None) -> int:
         if finished < plan.t_end:
             cut_short = True  # --max-requests reached before the end of the window
         after = audited_retrievals(server, token)
-        ok = report(args, results, usage, after - before, cut_short)
+        counters_after = audit_counters(server)
+        commits = (counters_after[0] - counters_before[0], counters_after[1] - counters_before[1])
+        ok = report(args, results, usage, after - before, commits, cut_short)
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         ok = False

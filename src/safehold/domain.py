@@ -3,7 +3,11 @@ they are stored in the database and appear in the API."""
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+
+#: What a username may be: 1-64 letters, digits and . _ @ - (starting with a letter or digit).
+USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
 class ServerRole(StrEnum):

@@ -255,8 +255,6 @@ def test_hostile_input_gets_a_4xx_with_the_error_shape(shared_server: Server, ad
     assert len(r.content) < 1000, "the error echoes the input"
 
 
-@pytest.mark.xfail(strict=True, reason="services/users.py USERNAME_RE ends with '$', which also matches "
-                                       "before a final newline")
 def test_a_username_with_a_trailing_newline_is_refused(shared_server: Server, admin_token: str) -> None:
     with shared_server.client(admin_token) as c:
         r = c.post("/users", json={"username": f"nl-{secrets.token_hex(4)}\n", "password": "A-long-password-1"})

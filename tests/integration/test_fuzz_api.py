@@ -67,16 +67,6 @@ ADMIN_PASSWORD_INJECTED = {("POST", f"{API}/auth/login"), ("POST", f"{API}/expor
 IMPORT = ("POST", f"{API}/import")
 IMPORT_CSV = f"resource,username,password,notes\nfuzz-import-{_RUN},svc,{INPUT_SECRET},{INPUT_SECRET}\n"
 
-# Known server bugs outside the web layer, tolerated here (these operations, this exact answer) so
-# the fuzz keeps guarding everything else; each has a strict xfail reproduction below, which fails
-# once the bug is fixed: then delete the entry.  Runtime.write() turns IntegrityError/DataError into
-# DatabaseError ("database unavailable", 503) before the services can map them to 409/422.
-KNOWN_503_MESSAGES = (b"database unavailable (IntegrityError)", b"database unavailable (DataError)")
-KNOWN_503_OPERATIONS = {("POST", f"{API}/resources"), ("PATCH", f"{API}/resources/{{resource_id}}"),
-                        ("POST", f"{API}/resources/{{resource_id}}/accounts"),
-                        ("PATCH", f"{API}/accounts/{{account_id}}"), IMPORT}
-
-
 @dataclass
 class Vault:
     """The seeded state and what the leak check saw."""
@@ -125,15 +115,6 @@ def _spec(server: Server) -> dict[str, Any]:
         r = c.get("/openapi.json")
     assert r.status_code == 200, r.text
     spec: dict[str, Any] = r.json()
-    # Known spec bug (see test_error_responses_are_documented_as_json): operations answering CSV
-    # document their JSON error bodies as text/plain.  Corrected here so content-type and schema
-    # conformance still check those error bodies.
-    for ops in spec["paths"].values():
-        for op in ops.values():
-            for status, resp in op["responses"].items():
-                content = resp.get("content", {})
-                if status[0] in "45" and "text/plain" in content and "application/json" not in content:
-                    content["application/json"] = content.pop("text/plain")
     return spec
 
 
@@ -175,22 +156,6 @@ def api_schema(vault: Vault) -> schemathesis.BaseSchema:
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
-@pytest.fixture(autouse=True)
-def _nodeid_for_schemathesis(request: pytest.FixtureRequest) -> None:
-    """schemathesis 4.32.5's fixture loader reads and sets ``Function._nodeid``, which pytest 9.2 no
-    longer has (it keeps a structured ``_id``).  Until schemathesis catches up, give it the attribute."""
-    if not hasattr(request.node, "_nodeid"):
-        request.node._nodeid = request.node.nodeid
-
-
-def no_known_bug_server_error(ctx: CheckContext, response: Response, case: Case) -> bool | None:
-    """``not_a_server_error``, except the known 503s (KNOWN_503_*)."""
-    if (response.status_code == 503 and (case.method.upper(), case.operation.path) in KNOWN_503_OPERATIONS
-            and any(m in response.content for m in KNOWN_503_MESSAGES)):
-        return None
-    return not_a_server_error(ctx, response, case)
-
-
 def _may_reveal(case: Case, response: Response) -> bool:
     if response.status_code != 200:
         return False
@@ -223,7 +188,7 @@ def _leak_check(vault: Vault) -> Any:
 #   test_api_security.py (401 for every secured operation without credentials).
 # - use_after_free, ensure_resource_availability: need the stateful phase (links), not run here.
 # - response_headers_conformance, max_response_time: nothing documented to check against.
-STANDARD_CHECKS = [no_known_bug_server_error, status_code_conformance, content_type_conformance,
+STANDARD_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
                    response_schema_conformance]
 
 
@@ -242,18 +207,15 @@ def test_the_fuzz_reached_the_seeded_secrets(vault: Vault) -> None:
     assert f"GET {API}/accounts/{{account_id}}/password" in vault.revealed
 
 
-# --- known bugs: strict xfails, so a fix is noticed (then drop the workaround above) ----------------
+# --- regressions the fuzz found ---------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="services/runtime.py Runtime.write() maps IntegrityError to 503")
 def test_a_duplicate_resource_name_is_a_conflict(vault: Vault) -> None:
     with vault.server.client(vault.admin_token) as c:
-        c.post("/resources", json={"name": "fuzz-duplicate"})
+        assert c.post("/resources", json={"name": "fuzz-duplicate"}).status_code == 201
         r = c.post("/resources", json={"name": "FUZZ-duplicate"})
     assert r.status_code == 409, r.text
 
 
-@pytest.mark.xfail(strict=True, reason="services/vault.py import_csv does not bound the username; "
-                                       "Runtime.write() maps the DataError to 503")
 def test_an_import_with_a_too_long_username_is_invalid_input(vault: Vault) -> None:
     with vault.server.client(vault.admin_token) as c:
         r = c.post("/import", content=f"resource,username,password\nfuzz-long,{'u' * 201},pw\n",
@@ -261,8 +223,17 @@ def test_an_import_with_a_too_long_username_is_invalid_input(vault: Vault) -> No
     assert r.status_code == 422, r.text
 
 
-@pytest.mark.xfail(strict=True, reason="storage/vault.py resource_by_name compares SQL lower() with "
-                                       "Python str.lower(), which differ beyond ASCII in this database")
+def test_a_totp_code_that_is_not_digits_is_invalid_input(vault: Vault) -> None:
+    """Once a 500: the constant-time comparison refuses non-ASCII text."""
+    with vault.server.client(vault.admin_token) as c:
+        assert c.post("/me/totp").status_code == 200  # enrolment started, so the code is compared
+        for code in ("ñ", "12x456", "١٢٣٤٥٦"):
+            r = c.post("/me/totp/confirm", json={"code": code})
+            assert r.status_code == 422, r.text
+            r = c.post("/export", json={"password": "wrong", "totp": code})
+            assert r.status_code == 422, r.text
+
+
 def test_an_import_into_an_existing_non_ascii_resource_adds_the_account(vault: Vault) -> None:
     with vault.server.client(vault.admin_token) as c:
         assert c.post("/resources", json={"name": "Ärzte-fuzz"}).status_code == 201
@@ -272,8 +243,6 @@ def test_an_import_into_an_existing_non_ascii_resource_adds_the_account(vault: V
     assert r.json() == {"resources_created": 0, "accounts_created": 1, "accounts_updated": 0}
 
 
-@pytest.mark.xfail(strict=True, reason="web/api/common.py errors(): with response_class=PlainTextResponse, "
-                                       "FastAPI documents the JSON error bodies as text/plain")
 def test_error_responses_are_documented_as_json(vault: Vault) -> None:
     with vault.server.client() as c:
         spec = c.get("/openapi.json").json()

@@ -318,6 +318,10 @@ class PgManager:
                     "--locale=C",
                     "--data-checksums",
                 ]  # fmt: skip
+                if self.binaries.major >= 17:
+                    # Unicode-aware lower()/upper() for case-insensitive names, the same on
+                    # every host (independent of the operating system's locales).
+                    args += ["--locale-provider=builtin", "--builtin-locale=C.UTF-8"]
                 if self.binaries.major >= 14:
                     args.append("--no-instructions")
                 self.run_tool("initdb", args, timeout=600)

@@ -16,7 +16,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from safehold.audit.chain import AuditEvent
 from safehold.crypto.envelope import aad_for
-from safehold.domain import AuditAction, AuditResult, UserRole
+from safehold.domain import USERNAME_RE, AuditAction, AuditResult, UserRole
 from safehold.errors import (
     AccountLocked,
     AuthenticationFailed,
@@ -87,6 +87,12 @@ def _event(actor: str, action: str, result: str, source_ip: str, user_id: str = 
                       target_id=user_id, target_name=actor, detail=dict(detail))
 
 
+def _attempted_name(username: str) -> str:
+    """The name an unknown user tried, for the audit — unless it cannot be a username (a password typed
+    into the wrong field must not end up in the audit trail)."""
+    return username if USERNAME_RE.fullmatch(username) else "(not a valid username)"
+
+
 async def login(rt: Runtime, username: str, password: str, totp: str | None, source_ip: str) -> LoginResult:
     """Check credentials; on success open a session.  Every outcome is audited."""
     sec = rt.settings.security
@@ -95,8 +101,8 @@ async def login(rt: Runtime, username: str, password: str, totp: str | None, sou
         user = await user_store.by_username(conn, username, for_update=True)
         if user is None:
             await _verify(_DUMMY_HASH, password)
-            await rt.append_audit(conn, _event(username[:64], AuditAction.LOGIN_FAILED, AuditResult.FAILURE,
-                                               source_ip, reason="unknown user"))
+            await rt.append_audit(conn, _event(_attempted_name(username), AuditAction.LOGIN_FAILED,
+                                               AuditResult.FAILURE, source_ip, reason="unknown user"))
             failure = AuthenticationFailed("invalid username or password")
         elif user.locked_until is not None and user.locked_until > now():
             minutes = max(1, int((user.locked_until - now()).total_seconds() // 60) + 1)
@@ -301,7 +307,7 @@ async def list_api_tokens(rt: Runtime, user_id: str) -> list[object]:
 
 async def revoke_api_token(rt: Runtime, p: Principal, token_id: str) -> None:
     async with rt.write() as conn:
-        n = await user_store.delete_token(conn, token_id, user_id=None if p.is_admin else p.user_id)
+        n = await user_store.delete_token(conn, token_id, user_id=p.user_id)
         if n == 0:
             raise NotFound("token not found")
         await rt.append_audit(conn, AuditEvent(actor=p.username, action=AuditAction.TOKEN_REVOKED,

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from safehold.audit.chain import AuditEvent
-from safehold.domain import AuditAction, AuditResult, UserRole
+from safehold.domain import USERNAME_RE, AuditAction, AuditResult, UserRole
 from safehold.errors import Conflict, InvalidInput, NotFound
 from safehold.services.auth import check_password_strength, hash_password, now
 from safehold.services.runtime import Runtime
 from safehold.storage import users as user_store
-
-USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -31,7 +28,7 @@ def _audit(actor: Actor, action: str, user_id: str, username: str, **detail: Any
 
 
 def validate_username(username: str) -> str:
-    if not USERNAME_RE.match(username):
+    if not USERNAME_RE.fullmatch(username):
         raise InvalidInput(
             "username must be 1-64 characters: letters, digits and . _ @ - (starting with a letter or digit)",
             field="username",

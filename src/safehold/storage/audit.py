@@ -58,7 +58,7 @@ def _filters(
     if action:
         cond = and_(cond, audit_log.c.action == action)
     if actor:
-        cond = and_(cond, func.lower(audit_log.c.actor) == actor.lower())
+        cond = and_(cond, func.lower(audit_log.c.actor) == func.lower(actor))
     if server:
         cond = and_(cond, audit_log.c.server_id == server)
     if role:

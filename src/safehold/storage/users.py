@@ -19,7 +19,7 @@ USER_COLUMNS = [
 
 
 async def by_username(conn: AsyncConnection, username: str, *, for_update: bool = False) -> AnyRow | None:
-    q = select(users).where(func.lower(users.c.username) == username.lower())
+    q = select(users).where(func.lower(users.c.username) == func.lower(username))
     if for_update:
         q = q.with_for_update()
     return (await conn.execute(q)).first()

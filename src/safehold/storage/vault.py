@@ -73,7 +73,7 @@ async def resource(conn: AsyncConnection, resource_id: str, *, for_update: bool 
 
 
 async def resource_by_name(conn: AsyncConnection, name: str) -> AnyRow | None:
-    q = select(*RESOURCE_COLUMNS).where(func.lower(resources.c.name) == name.lower())
+    q = select(*RESOURCE_COLUMNS).where(func.lower(resources.c.name) == func.lower(name))
     return (await conn.execute(q)).first()
 
 

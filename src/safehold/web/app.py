@@ -86,7 +86,10 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         start = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # noqa: BLE001 - answered here so it gets the headers and is counted
+            response = errors.internal_error(request, exc)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         rt: Runtime | None = getattr(request.app.state, "runtime", None)

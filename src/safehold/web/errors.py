@@ -42,6 +42,12 @@ def error_response(status: int, code: str, message: str, *, field: str | None = 
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
+def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: logged with its traceback for the operator, a plain 500 for the client."""
+    log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "an unexpected error occurred; see the server log")
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(e.SafeholdError)
     async def _safehold(request: Request, exc: e.SafeholdError) -> JSONResponse:
@@ -79,5 +85,4 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
-        return error_response(500, "internal_error", "an unexpected error occurred; see the server log")
+        return internal_error(request, exc)

@@ -25,8 +25,18 @@ def _clean_text(v: str) -> str:
     return v
 
 
-def Text(max_length: int, min_length: int = 0) -> type[str]:  # noqa: N802 - a type factory
-    return Annotated[str, Field(min_length=min_length, max_length=max_length), AfterValidator(_clean_text)]  # type: ignore[return-value]
+Clean = AfterValidator(_clean_text)
+Text64 = Annotated[str, Field(min_length=0, max_length=64), Clean]
+Text64Required = Annotated[str, Field(min_length=1, max_length=64), Clean]
+Text100Required = Annotated[str, Field(min_length=1, max_length=100), Clean]
+Text200 = Annotated[str, Field(min_length=0, max_length=200), Clean]
+Text200Required = Annotated[str, Field(min_length=1, max_length=200), Clean]
+Text254 = Annotated[str, Field(min_length=0, max_length=254), Clean]
+Text500 = Annotated[str, Field(min_length=0, max_length=500), Clean]
+Text1024Required = Annotated[str, Field(min_length=1, max_length=1024), Clean]
+Text4096 = Annotated[str, Field(min_length=0, max_length=4096), Clean]
+Text4096Required = Annotated[str, Field(min_length=1, max_length=4096), Clean]
+Text5000 = Annotated[str, Field(min_length=0, max_length=5000), Clean]
 
 
 # A TOTP code as a person types it: digits, perhaps grouped with spaces.  Anything else can never
@@ -73,8 +83,8 @@ class Health(BaseModel):
 
 
 class LoginIn(In):
-    username: Text(64, 1)  # type: ignore[valid-type]
-    password: Text(1024, 1)  # type: ignore[valid-type]
+    username: Text64Required
+    password: Text1024Required
     totp: TotpCode | None = None
 
 
@@ -98,27 +108,27 @@ class UserOut(BaseModel):
 
 
 class UserCreate(In):
-    username: Text(64, 1)  # type: ignore[valid-type]
-    password: Text(1024, 1)  # type: ignore[valid-type]
+    username: Text64Required
+    password: Text1024Required
     role: UserRole = UserRole.USER
-    full_name: Text(200) = ""  # type: ignore[valid-type]
-    email: Text(254) = ""  # type: ignore[valid-type]
+    full_name: Text200 = ""
+    email: Text254 = ""
 
 
 class UserUpdate(In):
     role: UserRole | None = None
     disabled: bool | None = None
-    full_name: Text(200) | None = None  # type: ignore[valid-type]
-    email: Text(254) | None = None  # type: ignore[valid-type]
+    full_name: Text200 | None = None
+    email: Text254 | None = None
 
 
 class PasswordSet(In):
-    password: Text(1024, 1)  # type: ignore[valid-type]
+    password: Text1024Required
 
 
 class OwnPasswordChange(In):
-    current_password: Text(1024, 1)  # type: ignore[valid-type]
-    new_password: Text(1024, 1)  # type: ignore[valid-type]
+    current_password: Text1024Required
+    new_password: Text1024Required
 
 
 class TotpEnrollOut(BaseModel):
@@ -131,7 +141,7 @@ class TotpConfirm(In):
 
 
 class TokenCreate(In):
-    name: Text(100, 1)  # type: ignore[valid-type]
+    name: Text100Required
     days: int | None = Field(default=None, ge=1, le=3650)
 
 
@@ -149,23 +159,23 @@ class TokenOut(BaseModel):
     expires_at: dt.datetime | None
 
 
-Tag = Text(64, 1)
+Tag = Text64Required
 
 
 class ResourceCreate(In):
-    name: Text(200, 1)  # type: ignore[valid-type]
-    type: Text(64) = "server"  # type: ignore[valid-type]
-    address: Text(500) = ""  # type: ignore[valid-type]
-    description: Text(5000) = ""  # type: ignore[valid-type]
-    tags: list[Tag] = Field(default_factory=list, max_length=50)  # type: ignore[valid-type]
+    name: Text200Required
+    type: Text64 = "server"
+    address: Text500 = ""
+    description: Text5000 = ""
+    tags: list[Tag] = Field(default_factory=list, max_length=50)
 
 
 class ResourceUpdate(In):
-    name: Text(200, 1) | None = None  # type: ignore[valid-type]
-    type: Text(64) | None = None  # type: ignore[valid-type]
-    address: Text(500) | None = None  # type: ignore[valid-type]
-    description: Text(5000) | None = None  # type: ignore[valid-type]
-    tags: list[Tag] | None = Field(default=None, max_length=50)  # type: ignore[valid-type]
+    name: Text200Required | None = None
+    type: Text64 | None = None
+    address: Text500 | None = None
+    description: Text5000 | None = None
+    tags: list[Tag] | None = Field(default=None, max_length=50)
 
 
 class AccountSummary(BaseModel):
@@ -192,15 +202,15 @@ class ResourceDetail(ResourceOut):
 
 
 class AccountCreate(In):
-    username: Text(200, 1)  # type: ignore[valid-type]
-    password: Text(4096, 1)  # type: ignore[valid-type]
-    notes: Text(4096) | None = None  # type: ignore[valid-type]
+    username: Text200Required
+    password: Text4096Required
+    notes: Text4096 | None = None
 
 
 class AccountUpdate(In):
-    username: Text(200, 1) | None = None  # type: ignore[valid-type]
-    password: Text(4096, 1) | None = None  # type: ignore[valid-type]
-    notes: Text(4096) | None = None  # type: ignore[valid-type]
+    username: Text200Required | None = None
+    password: Text4096Required | None = None
+    notes: Text4096 | None = None
 
 
 class AccountOut(BaseModel):
@@ -253,7 +263,7 @@ class GenerateOut(BaseModel):
 
 
 class ExportIn(In):
-    password: Text(1024, 1)  # type: ignore[valid-type]
+    password: Text1024Required
     totp: TotpCode | None = None
 
 

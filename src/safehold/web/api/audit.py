@@ -18,11 +18,11 @@ from safehold.services import access
 from safehold.storage import audit as store
 from safehold.web.api.common import AUTH_ERRORS, Limit, Offset
 from safehold.web.deps import CurrentUser, RuntimeDep
-from safehold.web.schemas import AuditRecordOut, ChainReportOut, Page, Text
+from safehold.web.schemas import AuditRecordOut, ChainReportOut, Page, Text64
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
-ActorQ = Annotated[Text(64) | None, Query(description="who did it (username)")]  # type: ignore[valid-type]
+ActorQ = Annotated[Text64 | None, Query(description="who did it (username)")]
 
 
 def _filters(action: AuditAction | None, actor: str | None, server: str | None, role: ServerRole | None,
@@ -43,7 +43,7 @@ class Filters:
         self,
         action: Annotated[AuditAction | None, Query()] = None,
         actor: ActorQ = None,
-        server: Annotated[Text(64) | None, Query(description="server id")] = None,  # type: ignore[valid-type]
+        server: Annotated[Text64 | None, Query(description="server id")] = None,
         role: Annotated[ServerRole | None, Query(description="role of the server it happened on")] = None,
         result: Annotated[AuditResult | None, Query()] = None,
         since: Annotated[dt.datetime | None, Query(description="from this time (inclusive)")] = None,

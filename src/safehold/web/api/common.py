@@ -16,7 +16,9 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI descriptions of the error responses a route may give."""
     text = {401: "Not authenticated", 403: "Forbidden", 404: "Not found", 409: "Conflict",
             422: "Invalid input", 423: "Account locked", 503: "Unavailable (database or audit)"}
-    return {c: {"model": ErrorBody, "description": text.get(c, "Error")} for c in codes}
+    schema = {"$ref": "#/components/schemas/ErrorBody"}
+    return {c: {"model": ErrorBody, "description": text.get(c, "Error"),
+                "content": {"application/json": {"schema": schema}}} for c in codes}
 
 
 AUTH_ERRORS = errors(401, 403, 422, 503)

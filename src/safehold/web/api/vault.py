@@ -31,16 +31,17 @@ from safehold.web.schemas import (
     ResourceUpdate,
     ShareIn,
     ShareOut,
-    Text,
+    Text64,
+    Text200,
 )
 
 router = APIRouter(tags=["vault"])
 WITH_404 = errors(401, 403, 404, 409, 422, 503)
 MAX_IMPORT = 10 * 1024 * 1024
 
-SearchText = Annotated[Text(200) | None, Query(description="matches name, address, description, tags")]  # type: ignore[valid-type]
-TagText = Annotated[Text(64) | None, Query(description="only resources with this tag")]  # type: ignore[valid-type]
-ReasonText = Annotated[Text(200), Query(description="why the password is needed (audited)")]  # type: ignore[valid-type]
+SearchText = Annotated[Text200 | None, Query(description="matches name, address, description, tags")]
+TagText = Annotated[Text64 | None, Query(description="only resources with this tag")]
+ReasonText = Annotated[Text200, Query(description="why the password is needed (audited)")]
 
 
 @router.get("/resources", response_model=Page[ResourceOut], responses=AUTH_ERRORS)
