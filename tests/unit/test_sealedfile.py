@@ -8,7 +8,13 @@ import os
 import pytest
 
 from safehold.crypto import sealedfile
-from safehold.crypto.sealedfile import SealedFileError, SealedReader, SealedWriter, open_bytes, seal_bytes
+from safehold.crypto.sealedfile import (
+    SealedFileError,
+    SealedReader,
+    SealedWriter,
+    open_bytes,
+    seal_bytes,
+)
 
 FAST = 10  # scrypt work factor for tests
 
