@@ -1,0 +1,136 @@
+"""HA decisions as pure functions over what the monitors observed (no I/O here).
+
+Each function takes plain, immutable observations and returns plain values,
+so the whole policy is tested as tables; the monitors and executors that
+gather observations and carry out decisions live elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from safehold.domain import ServerRole
+
+
+class Liveness(StrEnum):
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+
+
+class Health(StrEnum):
+    ALIVE = "Alive"
+    FAILED = "Failed"
+
+
+class EventKind(StrEnum):
+    HA_ALIVE = "HAAlive"
+    HA_FAILED = "HAFailed"
+    REPLICATION_ALIVE = "ReplicationAlive"
+    REPLICATION_FAILED = "ReplicationFailed"
+    SERVER_ACTIVE = "ServerActive"
+    SERVER_INACTIVE = "ServerInactive"
+    STANDBY_OFFLINE = "StandbyOffline"
+
+
+@dataclass(frozen=True)
+class PeerObservation:
+    """One app server as seen from another: did it answer its health check (database included)?"""
+
+    server_id: str
+    name: str
+    role: ServerRole
+    url: str
+    healthy: bool
+
+
+def redirect_target(peers: Iterable[PeerObservation]) -> PeerObservation | None:
+    """Where a read-only server sends its users: the primary if active, else a secondary, else nobody
+    (it then serves them itself in read-only emergency mode)."""
+    healthy = [p for p in peers if p.healthy]
+    for role in (ServerRole.PRIMARY, ServerRole.SECONDARY):
+        for p in sorted(healthy, key=lambda p: p.name):
+            if p.role == role:
+                return p
+    return None
+
+
+@dataclass(frozen=True)
+class ReplicaObservation:
+    """One replica, as the primary database (pg_stat_replication) and the replica itself report it."""
+
+    name: str
+    connected: bool
+    state: str | None = None  # 'streaming', 'catchup', 'startup', 'backup', ...
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    receiver_error: bool = False
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    lag_seconds: float = 30.0
+    lag_bytes: int = 64 * 1024 * 1024
+
+
+def ha_status(r: ReplicaObservation) -> Health:
+    """Is the replica connected and streaming?"""
+    return Health.ALIVE if r.connected and r.state == "streaming" else Health.FAILED
+
+
+def replication_status(r: ReplicaObservation, t: Thresholds) -> Health:
+    """Is it applying without error within the lag threshold?"""
+    if ha_status(r) is Health.FAILED or r.receiver_error:
+        return Health.FAILED
+    if r.lag_seconds is not None and r.lag_seconds > t.lag_seconds:
+        return Health.FAILED
+    if r.lag_bytes is not None and r.lag_bytes > t.lag_bytes:
+        return Health.FAILED
+    return Health.ALIVE
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The cluster's state at one moment: what transitions are computed from."""
+
+    ha: Mapping[str, Health]            # replica name -> HA status
+    replication: Mapping[str, Health]   # replica name -> replication status
+    servers: Mapping[str, Liveness]     # server name -> active/inactive
+    standbys: frozenset[str] = frozenset()  # names of servers with the readonly role
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: EventKind
+    subject: str
+    message: str
+
+
+def transitions(before: Snapshot | None, now: Snapshot) -> list[Event]:
+    """The events between two snapshots: one per change, none when nothing changed.
+
+    With no earlier snapshot (a monitor just started) only failures are reported, so a restart
+    does not repeat every 'Alive' event but never hides a failure."""
+    events: list[Event] = []
+
+    def changes(old: Mapping[str, str] | None, new: Mapping[str, str]) -> Iterable[tuple[str, str]]:
+        for subject in sorted(new):
+            prev = None if old is None else old.get(subject)
+            if prev != new[subject] and (prev is not None or new[subject] in (Health.FAILED, Liveness.INACTIVE)):
+                yield subject, new[subject]
+
+    for name, h in changes(before.ha if before else None, now.ha):
+        kind = EventKind.HA_ALIVE if h is Health.ALIVE else EventKind.HA_FAILED
+        events.append(Event(kind, name, f"HA status of {name} is {h.value}"))
+    for name, h in changes(before.replication if before else None, now.replication):
+        kind = EventKind.REPLICATION_ALIVE if h is Health.ALIVE else EventKind.REPLICATION_FAILED
+        events.append(Event(kind, name, f"replication status of {name} is {h.value}"))
+    for name, live in changes(before.servers if before else None, now.servers):
+        if live is Liveness.ACTIVE:
+            events.append(Event(EventKind.SERVER_ACTIVE, name, f"server {name} is active"))
+        else:
+            events.append(Event(EventKind.SERVER_INACTIVE, name, f"server {name} is inactive"))
+            if name in now.standbys:
+                events.append(Event(EventKind.STANDBY_OFFLINE, name, f"standby {name} is offline"))
+    return events
