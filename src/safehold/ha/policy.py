@@ -122,10 +122,10 @@ def transitions(before: Snapshot | None, now: Snapshot) -> list[Event]:
 
     for name, h in changes(before.ha if before else None, now.ha):
         kind = EventKind.HA_ALIVE if h is Health.ALIVE else EventKind.HA_FAILED
-        events.append(Event(kind, name, f"HA status of {name} is {h.value}"))
+        events.append(Event(kind, name, f"HA status of {name} is {h}"))
     for name, h in changes(before.replication if before else None, now.replication):
         kind = EventKind.REPLICATION_ALIVE if h is Health.ALIVE else EventKind.REPLICATION_FAILED
-        events.append(Event(kind, name, f"replication status of {name} is {h.value}"))
+        events.append(Event(kind, name, f"replication status of {name} is {h}"))
     for name, live in changes(before.servers if before else None, now.servers):
         if live is Liveness.ACTIVE:
             events.append(Event(EventKind.SERVER_ACTIVE, name, f"server {name} is active"))
