@@ -14,10 +14,18 @@ from safehold.pg.errors import (
     StartFailed,
     TlsUnsupported,
 )
-from safehold.pg.manager import ClusterSpec, PgManager, PgStatus, port_in_use
+from safehold.pg.manager import (
+    BaseBackup,
+    ClusterSpec,
+    PgManager,
+    PgStatus,
+    ProgressCallback,
+    port_in_use,
+)
 from safehold.pg.runas import ServiceUser, ensure_traversable
 
 __all__ = [
+    "BaseBackup",
     "Binaries",
     "BinariesMissing",
     "ClusterSpec",
@@ -27,6 +35,7 @@ __all__ = [
     "PgManager",
     "PgStatus",
     "PortInUse",
+    "ProgressCallback",
     "ServiceUser",
     "StartFailed",
     "TlsUnsupported",

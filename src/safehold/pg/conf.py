@@ -6,6 +6,7 @@ testable from plain values.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -23,6 +24,13 @@ SERVER_KEY = "server.key"
 ROOT_CERT = "root.crt"
 LOG_DIR = "log"
 STARTUP_LOG = "startup.log"
+STANDBY_SIGNAL = "standby.signal"
+#: The standby's password file for its replication connection (mode 0600).
+REPLICATION_PASSFILE = "replication.pgpass"
+#: The files `pg_basebackup -Ft -X stream` writes.
+BASE_TAR = "base.tar"
+WAL_TAR = "pg_wal.tar"
+BACKUP_MANIFEST = "backup_manifest"
 
 SettingValue = str | int | bool
 
@@ -37,6 +45,7 @@ _HBA_HEADER = (
 )
 _HBA_METHODS = {"scram-sha-256", "cert", "reject"}
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_APPLICATION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 
 
 # --- versions ---------------------------------------------------------------------
@@ -205,19 +214,19 @@ def render_hba(extra_lines: Iterable[str] = ()) -> str:
 
 
 def render_marker(*, major: int, superuser: str, created_at: str, version: str) -> str:
-    return (
-        json.dumps(
-            {
-                "created_by": "safehold",
-                "major": major,
-                "superuser": superuser,
-                "created_at": created_at,
-                "safehold_version": version,
-            },
-            indent=2,
-        )
-        + "\n"
+    return render_marker_fields(
+        {
+            "major": major,
+            "superuser": superuser,
+            "created_at": created_at,
+            "safehold_version": version,
+        }
     )
+
+
+def render_marker_fields(fields: Mapping[str, Any]) -> str:
+    """Marker text for arbitrary (JSON) fields; it always says Safehold created it."""
+    return json.dumps({"created_by": "safehold", **fields}, indent=2) + "\n"
 
 
 def parse_marker(text: str) -> dict[str, Any] | None:
@@ -239,6 +248,144 @@ def check_role_name(name: str) -> str:
             hint="use lower-case letters, digits and underscores, starting with a letter",
         )
     return name
+
+
+def check_slot_name(name: str) -> str:
+    """Replication slot names Safehold creates: lower-case identifiers, like role names."""
+    if not _ROLE_NAME.fullmatch(name):
+        raise PgError(
+            f"{name!r} is not a valid replication slot name",
+            hint="use lower-case letters, digits and underscores, starting with a letter",
+        )
+    return name
+
+
+def check_application_name(name: str) -> str:
+    """The name a standby reports to its primary (pg_stat_replication.application_name)."""
+    if not _APPLICATION_NAME.fullmatch(name):
+        raise PgError(
+            f"{name!r} is not a valid application name",
+            hint="use 1 to 63 letters, digits, '_', '.' or '-'",
+        )
+    return name
+
+
+def replication_hba_line(role: str, address: str) -> str:
+    """The pg_hba.conf line letting `role` stream WAL from one host: TLS and scram only."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise PgError(
+            f"{address!r} is not an IP address",
+            hint="give the standby's address as seen by the primary, e.g. 10.0.0.5",
+        ) from None
+    prefix = 32 if ip.version == 4 else 128
+    return validate_hba_line(
+        f"hostssl replication {check_role_name(role)} {ip}/{prefix} scram-sha-256"
+    )
+
+
+# --- standby ----------------------------------------------------------------------
+
+
+def render_pgpass(*, host: str, port: int, user: str, password: str) -> str:
+    """One libpq password file line; ':' and '\\' escaped. The database is '*' (it is
+    'replication' for a walreceiver)."""
+
+    def esc(value: str) -> str:
+        if any(c in value for c in "\r\n\0"):
+            raise PgError("a password file field cannot contain a line break or NUL")
+        return value.replace("\\", "\\\\").replace(":", "\\:")
+
+    if not password:
+        raise PgError("the replication password must not be empty")
+    return f"{esc(host)}:{port}:*:{esc(user)}:{esc(password)}\n"
+
+
+def primary_conninfo(
+    *,
+    host: str,
+    port: int,
+    user: str,
+    application_name: str,
+    sslrootcert: str,
+    passfile: str,
+) -> str:
+    """A standby's primary_conninfo: TLS verify-full against the CA, the password in a file."""
+    if not host or any(c in host for c in " \t\r\n\0'\\"):
+        raise PgError(f"{host!r} is not a host name or address")
+    if not 0 < port < 65536:
+        raise PgError(f"{port} is not a TCP port")
+    return render_conninfo(
+        {
+            "host": host,
+            "port": str(port),
+            "user": check_role_name(user),
+            "application_name": check_application_name(application_name),
+            "sslmode": "verify-full",
+            "sslrootcert": sslrootcert,
+            "passfile": passfile,
+            "connect_timeout": "10",
+        }
+    )
+
+
+def standby_settings(*, conninfo: str, slot: str) -> dict[str, SettingValue]:
+    """What safehold.conf adds on a streaming standby (after the common settings)."""
+    return {
+        "primary_conninfo": conninfo,
+        "primary_slot_name": check_slot_name(slot),
+        "hot_standby": True,
+        # The primary keeps the rows the standby's queries still read: fewer
+        # cancelled reads on the standby, at the price of some bloat on the primary.
+        "hot_standby_feedback": True,
+    }
+
+
+def without_settings(conf_text: str, names: Iterable[str]) -> str:
+    """conf text with the lines that set any of `names` removed (e.g. from postgresql.auto.conf)."""
+    wanted = set(names)
+    kept = []
+    for line in conf_text.splitlines(keepends=True):
+        m = re.match(r"\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(=|\s)", line)
+        if m and m.group(1).lower() in wanted:
+            continue
+        kept.append(line)
+    return "".join(kept)
+
+
+def archive_member_path(name: str) -> str | None:
+    """The relative path a tar member may be extracted to; None for the archive root.
+
+    Refuses absolute paths, '..' components, backslashes and NUL, so nothing
+    lands outside the target directory.
+    """
+    if not name or "\0" in name or "\\" in name:
+        raise PgError(f"unsafe path {name!r} in the archive")
+    if name.startswith("/"):
+        raise PgError(f"absolute path {name!r} in the archive")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise PgError(f"path {name!r} in the archive leaves the target directory")
+    return "/".join(parts) or None
+
+
+_PROGRESS = re.compile(r"(\d+)/(\d+) kB")
+_WAL_POINT = re.compile(r"write-ahead log (start|end) point: ([0-9A-Fa-f]+/[0-9A-Fa-f]+)")
+
+
+def parse_basebackup_progress(line: str) -> tuple[int, int] | None:
+    """(done, estimated total) bytes from a `pg_basebackup --progress` line."""
+    m = _PROGRESS.search(line)
+    if not m:
+        return None
+    return int(m.group(1)) * 1024, int(m.group(2)) * 1024
+
+
+def parse_basebackup_wal_point(line: str) -> tuple[str, str] | None:
+    """('start' | 'end', LSN) from a `pg_basebackup --verbose` line."""
+    m = _WAL_POINT.search(line)
+    return (m.group(1), m.group(2)) if m else None
 
 
 def connect_host(listen: str) -> str:

@@ -11,12 +11,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import safehold
 from safehold.pg import conf
@@ -78,6 +82,38 @@ class PgStatus:
     pid: int | None
     port: int | None
     data_dir: Path
+
+
+@dataclass(frozen=True)
+class BaseBackup:
+    """What `PgManager.base_backup` wrote: the tar files `install_standby` takes.
+
+    They hold a copy of the primary's whole data directory, its private TLS key
+    included: keep them private and remove them once the standby is installed.
+    """
+
+    out_dir: Path
+    base_tar: Path
+    wal_tar: Path
+    manifest: Path | None
+    start_lsn: str | None
+    end_lsn: str | None
+
+
+#: Called with (bytes done, estimated total bytes) while a base backup runs.
+ProgressCallback = Callable[[int, int], None]
+
+#: Files of the primary that a standby must not take over from a base backup:
+#: read (the marker) or dropped instead of extracted.
+_NOT_FROM_BACKUP = (
+    conf.MARKER_FILE,
+    conf.STANDBY_SIGNAL,
+    conf.REPLICATION_PASSFILE,
+    "postmaster.pid",
+    "postmaster.opts",
+)
+#: Settings a standby takes from safehold.conf only (an ALTER SYSTEM copy would win).
+_STANDBY_ONLY_SETTINGS = ("primary_conninfo", "primary_slot_name")
 
 
 class _Unresolved:
@@ -156,6 +192,18 @@ class PgManager:
             env.update(extra)
         return env
 
+    def _spawn_kwargs(self, *, env: dict[str, str] | None, cwd: Path | None) -> dict[str, Any]:
+        """subprocess arguments shared by every tool run: environment, directory, user."""
+        self._ensure_access()
+        user = self.service_user
+        if cwd is None:
+            cwd = self.data_dir if self.data_dir.is_dir() else Path("/")
+        return {
+            "env": self._env(env),
+            "cwd": cwd,
+            **(user.popen_kwargs() if user is not None else {}),
+        }
+
     def _run(
         self,
         argv: list[str],
@@ -166,23 +214,78 @@ class PgManager:
         cwd: Path | None = None,
         new_session: bool = False,
     ) -> subprocess.CompletedProcess[bytes]:
-        self._ensure_access()
-        user = self.service_user
-        if cwd is None:
-            cwd = self.data_dir if self.data_dir.is_dir() else Path("/")
+        kwargs = self._spawn_kwargs(env=env, cwd=cwd)
         log.debug("running %s in %s", Path(argv[0]).name, self.data_dir)
         return subprocess.run(
             argv,
             input=input,
             stdin=subprocess.DEVNULL if input is None else None,
             capture_output=True,
-            env=self._env(env),
-            cwd=cwd,
             timeout=timeout,
             check=False,
             start_new_session=new_session,
-            **(user.popen_kwargs() if user is not None else {}),
+            **kwargs,
         )
+
+    def _run_streaming(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        env: dict[str, str],
+        timeout: float | None,
+        on_line: Callable[[str], None],
+    ) -> None:
+        """Run a tool as `run_tool` does, handing each stderr line to `on_line` as it comes.
+
+        The tool runs in its own process group, killed as a whole on timeout or
+        when `on_line` raises (pg_basebackup forks a WAL streaming child).
+        """
+        argv = [str(self.binaries.tool(name)), *args]
+        kwargs = self._spawn_kwargs(env=env, cwd=None)
+        log.debug("running %s in %s", name, self.data_dir)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            **kwargs,
+        )
+        timed_out = threading.Event()
+
+        def expire() -> None:
+            timed_out.set()
+            _kill_group(proc.pid)
+
+        timer = threading.Timer(timeout, expire) if timeout is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        tail: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
+        try:
+            assert proc.stderr is not None
+            with proc.stderr:
+                for raw in proc.stderr:
+                    for line in raw.decode(errors="replace").replace("\r", "\n").splitlines():
+                        if line.strip():
+                            tail.append(line)
+                            on_line(line)
+            code = proc.wait()
+        except BaseException:
+            _kill_group(proc.pid)
+            proc.wait()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if timed_out.is_set():
+            raise PgError(f"{name} did not finish within {timeout:g}s")
+        if code != 0:
+            raise PgError(
+                f"{name} failed (exit {code}): " + ("\n".join(tail) or "(no output)"),
+                hint=self._unreadable_hint(name, env),
+            )
 
     def run_tool(
         self,
@@ -352,15 +455,22 @@ class PgManager:
     @contextlib.contextmanager
     def _password_file(self, password: str) -> Iterator[Path]:
         """A file holding the password, readable only by the service user, removed after."""
-        tmp = Path(tempfile.mkdtemp(prefix="safehold-initdb-"))
+        with self._private_files({"pwfile": password.encode() + b"\n"}) as tmp:
+            yield tmp / "pwfile"
+
+    @contextlib.contextmanager
+    def _private_files(self, files: Mapping[str, bytes]) -> Iterator[Path]:
+        """A fresh directory holding `files` (0600), readable only by the service user
+        (or this process's user); removed with its content afterwards."""
+        tmp = Path(tempfile.mkdtemp(prefix="safehold-pg-"))
         try:
             user = self.service_user
             if user is not None:
                 os.chown(tmp, user.uid, user.gid)
                 ensure_traversable(tmp.parent, user)
-            path = tmp / "pwfile"
-            write_file(path, password.encode() + b"\n", mode=_FILE_MODE, owner=user)
-            yield path
+            for name, data in files.items():
+                write_file(tmp / name, data, mode=_FILE_MODE, owner=user)
+            yield tmp
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -404,6 +514,7 @@ class PgManager:
             tls=True,
             tls_ca=self.spec.tls_ca is not None,
         )
+        settings.update(self._standby_settings())
         self._write(conf.CONF_FILE, conf.render_conf(settings).encode())
         main_conf = self._path("postgresql.conf")
         text = main_conf.read_text()
@@ -632,8 +743,377 @@ class PgManager:
         """
         return self._path(conf.ROOT_CERT if self.spec.tls_ca is not None else conf.SERVER_CERT)
 
+    # --- streaming replication --------------------------------------------------------
+
+    def is_standby(self) -> bool:
+        """Whether the cluster starts (or runs) as a standby: standby.signal is present."""
+        return self._path(conf.STANDBY_SIGNAL).is_file()
+
+    def base_backup(
+        self,
+        out_dir: Path,
+        *,
+        host: str,
+        port: int,
+        user: str,
+        password: str,
+        slot: str,
+        sslrootcert: Path,
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> BaseBackup:
+        """Copy a running primary into `out_dir` as base.tar and pg_wal.tar, for a standby.
+
+        Runs `pg_basebackup -Ft -X stream -c fast --slot=<slot>` as the service
+        user, over TLS verify-full against `sslrootcert` (copied where the
+        service user can read it), the password in a temporary password file.
+        The WAL the primary writes meanwhile is streamed alongside through the
+        slot (which must exist), so the primary keeps taking writes. `out_dir`
+        must be missing or empty; it ends up owned by the service user (0700).
+        """
+        conf.check_role_name(user)
+        conf.check_slot_name(slot)
+        out_dir = Path(out_dir)
+        pgpass = conf.render_pgpass(host=host, port=port, user=user, password=password)
+        try:
+            ca = Path(sslrootcert).read_bytes()
+        except OSError as exc:
+            raise PgError(f"cannot read the CA certificate {sslrootcert}: {exc.strerror}") from exc
+        try:
+            leftover = out_dir.is_dir() and any(out_dir.iterdir())
+        except OSError as exc:
+            raise PgError(f"cannot read {out_dir}: {exc.strerror}") from exc
+        if leftover:
+            raise PgError(
+                f"the base backup directory {out_dir} is not empty",
+                hint="give pg_basebackup a new or empty directory",
+            )
+        svc = self.service_user
+        make_dir(out_dir, mode=_DIR_MODE, owner=svc)
+        if svc is not None:
+            ensure_traversable(out_dir.parent, svc)
+        points: dict[str, str] = {}
+
+        def on_line(line: str) -> None:
+            point = conf.parse_basebackup_wal_point(line)
+            if point is not None:
+                points[point[0]] = point[1]
+            elif progress is not None:
+                done = conf.parse_basebackup_progress(line)
+                if done is not None:
+                    progress(*done)
+
+        with self._private_files({"root.crt": ca, "pgpass": pgpass.encode()}) as private:
+            conninfo = conf.render_conninfo(
+                {
+                    "host": host,
+                    "port": str(port),
+                    "user": user,
+                    "sslmode": "verify-full",
+                    "sslrootcert": str(private / "root.crt"),
+                    "connect_timeout": "10",
+                }
+            )
+            args = [
+                "-D", str(out_dir),
+                "-d", conninfo,
+                "--format=tar",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                f"--slot={slot}",
+                "--label=safehold standby",
+                "--no-password",
+                "--verbose",
+            ]  # fmt: skip
+            if progress is not None:
+                args.append("--progress")
+            env = {"PGPASSFILE": str(private / "pgpass")}
+            self._run_streaming("pg_basebackup", args, env=env, timeout=timeout, on_line=on_line)
+        backup = BaseBackup(
+            out_dir=out_dir,
+            base_tar=out_dir / conf.BASE_TAR,
+            wal_tar=out_dir / conf.WAL_TAR,
+            manifest=(out_dir / conf.BACKUP_MANIFEST)
+            if (out_dir / conf.BACKUP_MANIFEST).is_file()
+            else None,
+            start_lsn=points.get("start"),
+            end_lsn=points.get("end"),
+        )
+        for tar in (backup.base_tar, backup.wal_tar):
+            if not tar.is_file():
+                raise PgError(f"pg_basebackup finished but wrote no {tar.name} in {out_dir}")
+        log.info(
+            "base backup of %s:%d through slot %s in %s (WAL %s to %s)",
+            host,
+            port,
+            slot,
+            out_dir,
+            backup.start_lsn,
+            backup.end_lsn,
+        )
+        return backup
+
+    def install_standby(
+        self,
+        base_tar: Path,
+        wal_tar: Path,
+        *,
+        primary_host: str,
+        primary_port: int,
+        user: str,
+        password: str,
+        slot: str,
+        application_name: str,
+    ) -> None:
+        """Make this (empty) data directory a hot standby of a primary, from a base backup.
+
+        The tars are extracted safely (regular files and directories only, no
+        absolute or '..' paths) into PGDATA owned by the service user.
+        standby.signal is written first, so even a half-installed directory
+        never starts as a second primary. safehold.conf gets primary_conninfo
+        (TLS verify-full against the CA copy in PGDATA, the password in a 0600
+        password file in PGDATA, never in the configuration) and
+        primary_slot_name; this spec's port, listen address and TLS files
+        replace the primary's, and pg_hba.conf is reset to the base lines.
+        The marker records the standby and its primary.
+        """
+        spec = self.spec
+        if spec.tls_ca is None:
+            raise PgError(
+                "a standby verifies its primary against the cluster CA: ClusterSpec.tls_ca is not set"
+            )
+        self._tls_sources()  # fail before touching anything
+        primary = {
+            "host": primary_host,
+            "port": primary_port,
+            "user": user,
+            "slot": slot,
+            "application_name": application_name,
+        }
+        self._standby_conninfo(primary)  # validates every field
+        conf.check_slot_name(slot)
+        pgpass = conf.render_pgpass(
+            host=primary_host, port=primary_port, user=user, password=password
+        )
+        for tar in (base_tar, wal_tar):
+            if not Path(tar).is_file():
+                raise PgError(f"base backup file {tar} not found")
+        if self._entries():
+            if self.is_initialized():
+                raise PgError(f"a Safehold cluster already exists in {self.data_dir}")
+            raise NotSafeholdDataDir(
+                self.data_dir, f"it is not empty and has no {conf.MARKER_FILE}"
+            )
+        self.prepare_data_dir()
+        try:
+            self._write(conf.STANDBY_SIGNAL, b"")
+            kept = self._extract(Path(base_tar), self.data_dir)
+            self._extract(Path(wal_tar), self._path("pg_wal"))
+            fields = self._backup_marker(kept.get(conf.MARKER_FILE))
+            self._forget_primary_files()
+            self._write(conf.REPLICATION_PASSFILE, pgpass.encode())
+            fields.update(
+                {
+                    "standby": True,
+                    "primary": primary,
+                    "standby_since": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "safehold_version": safehold.__version__,
+                }
+            )
+            fields.pop("promoted_at", None)
+            self._write(conf.MARKER_FILE, conf.render_marker_fields(fields).encode())
+            self.apply_settings()
+            self.write_hba([])
+        except BaseException:
+            self._clear_data_dir()
+            raise
+        log.info(
+            "installed a standby of %s:%d (slot %s) in %s",
+            primary_host,
+            primary_port,
+            slot,
+            self.data_dir,
+        )
+
+    def promote(self, *, timeout: float = 60) -> None:
+        """Turn the running standby into a primary (`pg_ctl promote -w`).
+
+        Afterwards the marker says so, the replication password file is gone
+        and safehold.conf no longer names a primary.
+        """
+        if not self.is_standby():
+            raise PgError(f"the cluster in {self.data_dir} is not a standby; nothing to promote")
+        if self._alive_pid() is None:
+            raise PgError(
+                f"the standby in {self.data_dir} is not running",
+                hint="start it, then promote it",
+            )
+        self.run_tool(
+            "pg_ctl",
+            [
+                "promote",
+                "-D",
+                str(self.data_dir),
+                "-w",
+                "-t",
+                str(max(1, math.ceil(timeout))),
+                "-s",
+            ],
+            timeout=timeout + 30,
+        )
+        fields = self._marker_fields()
+        fields.pop("primary", None)
+        fields["standby"] = False
+        fields["promoted_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        self._write(conf.MARKER_FILE, conf.render_marker_fields(fields).encode())
+        self._path(conf.REPLICATION_PASSFILE).unlink(missing_ok=True)
+        self.apply_settings()
+        self.reload()
+        log.warning("promoted the standby in %s to a primary", self.data_dir)
+
+    def _marker_fields(self) -> dict[str, Any]:
+        fields = conf.parse_marker(read_tail(self._path(conf.MARKER_FILE)))
+        if fields is None:
+            raise NotSafeholdDataDir(
+                self.data_dir, f"{conf.MARKER_FILE} is missing or not Safehold's"
+            )
+        fields.pop("created_by", None)
+        return fields
+
+    def _standby_conninfo(self, primary: Mapping[str, Any]) -> str:
+        try:
+            return conf.primary_conninfo(
+                host=str(primary["host"]),
+                port=int(primary["port"]),
+                user=str(primary["user"]),
+                application_name=str(primary["application_name"]),
+                sslrootcert=str(self._path(conf.ROOT_CERT)),
+                passfile=str(self._path(conf.REPLICATION_PASSFILE)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PgError(
+                f"the standby settings in {self._path(conf.MARKER_FILE)} are incomplete ({exc})"
+            ) from None
+
+    def _standby_settings(self) -> dict[str, conf.SettingValue]:
+        """primary_conninfo and friends, from the marker, while the cluster is a standby."""
+        if not self.is_standby() or not self.is_initialized():
+            return {}
+        primary = self._marker_fields().get("primary")
+        if not isinstance(primary, dict):
+            raise PgError(
+                f"{self.data_dir} is a standby but its marker names no primary",
+                hint="install the standby again from a fresh base backup",
+            )
+        return conf.standby_settings(
+            conninfo=self._standby_conninfo(primary), slot=str(primary.get("slot", ""))
+        )
+
+    def _backup_marker(self, text: bytes | None) -> dict[str, Any]:
+        """The primary's marker fields from the backup; checks it is a Safehold cluster
+        of these binaries' major version."""
+        fields = conf.parse_marker(text.decode(errors="replace")) if text is not None else None
+        if fields is None:
+            raise PgError(
+                "the base backup is not of a Safehold cluster (it has no Safehold marker)"
+            )
+        version_file = self._path("PG_VERSION")
+        if not version_file.is_file():
+            raise PgError("the base backup has no PG_VERSION: it is incomplete")
+        major = conf.parse_pg_version_file(version_file.read_text())
+        if major != self.binaries.major:
+            raise DataDirVersionMismatch(
+                self.data_dir, major, self.binaries.bin_dir, self.binaries.major
+            )
+        fields.pop("created_by", None)
+        return fields
+
+    def _forget_primary_files(self) -> None:
+        """Drop what the standby must not take over from the primary's copy: its logs and
+        any ALTER SYSTEM primary_conninfo (postgresql.auto.conf is read after safehold.conf)."""
+        shutil.rmtree(self._path(conf.LOG_DIR), ignore_errors=True)
+        auto = self._path("postgresql.auto.conf")
+        if auto.is_file():
+            text = auto.read_text()
+            kept = conf.without_settings(text, _STANDBY_ONLY_SETTINGS)
+            if kept != text:
+                self._write(auto.name, kept.encode())
+
+    def _extract(self, archive: Path, dest: Path) -> dict[str, bytes]:
+        """Extract an uncompressed tar of pg_basebackup's into `dest`, safely.
+
+        Only regular files (0600) and directories (0700), owned by the service
+        user, created fresh (O_EXCL, never following a link). Top-level files
+        named in _NOT_FROM_BACKUP are not written; their content is returned.
+        Durability is PostgreSQL's job: starting from a backup, it fsyncs the
+        whole data directory before recovery.
+        """
+        user = self.service_user
+        made: set[Path] = set()
+
+        def make_parents(rel: str) -> None:
+            here = dest
+            for part in rel.split("/"):
+                here = here / part
+                if here not in made:
+                    make_dir(here, mode=_DIR_MODE, owner=user)
+                    made.add(here)
+
+        make_parents("")
+        kept: dict[str, bytes] = {}
+        try:
+            tar = tarfile.open(archive, mode="r:")
+        except (OSError, tarfile.TarError) as exc:
+            raise PgError(f"cannot read the base backup file {archive}: {exc}") from exc
+        with tar:
+            try:
+                for member in tar:
+                    rel = conf.archive_member_path(member.name)
+                    if rel is None:
+                        continue
+                    parent, _, name = rel.rpartition("/")
+                    if member.isdir():
+                        make_parents(rel)
+                    elif member.isfile():
+                        source = tar.extractfile(member)
+                        assert source is not None  # a regular file always has content
+                        if dest == self.data_dir and not parent and name in _NOT_FROM_BACKUP:
+                            kept[name] = source.read(64 * 1024)
+                            continue
+                        if parent:
+                            make_parents(parent)
+                        self._extract_file(source, dest / rel, user)
+                    elif member.issym() or member.islnk():
+                        raise PgError(
+                            f"{archive.name} holds a link {member.name!r}: tablespaces and "
+                            "symlinked directories are not supported"
+                        )
+                    else:
+                        raise PgError(f"{archive.name} holds a special file {member.name!r}")
+            except tarfile.TarError as exc:
+                raise PgError(f"the base backup file {archive} is damaged: {exc}") from exc
+        return kept
+
+    @staticmethod
+    def _extract_file(source: Any, target: Path, user: ServiceUser | None) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(target, flags, _FILE_MODE)
+        except FileExistsError:
+            raise PgError(f"the base backup holds {target.name} twice") from None
+        with os.fdopen(fd, "wb") as out:
+            if user is not None:
+                os.fchown(out.fileno(), user.uid, user.gid)
+            shutil.copyfileobj(source, out, 1024 * 1024)
+
 
 # --- helpers with side effects only on the OS ---------------------------------------
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL the process group led by `pid` (a tool started in its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def port_in_use(host: str, port: int) -> bool:
