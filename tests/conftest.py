@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,16 +11,26 @@ from tests.support import Server, running_server
 
 
 @pytest.fixture(scope="session")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server_root() -> Iterator[Path]:
+    """Where the servers' data directories live: a directory of this session's own in /tmp rather
+    than pytest's tmp_path, because any other pytest session that starts on the machine resets
+    /tmp/pytest-of-<user> to 0700 and would cut the PostgreSQL service user off mid-run."""
+    root = Path(tempfile.mkdtemp(prefix="safehold-tests-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shared_server(server_root: Path) -> Iterator[Server]:
     """One server for the tests that do not change its configuration or stop it."""
-    with running_server(tmp_path_factory.mktemp("shared") / "data") as server:
+    with running_server(Path(tempfile.mkdtemp(dir=server_root)) / "data") as server:
         yield server
 
 
 @pytest.fixture()
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(server_root: Path) -> Iterator[Server]:
     """A fresh server of the test's own (for tests that stop, restart or break it)."""
-    with running_server(tmp_path / "data") as s:
+    with running_server(Path(tempfile.mkdtemp(dir=server_root)) / "data") as s:
         yield s
 
 

@@ -20,8 +20,10 @@ error message or audit record that echoes input would show up.
 from __future__ import annotations
 
 import secrets
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -85,8 +87,8 @@ class Vault:
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("fuzz") / "data") as server:
+def fuzz_server(server_root: Path) -> Iterator[Server]:
+    with running_server(Path(tempfile.mkdtemp(dir=server_root)) / "data") as server:
         yield server
 
 
