@@ -53,7 +53,10 @@ class HttpSection(_Section):
 
 
 class DatabaseSection(_Section):
-    mode: Literal["bundled", "external"] = "bundled"
+    # bundled: this server runs its own PostgreSQL (a primary, or a read-only server's replica);
+    # remote: another Safehold server's bundled PostgreSQL (a secondary's view of the primary);
+    # external: any PostgreSQL given by ``url``.
+    mode: Literal["bundled", "remote", "external"] = "bundled"
     url: str | None = Field(default=None, repr=False)  # may hold a password
     host: str = "127.0.0.1"
     port: int = Field(default=5433, ge=1, le=65535)
@@ -82,11 +85,25 @@ class SecuritySection(_Section):
     session_max_hours: int = Field(default=12, ge=1, le=24 * 30)
 
 
+class HaSection(_Section):
+    """High availability: set by 'safehold ha ...' commands; a standalone server leaves it empty."""
+
+    cluster_id: str | None = None
+    # the primary database, as the read-only server reaches it to ship its audit spool
+    primary_db_host: str | None = None
+    primary_db_port: int | None = Field(default=None, ge=1, le=65535)
+    check_interval: float = Field(default=2.0, ge=0.2, le=60)
+    peer_timeout: float = Field(default=2.0, ge=0.2, le=60)
+    lag_threshold_seconds: float = Field(default=30.0, ge=1, le=86400)
+    lag_threshold_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+
 class Settings(_Section):
     server: ServerSection
     http: HttpSection = HttpSection()
     database: DatabaseSection = DatabaseSection()
     security: SecuritySection = SecuritySection()
+    ha: HaSection = HaSection()
     data_dir: Path = Field(default=Path("."), exclude=True)
 
     def path(self, p: Path) -> Path:

@@ -41,6 +41,15 @@ def database_running(settings: Settings) -> Iterator[PgManager | None]:
             pg.stop()
 
 
+def owns_schema(settings: Settings) -> bool:
+    """Whether this server migrates the schema: not a secondary (the primary does) and not a
+    read-only server (its replica cannot be written)."""
+    from safehold.domain import ServerRole
+
+    return settings.database.mode != "remote" and settings.server.role != ServerRole.READONLY
+
+
 def migrate(settings: Settings) -> None:
-    run_migrations(owner_target(settings), app_user=settings.database.user
-                   if is_bundled(settings) else None)
+    if owns_schema(settings):
+        run_migrations(owner_target(settings), app_user=settings.database.user
+                       if is_bundled(settings) else None)

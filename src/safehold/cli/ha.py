@@ -1,0 +1,73 @@
+"""``safehold ha …``: set up and watch the high-availability topology."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from safehold.ha.setupfile import peek_kind
+
+ha_app = typer.Typer(help="High availability: secondaries, read-only servers, status.", no_args_is_help=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+DataDir = Annotated[Path, typer.Option("--data-dir", "-d", help="The server's data directory.",
+                                       envvar="SAFEHOLD_DATA_DIR")]
+
+
+def read_passphrase(passphrase_file: Path | None) -> str:
+    """From the file if given, else asked for on the terminal (never from a command-line argument)."""
+    if passphrase_file is not None:
+        try:
+            value = passphrase_file.read_text().strip()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {passphrase_file}: {exc.strerror}") from None
+        if not value:
+            raise typer.BadParameter(f"{passphrase_file} is empty")
+        return value
+    if not sys.stdin.isatty():
+        raise typer.BadParameter("no terminal to ask for the passphrase: use --passphrase-file")
+    return getpass.getpass("Passphrase of the setup file: ").strip()
+
+
+def show_passphrase(passphrase: str, out_file: Path) -> None:
+    out.print(f"[green]✓[/] wrote {out_file}")
+    out.print(f"  passphrase (shown once; give it to the operator of the new server by another channel): "
+              f"[bold]{passphrase}[/]", highlight=False)
+
+
+@ha_app.command()
+def join(
+    setup_file: Annotated[Path, typer.Argument(help="A setup file ('ha add-secondary') or setup pack ('ha pack').")],
+    data_dir: DataDir,
+    key_file: Annotated[Path, typer.Option(help="This cluster's master key file (copied from the primary).")],
+    passphrase_file: Annotated[Path | None, typer.Option(help="File holding the passphrase printed by the "
+                                                         "primary (else it is asked for).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTPS port of this server.", min=1, max=65535)] = None,
+    db_port: Annotated[int | None, typer.Option(help="Port of this read-only server's replica.",
+                                                min=1, max=65535)] = None,
+    name: Annotated[str | None, typer.Option(help="Display name of this server.")] = None,
+) -> None:
+    """Configure this host as a secondary or read-only server from what the primary wrote.
+    A damaged file, a wrong passphrase, a wrong key file or a file of another cluster is refused
+    and nothing is changed on disk."""
+    passphrase = read_passphrase(passphrase_file)
+    manifest = peek_kind(setup_file, passphrase)
+    say = lambda m: out.print(f"• {m}")  # noqa: E731
+    if manifest.kind == "readonly":
+        from safehold.ha.readonly import join_readonly
+
+        settings = join_readonly(setup_file, passphrase, data_dir=data_dir, key_file=key_file, port=port,
+                                 db_port=db_port, name=name, say=say)
+    else:
+        from safehold.ha.secondary import join_secondary
+
+        settings = join_secondary(setup_file, passphrase, data_dir=data_dir, key_file=key_file, port=port,
+                                  name=name, say=say)
+    out.print(f"[green]✓[/] {settings.server.name} joined as {settings.server.role}; "
+              f"start it with: safehold serve --data-dir {settings.data_dir}", highlight=False)
