@@ -12,25 +12,33 @@ What it does, end to end (nothing to set up beforehand):
    connection, doing ``GET /api/v1/accounts/{id}/password`` with the token:
    ``--warmup`` seconds that are not measured, then ``--duration`` measured
    seconds (every client also stops after ``--max-requests / clients``);
-4. print throughput, latency percentiles, errors, the CPU time spent per
-   retrieval by the client, the app server and PostgreSQL, and the number of
-   ``password_retrieved`` audit records written during the run, read back
-   from ``GET /api/v1/audit`` -- it must equal the number of retrievals
-   that returned a password;
+4. print throughput, latency percentiles, errors, the number of
+   ``password_retrieved`` audit records written during the run as read back
+   from ``GET /api/v1/audit`` (it must equal the number of retrievals that
+   returned a password), the records per audit group commit (from
+   ``/metrics``), and the CPU time per retrieval spent by the client, the app
+   server and PostgreSQL (from /proc) -- plus a calibration figure, because on
+   a shared VM the same work can take noticeably longer from hour to hour;
 5. stop everything it started, also on Ctrl-C, SIGTERM or an error: SIGTERM to
    the server (which stops its PostgreSQL), then make sure the PostgreSQL of the
-   data directory is gone (``safehold db stop``, SIGKILL as a last resort), and
-   remove the temporary directory unless ``--keep-dir``.
+   data directory is gone (``safehold db stop``; the postmaster's own fast
+   shutdown; SIGKILL as a last resort), and remove the temporary directory
+   unless ``--keep-dir``.
 
 Two client engines (``--engine``):
 
 * ``asyncio`` (default): one thread, one event loop (uvloop when installed),
   a minimal hand-written HTTP/1.1 exchange per request over asyncio TLS
-  streams.  Costs the least client CPU per request, which matters when the
-  client shares a 2-core machine with the server and its database.
+  streams.  About 0.15-0.19 ms of client CPU per retrieval at 16 clients, so
+  the client takes ~3 % of one core while the server and its database share
+  the same 2 cores.
 * ``threads``: one thread per client, each with its own keep-alive
-  ``http.client.HTTPSConnection``.  Simpler, but the stdlib's header parsing
-  and the GIL hand-offs cost roughly twice the client CPU per request.
+  ``http.client.HTTPSConnection``.  Same throughput here (the server is the
+  bottleneck) but about twice the client CPU (0.33-0.36 ms per retrieval).
+
+For comparison, ``--endpoint account`` (the account's metadata: authenticated,
+not audited) and ``--endpoint health`` (no authentication) load other routes
+with the same clients.
 
 Run it with the project's interpreter::
 
@@ -209,6 +217,17 @@ class Server:
         pid = self._postmaster_pid()
         if pid is None:
             return
+        # e.g. an interrupted 'init' left no usable configuration: ask the postmaster itself
+        # for a fast shutdown (SIGINT), and SIGKILL only if that does not work either
+        log(f"'safehold db stop' did not stop it: SIGINT (fast shutdown) to postmaster {pid}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + 20
+        while self._postmaster_pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = self._postmaster_pid()
+        if pid is None:
+            return
         victims = [pid, *children_of(pid)]
         log(f"PostgreSQL did not stop: SIGKILL {victims}")
         for victim in victims:
@@ -261,12 +280,28 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
-def system_busy_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, summed over all cores."""
+def system_cpu_seconds() -> tuple[float, float, float]:
+    """(busy, steal, total) CPU seconds of the whole machine so far, summed over all cores."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
+    idle, steal = fields[3] + fields[4], fields[7]  # idle + iowait; time the hypervisor gave others
     total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
-    return (total - idle) / CLK_TCK, total / CLK_TCK
+    return (total - idle - steal) / CLK_TCK, steal / CLK_TCK, total / CLK_TCK
+
+
+def calibrate() -> float:
+    """Milliseconds for a fixed pure-Python loop (best of 5): how fast this machine is right now.
+
+    On a shared VM the same work can take noticeably longer from one hour to the next;
+    compare runs only when their calibration figures are close.
+    """
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        s = 0
+        for i in range(1_000_000):
+            s += i * i
+        best = min(best, time.perf_counter() - t)
+    return best * 1000
 
 
 # --- a small keep-alive JSON client for setup and read-back ---------------------------
@@ -490,6 +525,7 @@ class Usage:
     app: float = 0.0
     postgres: float = 0.0
     machine_busy: float = 0.0
+    machine_steal: float = 0.0
     machine_total: float = 0.0
 
 
@@ -501,15 +537,15 @@ class UsageMonitor(threading.Thread):
         self.plan, self.server = plan, server
         self.usage: Usage | None = None
 
-    def _sample(self) -> tuple[float, float, float, float, float]:
+    def _sample(self) -> tuple[float, float, float, float, float, float]:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         app = 0.0
         if self.server.proc is not None:  # the server process and any worker processes it runs
             app = cpu_seconds([self.server.proc.pid, *children_of(self.server.proc.pid)])
         pm = self.server._postmaster_pid()
         pg = cpu_seconds([pm, *children_of(pm)]) if pm else 0.0
-        busy, total = system_busy_seconds()
-        return ru.ru_utime + ru.ru_stime, app, pg, busy, total
+        busy, steal, total = system_cpu_seconds()
+        return ru.ru_utime + ru.ru_stime, app, pg, busy, steal, total
 
     def run(self) -> None:
         if self.plan.stop.wait(max(0.0, self.plan.t_measure - time.perf_counter())):
@@ -556,6 +592,16 @@ def run_load(plan: Plan, server: Server, engine: str) -> tuple[list[ClientResult
 # --- report ----------------------------------------------------------------------------
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def percentile(sorted_values: list[float], p: float) -> float:
     """Nearest-rank percentile of an ascending list (0 when empty)."""
     if not sorted_values:
@@ -565,7 +611,7 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 
 def report(args: argparse.Namespace, results: list[ClientResult], usage: Usage | None,
-           audited: int, commits: tuple[float, float], cut_short: bool) -> bool:
+           audited: int, commits: tuple[float, float], cut_short: bool, calibration_ms: float) -> bool:
     lat = sorted(x for r in results for x in r.latencies)
     measured = len(lat)
     rate = measured / args.duration
@@ -587,6 +633,8 @@ def report(args: argparse.Namespace, results: list[ClientResult], usage: Usage |
     print()
     print(f"{what}: {args.clients} client(s), engine={args.engine}, {args.accounts} accounts, "
           f"{args.warmup:g} s warm-up + {args.duration:g} s measured" + ("  (CUT SHORT)" if cut_short else ""))
+    print(f"  machine           {ncpu} cores, {cpu_model()}; calibration loop {calibration_ms:.0f} ms "
+          f"(lower is faster)")
     print(f"  requests/s        {rate:10.1f}   ({measured} in the measured window)")
     print(f"  latency ms        p50 {ms[50]:.2f}   p90 {ms[90]:.2f}   p99 {ms[99]:.2f}   max {mx:.2f}   "
           f"mean {mean:.2f}")
@@ -611,7 +659,8 @@ def report(args: argparse.Namespace, results: list[ClientResult], usage: Usage |
         print(f"  CPU use           client {usage.client / args.duration * 100:.0f}%, app server "
               f"{usage.app / args.duration * 100:.0f}%, PostgreSQL {usage.postgres / args.duration * 100:.0f}%, "
               f"other processes {other / args.duration * 100:.0f}%  (% of one core; {ncpu} cores, machine "
-              f"{machine:.0f}% busy)")
+              f"{machine:.0f}% busy, {usage.machine_steal / usage.machine_total * 100:.0f}% stolen by the "
+              f"hypervisor)")
     if args.endpoint == "password":
         met = rate >= 1000 and ms[99] < 50 and errors_measured == 0
         print("  target (>=1000/s at 16 clients, p99 < 50 ms): "
@@ -684,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"serving (pid {server.proc.pid}); seeding {args.accounts} accounts")
         token, ids = seed(server, admin_password, args.accounts)
         before = audited_retrievals(server, token)
+        calibration_ms = calibrate()
         counters_before = audit_counters(server)
         plan = Plan(clients=args.clients, warmup=args.warmup, duration=args.duration,
                     max_per_client=max(1, args.max_requests // args.clients),
@@ -703,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         after = audited_retrievals(server, token)
         counters_after = audit_counters(server)
         commits = (counters_after[0] - counters_before[0], counters_after[1] - counters_before[1])
-        ok = report(args, results, usage, after - before, commits, cut_short)
+        ok = report(args, results, usage, after - before, commits, cut_short, calibration_ms)
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         ok = False
