@@ -67,7 +67,7 @@ class DatabaseSection(_Section):
     superuser_password_file: Path = Path("secrets/db_superuser_password")
     bin_dir: Path | None = None
     data_dir: Path = Path("pg")
-    pool_size: int = Field(default=10, ge=1, le=200)
+    pool_size: int = Field(default=20, ge=2, le=200)
 
     @field_validator("url")
     @classmethod

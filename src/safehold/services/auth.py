@@ -8,7 +8,7 @@ import datetime as dt
 import hashlib
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyotp
 from argon2 import PasswordHasher
@@ -26,6 +26,7 @@ from safehold.errors import (
     TotpRequired,
 )
 from safehold.services.access import Principal
+from safehold.services.local_state import LocalSession
 from safehold.services.runtime import Runtime
 from safehold.storage import users as user_store
 
@@ -95,6 +96,8 @@ def _attempted_name(username: str) -> str:
 
 async def login(rt: Runtime, username: str, password: str, totp: str | None, source_ip: str) -> LoginResult:
     """Check credentials; on success open a session.  Every outcome is audited."""
+    if rt.readonly:
+        return await _login_readonly(rt, username, password, totp, source_ip)
     sec = rt.settings.security
     failure: Exception | None = None
     async with rt.write() as conn:
@@ -148,6 +151,61 @@ async def login(rt: Runtime, username: str, password: str, totp: str | None, sou
     return LoginResult(token, principal, csrf)
 
 
+async def _login_readonly(rt: Runtime, username: str, password: str, totp: str | None,
+                          source_ip: str) -> LoginResult:
+    """The same checks against the replica; counters, used TOTP steps and the session stay in this
+    server's memory, and the audit records go to its spool."""
+    sec, local, t = rt.settings.security, rt.local, now()
+    async with rt.read() as conn:
+        user = await user_store.by_username(conn, username)
+
+    async def fail(exc: Exception, actor: str, user_id: str = "", **detail: object) -> Exception:
+        await rt.record_audit(_event(actor, AuditAction.LOGIN_FAILED, AuditResult.FAILURE, source_ip, user_id,
+                                     **detail))
+        rt.metrics.logins.labels("failure").inc()
+        return exc
+
+    if user is None:
+        await _verify(_DUMMY_HASH, password)
+        raise await fail(AuthenticationFailed("invalid username or password"), _attempted_name(username),
+                         reason="unknown user")
+    locked = max([x for x in (user.locked_until, local.locked_until.get(user.id)) if x is not None], default=None)
+    if locked is not None and locked > t:
+        raise await fail(AccountLocked("this account is locked after repeated failed logins; try again later"),
+                         user.username, user.id, reason="account locked")
+    password_ok = await _verify(user.password_hash, password) and not user.disabled
+    totp_missing = password_ok and user.totp_enabled and not totp
+    step = _totp_step(rt, user, totp or "") if password_ok and user.totp_enabled and totp else None
+    last_step = max(user.totp_last_step or 0, local.totp_steps.get(user.id, 0))
+    totp_bad = password_ok and user.totp_enabled and bool(totp) and (step is None or step <= last_step)
+    if totp_missing:
+        raise TotpRequired("a TOTP code is required for this account")
+    if not password_ok or totp_bad:
+        failures = local.failures.get(user.id, user.failed_logins) + 1
+        local.failures[user.id] = failures
+        if failures >= sec.lockout_threshold:
+            local.locked_until[user.id] = t + dt.timedelta(minutes=sec.lockout_minutes)
+            local.failures[user.id] = 0
+            await rt.record_audit(_event(user.username, AuditAction.USER_LOCKED, AuditResult.SUCCESS, source_ip,
+                                         user.id, failures=failures, minutes=sec.lockout_minutes))
+        reason = "wrong TOTP code" if totp_bad else "wrong password"
+        message = "invalid TOTP code" if totp_bad else "invalid username or password"
+        raise await fail(AuthenticationFailed(message), user.username, user.id, reason=reason)
+    local.failures.pop(user.id, None)
+    if step is not None:
+        local.totp_steps[user.id] = step
+    await rt.record_audit(_event(user.username, AuditAction.LOGIN, AuditResult.SUCCESS, source_ip, user.id,
+                                 method="password+totp" if user.totp_enabled else "password"))
+    token, csrf = new_token(SESSION_PREFIX), secrets.token_urlsafe(24)
+    principal = Principal(user.id, user.username, UserRole(user.role), str(uuid.uuid4()), "session", source_ip,
+                          csrf)
+    local.purge(t)
+    local.sessions[hash_token(token)] = LocalSession(principal, t, t + dt.timedelta(
+        minutes=sec.session_idle_minutes))
+    rt.metrics.logins.labels("success").inc()
+    return LoginResult(token, principal, csrf)
+
+
 async def _count_failure(rt, conn, user, failures: int, source_ip: str,  # type: ignore[no-untyped-def]
                          message: str = "invalid username or password") -> Exception:
     sec = rt.settings.security
@@ -190,6 +248,8 @@ async def authenticate(rt: Runtime, token: str, source_ip: str = "") -> Principa
     """The principal a bearer/session token stands for; raises AuthenticationFailed."""
     if not token.startswith((SESSION_PREFIX, API_PREFIX)) or len(token) > 100:
         raise AuthenticationFailed("invalid or expired token")
+    if rt.readonly:
+        return await _authenticate_readonly(rt, token, source_ip)
     async with rt.read() as conn:
         row = await user_store.principal_by_token(conn, hash_token(token))
         t = now()
@@ -209,12 +269,35 @@ async def authenticate(rt: Runtime, token: str, source_ip: str = "") -> Principa
                      row.csrf_token)
 
 
+async def _authenticate_readonly(rt: Runtime, token: str, source_ip: str) -> Principal:
+    """Sessions made on this read-only server live in its memory; API tokens are read from the replica."""
+    t = now()
+    session = rt.local.sessions.get(hash_token(token))
+    if session is not None:
+        if session.expires_at <= t:
+            del rt.local.sessions[hash_token(token)]
+            raise AuthenticationFailed("invalid or expired token")
+        session.expires_at = t + dt.timedelta(minutes=rt.settings.security.session_idle_minutes)
+        return replace(session.principal, source_ip=source_ip)
+    async with rt.read() as conn:
+        row = await user_store.principal_by_token(conn, hash_token(token))
+    if row is None or row.kind != "api" or row.disabled or (row.expires_at is not None and row.expires_at <= t):
+        raise AuthenticationFailed("invalid or expired token")
+    return Principal(row.user_id, row.username, UserRole(row.role), row.token_id, row.kind, source_ip, None)
+
+
 async def purge_expired_tokens(rt: Runtime) -> int:
     async with rt.write() as conn:
         return await user_store.purge_expired(conn, now())
 
 
 async def logout(rt: Runtime, p: Principal) -> None:
+    if rt.readonly:
+        for key, session in list(rt.local.sessions.items()):
+            if session.principal.token_id == p.token_id:
+                del rt.local.sessions[key]
+        await rt.record_audit(_event(p.username, AuditAction.LOGOUT, AuditResult.SUCCESS, p.source_ip, p.user_id))
+        return
     async with rt.write() as conn:
         await user_store.delete_token(conn, p.token_id)
         await rt.append_audit(conn, _event(p.username, AuditAction.LOGOUT, AuditResult.SUCCESS,

@@ -6,6 +6,7 @@ passed to the services and the web layer.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import socket
@@ -18,14 +19,16 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from safehold import __version__
-from safehold.audit.chain import AuditEvent
+from safehold.audit.chain import GENESIS, AuditEvent
+from safehold.audit.spool import AuditSpool
 from safehold.audit.writer import AuditWriter
 from safehold.config import Settings
 from safehold.crypto.envelope import Keyring, new_data_key
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import AuditResult, ServerRole
-from safehold.errors import AuditUnavailable, DatabaseError, InvalidInput, KeyFileError
+from safehold.errors import AuditUnavailable, DatabaseError, InvalidInput, KeyFileError, Unavailable
 from safehold.metrics import Metrics
+from safehold.services.local_state import LocalState
 from safehold.storage import audit as audit_store
 from safehold.storage import cluster as cluster_store
 from safehold.storage import servers as server_store
@@ -113,6 +116,16 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     audit: AuditWriter | None = None
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    # set on a read-only server: its local audit spool (its replica cannot be written)
+    spool: AuditSpool | None = None
+    local: LocalState = field(default_factory=LocalState)
+
+    def __post_init__(self) -> None:
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @property
+    def readonly(self) -> bool:
+        return self.identity.role == ServerRole.READONLY
 
     @property
     def keyring(self) -> Keyring:
@@ -120,13 +133,17 @@ class Runtime:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in autocommit: each statement sees the newest committed data, without the
+        BEGIN/ROLLBACK round trips of a transaction."""
         with _database_errors():
-            async with self.engine.connect() as conn:
+            async with self._autocommit.connect() as conn:
                 yield conn
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction; commit on success."""
+        """A transaction; commit on success.  A read-only server refuses at once."""
+        if self.readonly:
+            raise ReadOnlyMode()
         with _database_errors():
             async with self.engine.begin() as conn:
                 yield conn
@@ -137,7 +154,12 @@ class Runtime:
         self.metrics.audit_records.inc(len(events))
 
     async def record_audit(self, event: AuditEvent) -> None:
-        """Audit on its own (group commit); raises AuditUnavailable if it cannot be written."""
+        """Audit on its own (group commit, or the local spool on a read-only server); raises
+        AuditUnavailable if it cannot be written."""
+        if self.spool is not None:
+            await asyncio.to_thread(self.spool.append, event)
+            self.metrics.audit_records.inc()
+            return
         if self.audit is None:
             async with self.write() as conn:
                 await self.append_audit(conn, event)
@@ -155,8 +177,9 @@ class Runtime:
         self.metrics.audit_batches.inc()
 
     def start_background(self) -> None:
-        self.audit = AuditWriter(self._commit_batch)  # type: ignore[arg-type]
-        self.audit.start()
+        if not self.readonly:
+            self.audit = AuditWriter(self._commit_batch)  # type: ignore[arg-type]
+            self.audit.start()
 
     async def close(self) -> None:
         if self.audit is not None:
@@ -173,6 +196,11 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
                 row = await check_key(conn, master)
                 keys = unwrap_keys(master, await cluster_store.keys(conn))
                 identity = ServerIdentity(settings.server.id, settings.server.name, settings.server.role)
+                spool = None
+                if identity.role == ServerRole.READONLY:
+                    register = False  # its replica cannot be written; the others check it over HTTPS
+                    spool = AuditSpool(settings.data_dir / "spool", keys.audit_key, identity.id, identity.role,
+                                       head=await audit_store.head(conn, identity.id) or (0, GENESIS))
                 if register:
                     await server_store.register(
                         conn, id=identity.id, name=identity.name, role=identity.role,
@@ -188,9 +216,19 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
     except BaseException:
         await engine.dispose()
         raise
-    rt = Runtime(settings=settings, engine=engine, keys=keys, identity=identity, cluster_id=row.cluster_id)
+    rt = Runtime(settings=settings, engine=engine, keys=keys, identity=identity, cluster_id=row.cluster_id,
+                 spool=spool)
     rt.metrics.info.labels(identity.id, identity.name, identity.role.value, __version__).set(1)
     return rt
+
+
+class ReadOnlyMode(Unavailable):
+    code = "read_only"
+
+    def __init__(self) -> None:
+        super().__init__("read-only emergency mode: this server serves passwords from its replica while "
+                         "the primary and secondary servers are down; changes are not possible here",
+                         hint="try again on the primary or a secondary server when it is back")
 
 
 def public_url(settings: Settings) -> str:

@@ -31,14 +31,13 @@ async def append(
     """
     if not events:
         return []
-    await conn.execute(
-        pg_insert(audit_heads).values(server_id=server_id, seq=0, mac=GENESIS).on_conflict_do_nothing()
-    )
-    head = (
+    locked = select(audit_heads.c.seq, audit_heads.c.mac).where(audit_heads.c.server_id == server_id).with_for_update()
+    head = (await conn.execute(locked)).first()
+    if head is None:  # this server's first record: create its head, then lock it
         await conn.execute(
-            select(audit_heads.c.seq, audit_heads.c.mac).where(audit_heads.c.server_id == server_id).with_for_update()
+            pg_insert(audit_heads).values(server_id=server_id, seq=0, mac=GENESIS).on_conflict_do_nothing()
         )
-    ).one()
+        head = (await conn.execute(locked)).one()
     records = extend(key, server_id, server_role, head.seq, bytes(head.mac), events)
     await conn.execute(insert(audit_log), [r.row() for r in records])
     await conn.execute(
@@ -123,3 +122,17 @@ async def chain_page(conn: AsyncConnection, server_id: str, after_seq: int, limi
         out.append(StoredRecord(r.id, ChainedRecord(r.server_id, r.server_role, r.seq, event,
                                                     bytes(r.prev_mac), bytes(r.mac))))
     return out
+
+
+async def insert_shipped(conn: AsyncConnection, records: Sequence[ChainedRecord]) -> None:
+    """Store records chained elsewhere (a read-only server's spool): a record already stored is
+    skipped, so shipping the same batch twice stores it once; the head only moves forward."""
+    if not records:
+        return
+    stmt = pg_insert(audit_log).on_conflict_do_nothing(index_elements=["server_id", "seq"])
+    await conn.execute(stmt, [r.row() for r in records])
+    last = records[-1]
+    head = pg_insert(audit_heads).values(server_id=last.server_id, seq=last.seq, mac=last.mac)
+    await conn.execute(head.on_conflict_do_update(
+        index_elements=["server_id"], set_={"seq": head.excluded.seq, "mac": head.excluded.mac},
+        where=audit_heads.c.seq < head.excluded.seq))

@@ -4,20 +4,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from safehold.storage.rows import AnyRow
-from safehold.storage.schema import servers
+from safehold.storage.schema import auth_tokens, servers
 
 
 async def register(conn: AsyncConnection, **values: Any) -> None:
     stmt = pg_insert(servers).values(last_heartbeat=func.now(), **values)
-    update: dict[str, Any] = {k: stmt.excluded[k] for k in values if k != "id"}
-    update["last_heartbeat"] = func.now()
-    await conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=update))
+    changes: dict[str, Any] = {k: stmt.excluded[k] for k in values if k != "id"}
+    changes["last_heartbeat"] = func.now()
+    await conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=changes))
 
 
 async def all_servers(conn: AsyncConnection) -> list[AnyRow]:
     return list(await conn.execute(select(servers).order_by(servers.c.registered_at)))
+
+
+async def heartbeat(conn: AsyncConnection, server_id: str) -> None:
+    await conn.execute(update(servers).where(servers.c.id == server_id).values(last_heartbeat=func.now()))
+
+
+async def rename(conn: AsyncConnection, server_id: str, name: str) -> int:
+    return (await conn.execute(update(servers).where(servers.c.id == server_id).values(name=name))).rowcount
+
+
+async def session_counts(conn: AsyncConnection) -> dict[str, int]:
+    """Active login sessions per server id."""
+    q = (select(auth_tokens.c.server_id, func.count())
+         .where(auth_tokens.c.kind == "session", auth_tokens.c.expires_at > func.now())
+         .group_by(auth_tokens.c.server_id))
+    return {r[0]: int(r[1]) for r in await conn.execute(q)}

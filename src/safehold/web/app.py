@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from safehold import __version__
 from safehold.config import Settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import AuditAction
 from safehold.errors import SafeholdError
+from safehold.ha.agent import HaAgent
 from safehold.services import auth as auth_service
 from safehold.services.runtime import Runtime, open_runtime, system_event
 from safehold.web import errors
@@ -35,10 +38,74 @@ SECURITY_HEADERS = {
 }
 
 
+class Observe:
+    """Every HTTP response: security headers, metrics, a 500 for a bug; on a read-only server, the
+    redirect to the active primary or secondary, or the read-only emergency-mode headers.
+    (A plain ASGI middleware: the hot path pays no extra task per request.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        state = scope["app"].state
+        rt: Runtime | None = getattr(state, "runtime", None)
+        agent: HaAgent | None = getattr(state, "agent", None)
+        path: str = scope["path"]
+        if agent is not None and agent.redirect is not None and not _served_locally(path):
+            target = agent.redirect.url.rstrip("/") + path
+            if scope.get("query_string"):
+                target += "?" + scope["query_string"].decode("latin-1")
+            await RedirectResponse(target, status_code=307, headers=SECURITY_HEADERS)(scope, receive, send)
+            return
+        status = 500
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started, status = True, message["status"]
+                headers = MutableHeaders(scope=message)
+                for k, v in SECURITY_HEADERS.items():
+                    if k not in headers:
+                        headers[k] = v
+                if path.startswith(API) and "cache-control" not in headers:
+                    headers["Cache-Control"] = "no-store"
+                if rt is not None and rt.readonly and agent is not None:
+                    age = agent.data_age_seconds
+                    headers["X-Safehold-Mode"] = "read-only-emergency"
+                    headers["X-Safehold-Data-Age"] = "unknown" if age is None else f"{age:.0f}"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:  # noqa: BLE001 - answered here so it gets the headers and is counted
+            if started:
+                raise
+            await errors.internal_error(Request(scope), exc)(scope, receive, send_with_headers)
+        finally:
+            if rt is not None:
+                route = getattr(scope.get("route"), "path", "unmatched")
+                rt.metrics.requests.labels(scope["method"], route, str(status)).inc()
+                rt.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - start)
+
+
+def _served_locally(path: str) -> bool:
+    """What a read-only server answers itself even while it redirects users: its own health, metrics
+    and HA view (the others use them to watch it)."""
+    return path in (f"{API}/health", "/metrics", f"{API}/openapi.json") or path.startswith(f"{API}/ha/")
+
+
 async def _housekeeping(rt: Runtime, every: float = 600) -> None:
     """Periodic clean-up: expired sessions and tokens.  Errors are logged, never fatal."""
     while True:
         await asyncio.sleep(every)
+        if rt.readonly:
+            rt.local.purge(auth_service.now())
+            continue
         try:
             purged = await auth_service.purge_expired_tokens(rt)
             if purged:
@@ -61,12 +128,16 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         master = None  # the key is not kept once the data keys are unwrapped
         rt.start_background()
         app.state.runtime = rt
+        agent = HaAgent(rt)
+        app.state.agent = agent
+        agent.start()
         await rt.record_audit(system_event(AuditAction.SERVER_STARTED, detail={"version": __version__}))
         housekeeping = asyncio.get_running_loop().create_task(_housekeeping(rt), name="housekeeping")
         try:
             yield
         finally:
             housekeeping.cancel()
+            await agent.stop()
             try:
                 await rt.record_audit(system_event(AuditAction.SERVER_STOPPED))
             except Exception:  # noqa: BLE001 - the database may already be gone
@@ -83,24 +154,7 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
     for module in (system, auth, users, vault, audit):
         app.include_router(module.router, prefix=API)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # noqa: BLE001 - answered here so it gets the headers and is counted
-            response = errors.internal_error(request, exc)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        rt: Runtime | None = getattr(request.app.state, "runtime", None)
-        if rt is not None:
-            rt.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-            rt.metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
-        for k, v in SECURITY_HEADERS.items():
-            response.headers.setdefault(k, v)
-        if request.url.path.startswith(API):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
+    app.add_middleware(Observe)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:

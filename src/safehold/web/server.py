@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Callable
 
 import uvicorn
 
@@ -44,6 +45,14 @@ async def serve(settings: Settings, master: MasterKey) -> None:
         raise ConfigError(f"the HTTPS server could not start on {settings.http.listen}:{settings.http.port}")
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        return None
+    return uvloop.new_event_loop
+
+
 def run(settings: Settings, master: MasterKey) -> None:
     """Serve until SIGTERM/SIGINT.  uvicorn re-raises the signal after its graceful shutdown;
     our handlers swallow it so the caller can still stop the bundled database."""
@@ -51,7 +60,8 @@ def run(settings: Settings, master: MasterKey) -> None:
     previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        asyncio.run(serve(settings, master))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(settings, master))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
