@@ -66,3 +66,4 @@ class AuditAction(StrEnum):
     BACKUP_RESTORED = "backup_restored"
     SERVER_STARTED = "server_started"
     SERVER_STOPPED = "server_stopped"
+    SERVER_RENAMED = "server_renamed"

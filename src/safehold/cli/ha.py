@@ -42,6 +42,32 @@ def show_passphrase(passphrase: str, out_file: Path) -> None:
 
 
 @ha_app.command()
+def status(data_dir: DataDir) -> None:
+    """The cluster as this server sees it: servers, databases, HA and replication status."""
+    from rich.table import Table
+
+    from safehold.cli.context import with_runtime
+    from safehold.services.ha_status import cluster_status
+
+    st = with_runtime(data_dir, cluster_status)
+    t = Table("name", "role", "status", "url", "sessions", "last seen", "id", title="Servers")
+    for s in st["servers"]:
+        colour = "green" if s["status"] == "active" else "red"
+        t.add_row(s["name"], s["role"], f"[{colour}]{s['status']}[/]", s["url"], str(s["sessions"]),
+                  s["last_seen"] or "-", s["id"])
+    out.print(t)
+    d = Table("host", "port", "role", "servers configured", "servers active", title="Databases")
+    for db in st["databases"]:
+        d.add_row(str(db["host"]), str(db["port"]), db["role"], str(db["servers_configured"]),
+                  str(db["servers_active"]))
+    out.print(d)
+    out.print(f"HA status: {st['ha_status'] or 'n/a (no read-only server)'}   "
+              f"Replication status: {st['replication_status'] or 'n/a'}   "
+              f"lag: {st['replication_lag_bytes']} bytes, {st['replication_lag_seconds']} s   "
+              f"audit backlog: {st['audit_backlog']['pending']} pending, {st['audit_backlog']['shipped']} shipped")
+
+
+@ha_app.command()
 def join(
     setup_file: Annotated[Path, typer.Argument(help="A setup file ('ha add-secondary') or setup pack ('ha pack').")],
     data_dir: DataDir,

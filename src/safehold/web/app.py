@@ -23,7 +23,7 @@ from safehold.ha.agent import HaAgent
 from safehold.services import auth as auth_service
 from safehold.services.runtime import Runtime, open_runtime, system_event
 from safehold.web import errors
-from safehold.web.api import audit, auth, system, users, vault
+from safehold.web.api import audit, auth, ha, system, users, vault
 
 log = logging.getLogger(__name__)
 API = "/api/v1"
@@ -151,7 +151,7 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
                     "`Authorization: Bearer <token>` (a session token from `/auth/login` or a personal API token).",
     )
     errors.install(app)
-    for module in (system, auth, users, vault, audit):
+    for module in (system, auth, users, vault, audit, ha):
         app.include_router(module.router, prefix=API)
 
     app.add_middleware(Observe)

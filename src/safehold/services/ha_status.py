@@ -1,0 +1,136 @@
+"""The HA view of the cluster, as one server sees it: servers, databases, HA and replication status."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from safehold.domain import ServerRole
+from safehold.ha.policy import (
+    Health,
+    Liveness,
+    ReplicaObservation,
+    Thresholds,
+    ha_status,
+    replication_status,
+)
+from safehold.services.runtime import Runtime
+from safehold.storage import replication
+from safehold.storage import servers as server_store
+
+
+@dataclass(frozen=True)
+class LocalReport:
+    """What a server says about itself at /api/v1/ha/local (no secrets: counts and addresses)."""
+
+    server_id: str
+    role: str
+    database: dict[str, Any]
+    audit_backlog: dict[str, Any] | None
+    data_age_seconds: float | None
+
+
+def local_report(rt: Runtime, data_age: float | None) -> LocalReport:
+    db = rt.settings.database
+    return LocalReport(
+        server_id=rt.identity.id, role=rt.identity.role.value,
+        database={"host": db.host, "port": db.port, "mode": db.mode,
+                  "role": "replica" if rt.readonly else "primary"},
+        audit_backlog=rt.spool.backlog().as_dict() if rt.spool is not None else None,
+        data_age_seconds=data_age,
+    )
+
+
+def _overall(statuses: list[Health]) -> str:
+    """Alive only when there is a replica and every replica is Alive."""
+    return (Health.ALIVE if statuses and Health.FAILED not in statuses else Health.FAILED).value
+
+
+async def _fetch_local(client: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
+    try:
+        r = await client.get(f"{url.rstrip('/')}/api/v1/ha/local")
+        return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
+    except (httpx.HTTPError, ssl.SSLError, OSError, ValueError):
+        return None
+
+
+async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = None) -> dict[str, Any]:
+    """Everything ``GET /api/v1/ha/status`` returns."""
+    s = rt.settings
+    now = dt.datetime.now(dt.UTC)
+    stale_after = dt.timedelta(seconds=max(3 * s.ha.check_interval, 5))
+    async with rt.read() as conn:
+        rows = await server_store.all_servers(conn)
+        sessions = await server_store.session_counts(conn)
+        view = await replication.replica_view(conn) if rt.readonly else None
+        primary = None if rt.readonly else await replication.primary_view(conn)
+    ctx = ssl.create_default_context(cafile=str(s.path(s.http.tls_ca)))
+    async with httpx.AsyncClient(verify=ctx, timeout=s.ha.peer_timeout) as client:
+        reports = await asyncio.gather(*(_fetch_local(client, r.url) if r.role == ServerRole.READONLY
+                                         and r.url else asyncio.sleep(0, None) for r in rows))
+    servers = []
+    for r, report in zip(rows, reports, strict=True):
+        if r.id == rt.identity.id:
+            active = True
+        elif r.role == ServerRole.READONLY:
+            active = report is not None
+        elif live_peers is not None and r.id in live_peers:
+            active = live_peers[r.id]
+        else:
+            active = r.last_heartbeat is not None and now - r.last_heartbeat < stale_after
+        servers.append({
+            "id": r.id, "name": r.name, "hostname": r.hostname, "dns_name": r.dns_name, "role": r.role,
+            "url": r.url, "port": r.port, "status": (Liveness.ACTIVE if active else Liveness.INACTIVE).value,
+            "sessions": sessions.get(r.id, 0),
+            "last_seen": now.isoformat() if r.id == rt.identity.id else
+            (r.last_heartbeat.isoformat() if r.last_heartbeat else None),
+        })
+
+    replicas: list[ReplicaObservation] = []
+    if primary is not None:
+        for link in primary.standbys:
+            replicas.append(ReplicaObservation(link.application_name or link.slot_name or "replica", link.connected,
+                                               link.state, link.lag_bytes, link.replay_lag_seconds))
+    elif view is not None:
+        replicas.append(ReplicaObservation(rt.identity.name, view.streaming, "streaming" if view.streaming
+                                           else view.receiver_status, view.replay_backlog_bytes,
+                                           view.replay_delay_seconds if not view.streaming else 0.0))
+    thresholds = Thresholds(s.ha.lag_threshold_seconds, s.ha.lag_threshold_bytes)
+    ha = [ha_status(r) for r in replicas]
+    rep = [replication_status(r, thresholds) for r in replicas]
+    readonly_reports = [rep_ for rep_ in reports if rep_]
+    active_app = sum(1 for x in servers if x["status"] == "active" and x["role"] != ServerRole.READONLY)
+    configured_app = sum(1 for x in servers if x["role"] != ServerRole.READONLY)
+    databases = [{"host": s.database.host if not rt.readonly else (s.ha.primary_db_host or ""),
+                  "port": s.database.port if not rt.readonly else (s.ha.primary_db_port or 0),
+                  "role": "primary", "servers_configured": configured_app, "servers_active": active_app}]
+    for report in readonly_reports:
+        db = report.get("database", {})
+        is_up = any(x["id"] == report.get("server_id") and x["status"] == "active" for x in servers)
+        databases.append({"host": db.get("host", ""), "port": db.get("port", 0), "role": "replica",
+                          "servers_configured": 1, "servers_active": 1 if is_up else 0})
+    backlogs = [r.get("audit_backlog") or {} for r in readonly_reports]
+    if rt.spool is not None:
+        backlogs.append(rt.spool.backlog().as_dict())
+    backlog = {
+        "pending": sum(int(b.get("pending", 0)) for b in backlogs),
+        "shipped": sum(int(b.get("shipped", 0)) for b in backlogs),
+        "oldest_pending": min((str(b["oldest_pending"]) for b in backlogs if b.get("oldest_pending")), default=None),
+    }
+    has_replicas = bool(replicas) or any(x["role"] == ServerRole.READONLY for x in servers)
+    return {
+        "cluster_id": rt.cluster_id,
+        "server": {"id": rt.identity.id, "name": rt.identity.name, "role": rt.identity.role.value},
+        "servers": servers,
+        "databases": databases,
+        "ha_status": _overall(ha) if has_replicas else None,
+        "replication_status": _overall(rep) if has_replicas else None,
+        "replication_lag_bytes": max((r.lag_bytes or 0 for r in replicas), default=None),
+        "replication_lag_seconds": max((r.lag_seconds or 0.0 for r in replicas), default=None),
+        "audit_backlog": backlog,
+    }

@@ -1,0 +1,61 @@
+"""/ha: the cluster's high-availability view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from safehold.audit.chain import AuditEvent
+from safehold.domain import AuditAction, AuditResult
+from safehold.errors import NotFound
+from safehold.ids import parse_id
+from safehold.services import access
+from safehold.services.ha_status import cluster_status, local_report
+from safehold.storage import servers as server_store
+from safehold.web.api.common import AUTH_ERRORS, errors
+from safehold.web.deps import CurrentUser, RuntimeDep
+from safehold.web.schemas import In, Text100Required
+
+router = APIRouter(prefix="/ha", tags=["high availability"])
+
+
+class ServerRename(In):
+    name: Text100Required
+
+
+def _live_peers(request: Request) -> dict[str, bool] | None:
+    agent = getattr(request.app.state, "agent", None)
+    if agent is None or not agent.peers:
+        return None
+    return {p.server_id: p.healthy for p in agent.peers}
+
+
+@router.get("/status", responses=AUTH_ERRORS)
+async def status(request: Request, p: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
+    """Servers (active/inactive), databases, HA status and replication status with lag, and the
+    read-only servers' audit backlog — as this server sees them (administrators)."""
+    access.require(p.is_admin, "only administrators can see the HA status")
+    return await cluster_status(rt, live_peers=_live_peers(request))
+
+
+@router.get("/local")
+async def local(request: Request, rt: RuntimeDep) -> dict[str, Any]:
+    """What this server says about itself to its peers: role, database address, audit backlog.
+    No authentication; it holds no secret."""
+    agent = getattr(request.app.state, "agent", None)
+    return local_report(rt, agent.data_age_seconds if agent else None).__dict__
+
+
+@router.patch("/servers/{server_id}", status_code=200, responses=errors(401, 403, 404, 422, 503))
+async def rename(server_id: str, body: ServerRename, p: CurrentUser, rt: RuntimeDep) -> dict[str, str]:
+    """Give a server another display name."""
+    access.require(p.is_admin, "only administrators can rename servers")
+    sid = parse_id(server_id, "server")
+    async with rt.write() as conn:
+        if await server_store.rename(conn, sid, body.name.strip()) == 0:
+            raise NotFound("server not found")
+        await rt.append_audit(conn, AuditEvent(actor=p.username, action=AuditAction.SERVER_RENAMED,
+                                               result=AuditResult.SUCCESS, source_ip=p.source_ip,
+                                               target_type="server", target_id=sid, target_name=body.name))
+    return {"id": sid, "name": body.name.strip()}
