@@ -57,6 +57,11 @@ def _read_secret_file(path: Path, what: str) -> str:
     return value
 
 
+from safehold.cli.demo import demo as _demo  # noqa: E402
+
+app.command(name="demo")(_demo)
+
+
 @app.command()
 def version() -> None:
     """Print the Safehold version."""
