@@ -196,3 +196,60 @@ def seed_account(server: Server, token: str, password: str, *, resource: str = "
         a = c.post(f"/resources/{rid}/accounts", json={"username": username, "password": password})
         assert a.status_code == 201, a.text
         return rid, a.json()["id"]
+
+
+def app_connect(data_dir: Path, dbname: str | None = None) -> Any:
+    """A psycopg connection (autocommit) to a server's bundled database as its app login, the role the
+    server itself uses (on a read-only server: its replica)."""
+    import psycopg
+
+    from safehold.config import load_settings
+    from safehold.storage.db import app_target
+
+    t = app_target(load_settings(data_dir))
+    return psycopg.connect(host=t.host, port=t.port, user=t.user, password=t.password,
+                           dbname=dbname or t.dbname, sslmode="verify-full", sslrootcert=str(t.sslrootcert),
+                           autocommit=True, connect_timeout=10)
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under ``root`` (itself included) with its mode, and for files their size and mtime:
+    equal snapshots mean nothing in the tree was created, removed or changed.  A directory's own size
+    and mtime are left out: a scratch directory made and removed inside it changes them."""
+    snapshot: dict[str, tuple[int, int, int]] = {}
+    for path in [root, *sorted(root.rglob("*"))]:
+        st = path.lstat()
+        is_dir = path.is_dir() and not path.is_symlink()
+        snapshot[str(path.relative_to(root))] = (st.st_mode, 0 if is_dir else st.st_size,
+                                                 0 if is_dir else st.st_mtime_ns)
+    return snapshot
+
+
+def copy_key_file(server: Server, dest: Path) -> Path:
+    """A copy (mode 0600) of a server's master key file, as an operator brings it to another host."""
+    from safehold.config import load_settings
+
+    dest.write_bytes(load_settings(server.data_dir).key_file.read_bytes())
+    dest.chmod(0o600)
+    return dest
+
+
+def join_cli(setup_file: Path, data_dir: Path, key_file: Path, passphrase_file: Path, *extra: str,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``safehold ha join`` with the passphrase from a file."""
+    return run_cli("ha", "join", str(setup_file), "--data-dir", str(data_dir), "--key-file", str(key_file),
+                   "--passphrase-file", str(passphrase_file), *extra, check=check)
+
+
+def make_secondary(primary: Server, data_dir: Path, *, name: str = "secondary") -> Server:
+    """Add a secondary to ``primary`` (``ha add-secondary`` on 127.0.0.1) and join it: a configured,
+    not yet started :class:`Server` whose data directory is ``data_dir``.  The setup file, its
+    passphrase file and the copied key file are left beside ``data_dir``."""
+    setup, passphrase, key = (data_dir.with_name(f"{data_dir.name}{suffix}")
+                              for suffix in (".setup", ".passphrase", ".key"))
+    passphrase.write_text("test-passphrase-" + data_dir.name)
+    primary.cli("ha", "add-secondary", "--host", "127.0.0.1", "--out", str(setup),
+                "--passphrase-file", str(passphrase), "--name", name)
+    secondary = Server(data_dir)
+    join_cli(setup, data_dir, copy_key_file(primary, key), passphrase, "--port", str(secondary.port))
+    return secondary
