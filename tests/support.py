@@ -253,3 +253,17 @@ def make_secondary(primary: Server, data_dir: Path, *, name: str = "secondary") 
     secondary = Server(data_dir)
     join_cli(setup, data_dir, copy_key_file(primary, key), passphrase, "--port", str(secondary.port))
     return secondary
+
+
+def make_readonly(primary: Server, data_dir: Path, *, name: str = "readonly") -> Server:
+    """Take a setup pack on ``primary`` (``ha pack`` for 127.0.0.1) and join it: a configured, not yet
+    started read-only :class:`Server` with its own replica."""
+    pack, passphrase, key = (data_dir.with_name(f"{data_dir.name}{suffix}")
+                             for suffix in (".pack", ".passphrase", ".key"))
+    passphrase.write_text("test-passphrase-" + data_dir.name)
+    primary.cli("ha", "pack", "--readonly-host", "127.0.0.1", "--out", str(pack),
+                "--passphrase-file", str(passphrase), "--name", name)
+    readonly = Server(data_dir)
+    join_cli(pack, data_dir, copy_key_file(primary, key), passphrase, "--port", str(readonly.port),
+             "--db-port", str(readonly.db_port), "--name", name)
+    return readonly
