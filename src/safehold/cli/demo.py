@@ -112,15 +112,21 @@ def demo(
     secondary = Node("secondary", base / "secondary", _free_port())
     readonly = Node("readonly", base / "readonly", _free_port())
     nodes: list[Node] = []
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the demo like Ctrl-C does
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)  # also when started with SIGINT ignored (a background job)
     key = primary.data_dir / "safehold.key"
     ca = primary.data_dir / "tls" / "ca.crt"
+    db_started = False
     try:
         out.print("• initialising the primary")
         _cli("init", "--data-dir", str(primary.data_dir), "--port", str(primary.port), "--name", "Primary",
              "--admin-password-file", str(base / "admin-password"))
-        _start(primary, base)
-        nodes.append(primary)
-        _wait_healthy(primary, ca)
+        _cli("db", "start", "--data-dir", str(primary.data_dir))  # the joins below connect to it
+        db_started = True
         out.print("• setting up the secondary")
         _cli("ha", "add-secondary", "--data-dir", str(primary.data_dir), "--host", "127.0.0.1",
              "--out", str(base / "secondary.setup"), "--passphrase-file", str(base / "passphrase"),
@@ -128,8 +134,6 @@ def demo(
         _cli("ha", "join", str(base / "secondary.setup"), "--data-dir", str(secondary.data_dir), "--key-file",
              str(key), "--passphrase-file", str(base / "passphrase"), "--port", str(secondary.port),
              "--name", "Secondary")
-        _start(secondary, base)
-        nodes.append(secondary)
         out.print("• taking the setup pack of the read-only server (online base backup)")
         _cli("ha", "pack", "--data-dir", str(primary.data_dir), "--readonly-host", "127.0.0.1",
              "--out", str(base / "readonly.pack"), "--passphrase-file", str(base / "passphrase"),
@@ -137,8 +141,11 @@ def demo(
         _cli("ha", "join", str(base / "readonly.pack"), "--data-dir", str(readonly.data_dir), "--key-file",
              str(key), "--passphrase-file", str(base / "passphrase"), "--port", str(readonly.port),
              "--db-port", str(_free_port()), "--name", "Read-only")
-        _start(readonly, base)
-        nodes.append(readonly)
+        out.print("• starting the three servers")
+        for node in (primary, secondary, readonly):
+            _start(node, base)
+            nodes.append(node)
+        _wait_healthy(primary, ca)
         _wait_healthy(secondary, ca)
         _wait_healthy(readonly, ca)
         out.print("• loading sample resources")
@@ -157,6 +164,9 @@ def demo(
     finally:
         out.print("stopping the demo servers…")
         _stop(nodes)
+        if db_started:  # started by 'db start' above, so 'serve' leaves it running: stop it here
+            subprocess.run([sys.executable, "-m", "safehold", "db", "stop", "--data-dir", str(primary.data_dir)],
+                           capture_output=True)
         out.print("stopped")
 
 
