@@ -110,3 +110,43 @@ def test_readonly_redirects_then_serves_passwords_in_emergency_mode(
 def _backlog(server: Server) -> int:
     with server.client() as c:
         return int(c.get("/ha/local").json()["audit_backlog"]["pending"])
+
+
+@pytest.fixture()
+def primary_and_readonly(server_root: Path) -> Iterator[tuple[Server, Server]]:
+    """The primary + read-only deployment model."""
+    base = Path(tempfile.mkdtemp(dir=server_root))
+    with running_server(base / "primary") as primary:
+        readonly = make_readonly(primary, base / "readonly")
+        try:
+            readonly.start()
+            yield primary, readonly
+        finally:
+            readonly.cleanup()
+
+
+def test_cutting_the_replica_off_turns_both_statuses_failed_then_alive_each_logged_once(
+        primary_and_readonly: tuple[Server, Server]) -> None:
+    primary, readonly = primary_and_readonly
+    with primary.client(primary.login()) as c:
+        def statuses() -> tuple[str, str]:
+            st = c.get("/ha/status").json()
+            return st["ha_status"], st["replication_status"]
+
+        wait_until(lambda: statuses() == ("Alive", "Alive"), timeout=20, what="both statuses Alive")
+        replica = database.manager(load_settings(readonly.data_dir))
+        replica.kill()  # the replica is cut off
+        wait_until(lambda: statuses() == ("Failed", "Failed"), timeout=30, what="both statuses Failed")
+
+        def logged(kind: str) -> int:
+            return sum(1 for e in c.get("/ha/events").json() if e["kind"] == kind)
+
+        wait_until(lambda: logged("HAFailed") == 1 and logged("ReplicationFailed") == 1, timeout=30,
+                   what="the Failed transitions in the HA event log")
+        readonly.cli("db", "start")  # restored
+        wait_until(lambda: statuses() == ("Alive", "Alive"), timeout=30, what="both statuses Alive again")
+        wait_until(lambda: logged("HAAlive") == 1 and logged("ReplicationAlive") == 1, timeout=30,
+                   what="the Alive transitions in the HA event log")
+        events = c.get("/ha/events").json()
+        assert [e["kind"] for e in events].count("HAFailed") == 1, events  # each transition once
+        assert [e["kind"] for e in events].count("ReplicationFailed") == 1, events

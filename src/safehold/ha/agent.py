@@ -24,6 +24,8 @@ from safehold.audit.chain import ChainedRecord
 from safehold.audit.spool import ship
 from safehold.domain import ServerRole
 from safehold.errors import SafeholdError
+from safehold.ha.lease import ScheduleLease, run_schedules
+from safehold.ha.monitor import monitor_once
 from safehold.ha.policy import PeerObservation, redirect_target
 from safehold.services.runtime import Runtime
 from safehold.storage import audit as audit_store
@@ -55,6 +57,7 @@ class HaAgent:
         self.data_age_seconds: float | None = None  # how stale a read-only server's data may be
         self._tasks: list[asyncio.Task[None]] = []
         self._primary_db: AsyncEngine | None = None
+        self.lease: ScheduleLease | None = None
         ctx = ssl.create_default_context(cafile=str(rt.settings.path(rt.settings.http.tls_ca)))
         self._http = httpx.AsyncClient(verify=ctx, timeout=rt.settings.ha.peer_timeout)
 
@@ -69,6 +72,14 @@ class HaAgent:
             self._tasks.append(loop.create_task(self._every(self.ship_audit), name="ha-audit-shipper"))
         else:
             self._tasks.append(loop.create_task(self._every(self.heartbeat), name="ha-heartbeat"))
+            # schedules (the HA monitor) run on exactly one primary/secondary: the lease holder
+            self.lease = ScheduleLease(self.rt.engine, server_id=self.rt.identity.id, role=self.rt.identity.role,
+                                       poll_interval=self.interval)
+            jobs = {"ha-monitor": (self.interval, self.monitor)}
+            self._tasks.append(loop.create_task(run_schedules(self.lease, jobs), name="ha-schedules"))
+
+    async def monitor(self) -> None:
+        await monitor_once(self.rt)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -79,6 +90,8 @@ class HaAgent:
             except asyncio.CancelledError:
                 pass
         self._tasks.clear()
+        if self.lease is not None:
+            await self.lease.close()
         await self._http.aclose()
         if self._primary_db is not None:
             await self._primary_db.dispose()

@@ -221,3 +221,16 @@ settings = Table(
     Column("value", JSONB, nullable=False),
     _ts("updated_at"),
 )
+
+# Every HA transition (HA/replication Alive/Failed, server active/inactive, StandbyOffline, ...), once.
+ha_events = Table(
+    "ha_events",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    _ts("at"),
+    Column("kind", String(32), nullable=False),
+    Column("subject", String(200), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("reported_by", UUID(as_uuid=False), nullable=False),
+    Index("ix_ha_events_at", "at"),
+)

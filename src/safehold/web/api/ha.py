@@ -12,8 +12,9 @@ from safehold.errors import NotFound
 from safehold.ids import parse_id
 from safehold.services import access
 from safehold.services.ha_status import cluster_status, local_report
+from safehold.storage import ha as ha_store
 from safehold.storage import servers as server_store
-from safehold.web.api.common import AUTH_ERRORS, errors
+from safehold.web.api.common import AUTH_ERRORS, Limit, errors
 from safehold.web.deps import CurrentUser, RuntimeDep
 from safehold.web.schemas import In, Text100Required
 
@@ -37,6 +38,17 @@ async def status(request: Request, p: CurrentUser, rt: RuntimeDep) -> dict[str, 
     read-only servers' audit backlog — as this server sees them (administrators)."""
     access.require(p.is_admin, "only administrators can see the HA status")
     return await cluster_status(rt, live_peers=_live_peers(request))
+
+
+@router.get("/events", responses=AUTH_ERRORS)
+async def events(p: CurrentUser, rt: RuntimeDep, limit: Limit = 100) -> list[dict[str, Any]]:
+    """The newest HA transitions first (HA/replication Alive/Failed, server active/inactive,
+    StandbyOffline), each logged once by the schedules-lease holder."""
+    access.require(p.is_admin or p.role == "auditor", "only administrators and auditors can see HA events")
+    async with rt.read() as conn:
+        rows = await ha_store.recent_events(conn, limit)
+    return [{"id": r.id, "at": r.at.isoformat(), "kind": r.kind, "subject": r.subject, "message": r.message,
+             "reported_by": r.reported_by} for r in rows]
 
 
 @router.get("/local")

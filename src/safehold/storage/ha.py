@@ -1,0 +1,36 @@
+"""The HA event log and the last snapshot the monitor compared against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from safehold.storage.rows import AnyRow
+from safehold.storage.schema import ha_events, settings
+
+SNAPSHOT_KEY = "ha.last_snapshot"
+
+
+async def last_snapshot(conn: AsyncConnection) -> dict[str, Any] | None:
+    q = select(settings.c.value).where(settings.c.key == SNAPSHOT_KEY).with_for_update()
+    value = (await conn.execute(q)).scalar_one_or_none()
+    return value if isinstance(value, dict) else None
+
+
+async def save_snapshot(conn: AsyncConnection, snapshot: dict[str, Any]) -> None:
+    stmt = pg_insert(settings).values(key=SNAPSHOT_KEY, value=snapshot)
+    await conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value}))
+
+
+async def add_events(conn: AsyncConnection, reported_by: str, events: list[tuple[str, str, str]]) -> None:
+    if events:
+        await conn.execute(insert(ha_events), [
+            {"kind": k, "subject": s, "message": m, "reported_by": reported_by} for k, s, m in events])
+
+
+async def recent_events(conn: AsyncConnection, limit: int = 100) -> list[AnyRow]:
+    q = select(ha_events).order_by(ha_events.c.id.desc()).limit(limit)
+    return list(await conn.execute(q))
