@@ -98,12 +98,21 @@ class HaSection(_Section):
     lag_threshold_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
 
+class BackupSection(_Section):
+    """Scheduled backups, made by whichever primary/secondary holds the schedules lease."""
+
+    every_minutes: float = Field(default=1440, ge=0, le=7 * 24 * 60)  # 0: no scheduled backups
+    directory: Path = Path("backups")
+    keep: int = Field(default=7, ge=1, le=1000)
+
+
 class Settings(_Section):
     server: ServerSection
     http: HttpSection = HttpSection()
     database: DatabaseSection = DatabaseSection()
     security: SecuritySection = SecuritySection()
     ha: HaSection = HaSection()
+    backup: BackupSection = BackupSection()
     data_dir: Path = Field(default=Path("."), exclude=True)
 
     def path(self, p: Path) -> Path:

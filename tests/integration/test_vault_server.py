@@ -199,3 +199,22 @@ def test_conflicts_and_bad_ids_get_clear_answers(shared_server: Server, admin_to
         assert dup.status_code == 409
         assert c.get("/accounts/not-a-uuid/password").status_code == 404
         assert c.get("/resources/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+def test_scheduled_backups_are_made_and_pruned(server: Server) -> None:
+    from safehold.services.backup import read_backup
+    from tests.support import wait_until
+
+    server.stop()
+    server.start(env={"SAFEHOLD_BACKUP__EVERY_MINUTES": "0.05", "SAFEHOLD_BACKUP__KEEP": "2"})
+    backups = server.data_dir / "backups"
+    wait_until(lambda: len(list(backups.glob("safehold-*.backup"))) >= 2, timeout=60, what="two scheduled backups")
+    wait_until(lambda: server.client(server.login()).get(
+        "/audit", params={"action": "backup_created", "actor": "scheduler"}).json()["total"] >= 3, timeout=60,
+        what="a third scheduled backup")
+    files = sorted(backups.glob("safehold-*.backup"))
+    assert len(files) == 2, "older backups are pruned"
+    manifest, dump = read_backup(files[-1])
+    from safehold.crypto.keyfile import load_key_file
+
+    assert dump and manifest.key_check == load_key_file(server.data_dir / "safehold.key").check_value.hex()

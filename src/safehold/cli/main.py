@@ -427,23 +427,17 @@ def backup(
     output: Annotated[Path, typer.Option("--out", "-o", help="Backup file to write.")],
 ) -> None:
     """Back up the vault database (ciphertext only; the key file is never included)."""
-    from safehold.audit.chain import AuditEvent
-    from safehold.domain import AuditAction, AuditResult
     from safehold.services import database
-    from safehold.services.backup import create_backup
+    from safehold.services.backup import make_backup
 
     settings, master = load(data_dir)
-    with database.database_running(settings) as pg:
-        async def cluster_id() -> str:
+    with database.database_running(settings):
+        async def go() -> Any:
             async with runtime(settings, master) as rt:
-                await rt.record_audit(AuditEvent(actor=cli_actor(), action=AuditAction.BACKUP_CREATED,
-                                                 result=AuditResult.SUCCESS, target_type="backup",
-                                                 target_name=str(output)[:500]))
-                return rt.cluster_id
+                return await make_backup(rt, output, actor=cli_actor())
 
-        cid = asyncio.run(cluster_id())
         with out.status("dumping the database…"):
-            manifest = create_backup(settings, pg, master, cid, output)  # type: ignore[arg-type]
+            manifest = asyncio.run(go())
     out.print(f"[green]✓[/] backup written to {output} ({manifest.dump_size:,} bytes of ciphertext-only dump)")
 
 

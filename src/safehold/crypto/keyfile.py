@@ -25,6 +25,12 @@ _CHECK_LABEL = b"safehold key check v1"
 _WRAP_NONCE_LEN = 12
 
 
+def key_id_of(check_value: bytes) -> str:
+    """A short name for a master key, derived from its check value (so a server that no longer
+    holds the key can still name it)."""
+    return hashlib.sha256(check_value).hexdigest()[:12]
+
+
 class MasterKey:
     """The unwrapped master key.  Its repr never shows the key."""
 
@@ -45,7 +51,7 @@ class MasterKey:
 
     @property
     def key_id(self) -> str:
-        return hashlib.sha256(self.check_value).hexdigest()[:12]
+        return key_id_of(self.check_value)
 
     def derive(self, label: str) -> bytes:
         """A 32-byte sub-key for one purpose (HMAC-based, one-way)."""

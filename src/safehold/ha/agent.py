@@ -76,10 +76,18 @@ class HaAgent:
             self.lease = ScheduleLease(self.rt.engine, server_id=self.rt.identity.id, role=self.rt.identity.role,
                                        poll_interval=self.interval)
             jobs = {"ha-monitor": (self.interval, self.monitor)}
+            if self.rt.settings.backup.every_minutes:
+                jobs["backup"] = (self.rt.settings.backup.every_minutes * 60.0, self.backup)
             self._tasks.append(loop.create_task(run_schedules(self.lease, jobs), name="ha-schedules"))
 
     async def monitor(self) -> None:
         await monitor_once(self.rt)
+
+    async def backup(self) -> None:
+        from safehold.services.backup import scheduled_backup
+
+        out = await scheduled_backup(self.rt)
+        log.info("scheduled backup written to %s", out)
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -11,6 +11,7 @@ that does not match the backup before it touches the database.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import io
@@ -22,12 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safehold import __version__
+from safehold.audit.chain import AuditEvent
 from safehold.config import Settings
-from safehold.crypto.keyfile import MasterKey
+from safehold.crypto.keyfile import MasterKey, key_id_of
+from safehold.domain import AuditAction, AuditResult
 from safehold.errors import KeyFileError, SafeholdError
 from safehold.pg import PgManager
+from safehold.pg.binaries import find_binaries
+from safehold.pg.client import run_client
+from safehold.services.runtime import Runtime
 from safehold.storage import admin
-from safehold.storage.db import owner_target
+from safehold.storage import cluster as cluster_store
+from safehold.storage.db import app_target, owner_target
 
 FORMAT = "safehold-backup-1"
 
@@ -50,16 +57,23 @@ class Manifest:
         return json.dumps({"format": FORMAT, **self.__dict__}, indent=2).encode()
 
 
-def create_backup(settings: Settings, pg: PgManager, master: MasterKey, cluster_id: str, out: Path) -> Manifest:
-    target = owner_target(settings)
+def dump_database(settings: Settings) -> bytes:
+    """A pg_dump (custom format) of the vault database, as this server's own login: works on a
+    primary and on a secondary alike, and holds only what the database holds (ciphertext)."""
+    target = app_target(settings)
+    return run_client(find_binaries(settings.database.bin_dir), "pg_dump",
+                      ["--format=custom", "--no-password", target.dbname or "safehold"], env=target.libpq_env())
+
+
+def create_backup(settings: Settings, key_check: bytes, cluster_id: str, out: Path) -> Manifest:
+    """Write a backup file; ``key_check`` is the master key's check value (from the cluster row, so a
+    running server that no longer holds the key can make scheduled backups)."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="safehold-backup-") as tmp:
-        result = pg.run_tool("pg_dump", ["--format=custom", "--no-password", target.dbname],
-                             env=target.libpq_env())
-        dump = result.stdout
+        dump = dump_database(settings)
         manifest = Manifest(
-            cluster_id=cluster_id, key_id=master.key_id, key_check=master.check_value.hex(),
+            cluster_id=cluster_id, key_id=key_id_of(key_check), key_check=key_check.hex(),
             created_at=dt.datetime.now(dt.UTC).isoformat(), version=__version__,
             dump_sha256=hashlib.sha256(dump).hexdigest(), dump_size=len(dump),
         )
@@ -116,3 +130,28 @@ def restore_backup(settings: Settings, pg: PgManager, master: MasterKey, path: P
     pg.run_tool("pg_restore", ["--no-password", "--exit-on-error", "--single-transaction",
                                f"--dbname={target.dbname}"], env=target.libpq_env(), input=dump)
     return manifest
+
+
+async def make_backup(rt: Runtime, out: Path, *, actor: str) -> Manifest:
+    """Back up and audit it (after the file is complete: a failed backup leaves no success record)."""
+    async with rt.read() as conn:
+        row = await cluster_store.get(conn)
+    if row is None:
+        raise BackupError("the database holds no Safehold cluster")
+    manifest = await asyncio.to_thread(create_backup, rt.settings, row.key_check, row.cluster_id, out)
+    await rt.record_audit(AuditEvent(actor=actor, action=AuditAction.BACKUP_CREATED, result=AuditResult.SUCCESS,
+                                     target_type="backup", target_name=str(out)[:500],
+                                     detail={"bytes": manifest.dump_size}))
+    return manifest
+
+
+async def scheduled_backup(rt: Runtime) -> Path:
+    """The scheduled job (run by the schedules-lease holder): a new file in backup.directory, keeping
+    the newest backup.keep files."""
+    directory = rt.settings.path(rt.settings.backup.directory)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = directory / f"safehold-{stamp}.backup"
+    await make_backup(rt, out, actor="scheduler")
+    for old in sorted(directory.glob("safehold-*.backup"))[: -rt.settings.backup.keep]:
+        old.unlink(missing_ok=True)
+    return out
