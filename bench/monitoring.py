@@ -1,0 +1,77 @@
+"""How fast the HA monitor notices: cut a read-only server's replica off and restore it, and time
+how long until GET /api/v1/ha/status shows HA status and replication status Failed, then Alive again
+(issue target: within 10 s each), and that each transition is logged once.
+
+    .venv/bin/python bench/monitoring.py [--rounds 3]
+
+Starts a primary and a read-only server (own processes, own data directories, 127.0.0.1), and stops
+everything it started, also on Ctrl-C or an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support import Server, make_readonly, running_server  # noqa: E402
+
+from safehold.config import load_settings  # noqa: E402
+from safehold.services import database  # noqa: E402
+
+
+def _until(predicate, timeout: float = 60) -> float:  # type: ignore[no-untyped-def]
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise SystemExit(f"gave up after {timeout} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="safehold-bench-monitoring-"))
+    readonly: Server | None = None
+    failed, alive = [], []
+    try:
+        with running_server(base / "primary") as primary:
+            readonly = make_readonly(primary, base / "readonly")
+            readonly.start()
+            with primary.client(primary.login()) as c:
+                def statuses() -> tuple[str, str]:
+                    st = c.get("/ha/status").json()
+                    return st["ha_status"], st["replication_status"]
+
+                _until(lambda: statuses() == ("Alive", "Alive"))
+                replica = database.manager(load_settings(readonly.data_dir))
+                for n in range(args.rounds):
+                    replica.kill()
+                    failed.append(_until(lambda: statuses() == ("Failed", "Failed")))
+                    readonly.cli("db", "start")
+                    alive.append(_until(lambda: statuses() == ("Alive", "Alive")))
+                    print(f"round {n + 1}: Failed after {failed[-1]:.1f} s, Alive again after {alive[-1]:.1f} s")
+                time.sleep(3)  # one more monitor cycle, so the last transition is in the log
+                kinds = [e["kind"] for e in c.get("/ha/events", params={"limit": 500}).json()]
+            readonly.cleanup()
+    finally:
+        if readonly is not None:
+            readonly.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+    counts = {k: kinds.count(k) for k in ("HAFailed", "ReplicationFailed", "HAAlive", "ReplicationAlive")}
+    print(f"events logged: {counts} (expected {args.rounds} of each)")
+    print(f"to_failed_median_s={statistics.median(failed):.1f} to_failed_max_s={max(failed):.1f} "
+          f"to_alive_median_s={statistics.median(alive):.1f} to_alive_max_s={max(alive):.1f} rounds={args.rounds} "
+          f"each_logged_once={all(v == args.rounds for v in counts.values())}")
+
+
+if __name__ == "__main__":
+    main()
