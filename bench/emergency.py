@@ -53,7 +53,6 @@ import random
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -68,7 +67,6 @@ if str(REPO) not in sys.path:
 
 from tests.support import (  # noqa: E402
     ADMIN_PASSWORD,
-    SAFEHOLD,
     Server,
     make_readonly,
     make_secondary,
@@ -85,23 +83,6 @@ TARGET_SECONDS = 3.0
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-# --- servers: tests.support's, started in a session of their own -------------------------------------
-
-
-class BenchServer(Server):
-    """tests.support.Server, but ``serve`` runs in its own session (a Ctrl-C in the terminal reaches
-    only the bench, which then stops it) with stdin closed."""
-
-    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
-        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve.log"
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen([*SAFEHOLD, "serve", "--data-dir", str(self.data_dir)], stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env={**os.environ, **(env or {})}, start_new_session=True)
-        if wait:
-            self.wait_healthy(timeout=90)
 
 
 class Api:
@@ -208,7 +189,7 @@ def run_app_kill(primary: Server, readonly: Server, token: str, aid: str, passwo
     primary.proc.wait()
     primary.proc = None
     log("restarting the primary app server")
-    primary.start()
+    primary.start(timeout=90)
     return Outcome("app", interval, served, switched, statuses)
 
 
@@ -308,18 +289,18 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random()
     try:
         t = time.monotonic()
-        primary = BenchServer(root / "primary")
+        primary = Server(root / "primary", detached=True)
         servers.append(primary)
         log(f"initialising the primary in {primary.data_dir}")
         primary.init()
-        primary.start()
+        primary.start(timeout=90)
         log("adding a secondary")
-        secondary = BenchServer(root / "secondary")
+        secondary = Server(root / "secondary", detached=True)
         servers.append(secondary)
         joined = make_secondary(primary, secondary.data_dir)
         secondary.port, secondary.db_port = joined.port, joined.db_port
         log("taking a setup pack and joining a read-only server with it")
-        readonly = BenchServer(root / "readonly")
+        readonly = Server(root / "readonly", detached=True)
         servers.append(readonly)
         joined = make_readonly(primary, readonly.data_dir)
         readonly.port, readonly.db_port = joined.port, joined.db_port
@@ -333,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                          expect=201)["id"]
         setup.close()
 
-        secondary.start()
+        secondary.start(timeout=90)
         intervals = args.check_interval or [None]
         first = True
         for interval in intervals:
@@ -343,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                 readonly.stop()
             log(f"starting the read-only server (check interval {shown:g} s"
                 + (", the default)" if interval is None else ")"))
-            readonly.start(env=env)
+            readonly.start(env=env, timeout=90)
             if first:
                 # the read-only server has seen the secondary; now stop it, so that without the primary
                 # the read-only server has no one to redirect to

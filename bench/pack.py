@@ -68,23 +68,6 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-# --- the server: tests.support's, started in a session of its own ------------------------------------
-
-
-class BenchServer(Server):
-    """tests.support.Server, but ``serve`` runs in its own session (a Ctrl-C in the terminal reaches
-    only the bench, which then stops it) with stdin closed."""
-
-    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
-        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve.log"
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen([*SAFEHOLD, "serve", "--data-dir", str(self.data_dir)], stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env={**os.environ, **(env or {})}, start_new_session=True)
-        if wait:
-            self.wait_healthy(timeout=90)
-
-
 class Api:
     """A keep-alive HTTPS JSON client."""
 
@@ -290,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
     root = Path(tempfile.mkdtemp(prefix="safehold-bench-pack-"))
     root.chmod(0o755)  # the bundled PostgreSQL runs as an unprivileged service user
-    primary = BenchServer(root / "primary")
+    primary = Server(root / "primary", detached=True)
     writer: Writer | None = None
     thread: threading.Thread | None = None
     ok = False
@@ -298,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         log(f"initialising the primary in {primary.data_dir}")
         primary.init()
-        primary.start()
+        primary.start(timeout=90)
         session = primary.login("admin", ADMIN_PASSWORD)
         api = Api(primary, session)
         token = api.call("POST", "/me/tokens", {"name": "bench-pack"}, expect=201)["token"]

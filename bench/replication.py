@@ -60,7 +60,6 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -74,7 +73,6 @@ if str(REPO) not in sys.path:
 
 from tests.support import (  # noqa: E402 - after the sys.path line, so it runs from any directory
     ADMIN_PASSWORD,
-    SAFEHOLD,
     Server,
     app_connect,
     make_readonly,
@@ -86,27 +84,6 @@ HOST = "127.0.0.1"
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-# --- servers: tests.support's, started in a session of their own -------------------------------------
-
-
-class BenchServer(Server):
-    """tests.support.Server, but ``serve`` runs in its own session (a Ctrl-C in the terminal reaches
-    only the bench, which then stops it) with stdin closed."""
-
-    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
-        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve.log"
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen([*SAFEHOLD, "serve", "--data-dir", str(self.data_dir)], stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env={**os.environ, **(env or {})}, start_new_session=True)
-        if wait:
-            self.wait_healthy(timeout=90)
-
-    @classmethod
-    def of(cls, s: Server) -> BenchServer:
-        return cls(s.data_dir, port=s.port, db_port=s.db_port)
 
 
 class Api:
@@ -356,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         dead.bind((HOST, 0))
-        primary = BenchServer(root / "primary")
+        primary = Server(root / "primary", detached=True)
         servers.append(primary)
         t = time.monotonic()
         log(f"initialising the primary in {primary.data_dir}")
@@ -364,13 +341,13 @@ def main(argv: list[str] | None = None) -> int:
         env = {}
         if args.via == "readonly-api":
             env["SAFEHOLD_HTTP__PUBLIC_URL"] = f"https://{HOST}:{dead.getsockname()[1]}"
-        primary.start(env=env)
+        primary.start(env=env, timeout=90)
         log("taking a setup pack and joining a read-only server with it")
-        readonly = BenchServer(root / "readonly")  # registered before the join, so a failed join is cleaned up
+        readonly = Server(root / "readonly", detached=True)  # registered before the join, so a failed join is cleaned up
         servers.append(readonly)
         joined = make_readonly(primary, readonly.data_dir)
         readonly.port, readonly.db_port = joined.port, joined.db_port
-        readonly.start()
+        readonly.start(timeout=90)
         log(f"primary {primary.url}, read-only {readonly.url} (set up in {time.monotonic() - t:.0f} s)")
 
         session = primary.login("admin", ADMIN_PASSWORD)

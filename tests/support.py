@@ -63,6 +63,9 @@ class Server:
     db_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    # serve in a session of its own: a Ctrl-C in the terminal reaches only the caller (a benchmark),
+    # which then stops its servers itself
+    detached: bool = False
 
     @property
     def url(self) -> str:
@@ -82,13 +85,14 @@ class Server:
                        "--db-port", str(self.db_port), "--admin-password-file", str(pw), "--name",
                        self.data_dir.name, *extra)
 
-    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
+    def start(self, *, wait: bool = True, env: dict[str, str] | None = None, timeout: float = 30) -> None:
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen([*SAFEHOLD, "serve", "--data-dir", str(self.data_dir)], stdout=log,
-                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([*SAFEHOLD, "serve", "--data-dir", str(self.data_dir)], stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env={**os.environ, **(env or {})}, start_new_session=self.detached)
         if wait:
-            self.wait_healthy()
+            self.wait_healthy(timeout=timeout)
 
     def wait_healthy(self, timeout: float = 30) -> None:
         def healthy() -> bool:
