@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import ssl
 import subprocess
@@ -67,7 +68,9 @@ def test_init_and_serve_as_a_normal_user() -> None:
         except subprocess.TimeoutExpired:
             serve.kill()
         pid_file = data / "pg" / "postmaster.pid"
-        if pid_file.exists():
+        stopped_cleanly = not pid_file.exists()
+        if not stopped_cleanly:
             os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)
     assert serve.returncode == 0
-    assert not (data / "pg" / "postmaster.pid").exists()
+    assert stopped_cleanly, "serve must stop the database it started"
