@@ -59,12 +59,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench._common import Api, log  # noqa: E402
 from tests.support import (  # noqa: E402
     ADMIN_PASSWORD,
     Server,
@@ -76,56 +76,8 @@ from tests.support import (  # noqa: E402
 from safehold.config import load_settings  # noqa: E402 - after the sys.path line
 from safehold.services import database  # noqa: E402
 
-HOST = "127.0.0.1"
 DEFAULT_CHECK_INTERVAL = 2.0  # safehold.config.HaSection.check_interval
 TARGET_SECONDS = 3.0
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-class Api:
-    """A keep-alive HTTPS JSON client (no redirects followed)."""
-
-    def __init__(self, server: Server, token: str | None = None, timeout: float = 10) -> None:
-        self.server, self.token, self.timeout = server, token, timeout
-        self.conn = self._connect()
-
-    def _connect(self) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection(HOST, self.server.port, context=self.server.ssl_context(),
-                                           timeout=self.timeout)
-
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes, str]:
-        """(status, body, Location header)."""
-        headers = {"Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        try:
-            self.conn.request(method, f"/api/v1{path}", body=data, headers=headers)
-            resp = self.conn.getresponse()
-            raw = resp.read()
-        except (OSError, http.client.HTTPException):
-            self.conn.close()
-            self.conn = self._connect()
-            raise
-        if resp.getheader("connection", "").lower() == "close":
-            self.conn.close()
-            self.conn = self._connect()
-        return resp.status, raw, resp.getheader("location", "")
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None, expect: int = 200) -> Any:
-        status, raw, _ = self.request(method, path, body)
-        if status != expect:
-            raise RuntimeError(f"{method} {path}: HTTP {status} (expected {expect}): {raw[:300]!r}")
-        return json.loads(raw) if raw else None
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 # --- one measurement -----------------------------------------------------------------------------------

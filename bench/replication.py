@@ -53,9 +53,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
-import os
 import secrets
 import shutil
 import signal
@@ -71,6 +69,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench._common import HOST, Api, busy_since, log, percentile, system_cpu  # noqa: E402
 from tests.support import (  # noqa: E402 - after the sys.path line, so it runs from any directory
     ADMIN_PASSWORD,
     Server,
@@ -79,80 +78,7 @@ from tests.support import (  # noqa: E402 - after the sys.path line, so it runs 
     wait_until,
 )
 
-HOST = "127.0.0.1"
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-class Api:
-    """A keep-alive HTTPS JSON client (no redirects followed)."""
-
-    def __init__(self, server: Server, token: str | None = None, timeout: float = 30) -> None:
-        self.server, self.token, self.timeout = server, token, timeout
-        self.conn = self._connect()
-
-    def _connect(self) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection(HOST, self.server.port, context=self.server.ssl_context(),
-                                           timeout=self.timeout)
-
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
-        headers = {"Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        try:
-            self.conn.request(method, f"/api/v1{path}", body=data, headers=headers)
-            resp = self.conn.getresponse()
-            raw = resp.read()
-        except (OSError, http.client.HTTPException):
-            self.conn.close()
-            self.conn = self._connect()
-            raise
-        if resp.getheader("connection", "").lower() == "close":
-            self.conn.close()
-            self.conn = self._connect()
-        return resp.status, raw
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None, expect: int = 200) -> Any:
-        status, raw = self.request(method, path, body)
-        if status != expect:
-            raise RuntimeError(f"{method} {path}: HTTP {status} (expected {expect}): {raw[:300]!r}")
-        return json.loads(raw) if raw else None
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 # --- figures -------------------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending list (0 when empty)."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, -(-len(sorted_values) * p // 100))
-    return sorted_values[int(rank) - 1]
-
-
-def system_cpu() -> tuple[float, float, float]:
-    """(busy, steal, total) jiffies of the whole machine so far."""
-    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle, steal = f[3] + f[4], f[7]
-    total = sum(f[:8])
-    return total - idle - steal, steal, total
-
-
-def busy_since(before: tuple[float, float, float]) -> str:
-    after = system_cpu()
-    busy, steal, total = (a - b for a, b in zip(after, before, strict=True))
-    if total <= 0:
-        return "n/a"
-    return f"{busy / total * 100:.0f}% busy, {steal / total * 100:.0f}% stolen ({os.cpu_count()} cores)"
 
 
 @dataclass
@@ -204,7 +130,7 @@ class ReadonlyApiProbe:
         self.status_counts: dict[int, int] = {}
 
     def shows(self, new_password: str) -> bool:
-        status, raw = self.api.request("GET", self.path)
+        status, raw, _ = self.api.request("GET", self.path)
         self.status_counts[status] = self.status_counts.get(status, 0) + 1
         if status != 200:
             if status in (301, 302, 303, 307, 308):
