@@ -35,6 +35,23 @@ def read_passphrase(passphrase_file: Path | None) -> str:
     return getpass.getpass("Passphrase of the setup file: ").strip()
 
 
+#: A passphrase the operator chose (--passphrase-file) must be at least this long: the file holds
+#: database logins (and, for a pack, the whole database in ciphertext).
+MIN_PASSPHRASE = 12
+
+
+def passphrase_for_new_file(passphrase_file: Path | None) -> tuple[str, bool]:
+    """(passphrase, generated): from --passphrase-file (long enough), else a new one to print once."""
+    from safehold.ha.setupfile import new_passphrase
+
+    if passphrase_file is None:
+        return new_passphrase(), True
+    passphrase = read_passphrase(passphrase_file)
+    if len(passphrase) < MIN_PASSPHRASE:
+        raise typer.BadParameter(f"the passphrase in {passphrase_file} is shorter than {MIN_PASSPHRASE} characters")
+    return passphrase, False
+
+
 def show_passphrase(passphrase: str, out_file: Path) -> None:
     out.print(f"[green]✓[/] wrote {out_file}")
     out.print(f"  passphrase (shown once; give it to the operator of the new server by another channel): "

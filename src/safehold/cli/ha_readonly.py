@@ -16,10 +16,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from safehold.cli.ha import DataDir, ha_app, out, read_passphrase, show_passphrase
-
-#: A passphrase the operator chose (--passphrase-file) must be at least this long.
-MIN_PASSPHRASE = 12
+from safehold.cli.ha import DataDir, ha_app, out, passphrase_for_new_file, show_passphrase
 
 
 @ha_app.command()
@@ -41,17 +38,10 @@ def pack(
     from safehold.cli.context import load
     from safehold.errors import ConfigError
     from safehold.ha.readonly import create_pack
-    from safehold.ha.setupfile import new_passphrase
     from safehold.services import database
 
     settings, master = load(data_dir)
-    if passphrase_file is not None:
-        passphrase = read_passphrase(passphrase_file)
-        if len(passphrase) < MIN_PASSPHRASE:
-            raise typer.BadParameter(f"the passphrase in {passphrase_file} is shorter than {MIN_PASSPHRASE} "
-                                     "characters; the pack holds the database (ciphertext) and its logins")
-    else:
-        passphrase = new_passphrase()
+    passphrase, generated = passphrase_for_new_file(passphrase_file)
     with database.database_running(settings) as pg:
         if pg is None:
             raise ConfigError("'safehold ha pack' needs the bundled database")
@@ -68,7 +58,7 @@ def pack(
             result = create_pack(settings, master, pg, readonly_host=readonly_host, out=out_file,
                                  passphrase=passphrase, name=name, primary_db_host=db_host,
                                  say=lambda m: bars.console.print(f"• {m}", highlight=False), progress=progress)
-    if passphrase_file is None:
+    if generated:
         show_passphrase(passphrase, result.out)
     else:
         out.print(f"[green]✓[/] wrote {result.out} (sealed with the passphrase in {passphrase_file})",

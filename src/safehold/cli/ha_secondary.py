@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from safehold.cli.ha import DataDir, ha_app, out, read_passphrase, show_passphrase
+from safehold.cli.ha import DataDir, ha_app, out, passphrase_for_new_file, show_passphrase
 
 
 @ha_app.command("add-secondary")
@@ -28,11 +28,9 @@ def add_secondary(
     A standalone server becomes the primary of its cluster."""
     from safehold.cli.context import load
     from safehold.ha.secondary import add_secondary as add
-    from safehold.ha.setupfile import new_passphrase
     from safehold.services import database
 
-    given = read_passphrase(passphrase_file) if passphrase_file is not None else None
-    passphrase = given or new_passphrase()
+    passphrase, generated = passphrase_for_new_file(passphrase_file)
     settings, master = load(data_dir)
     say = lambda m: out.print(f"• {m}", highlight=False)  # noqa: E731
     with database.database_running(settings) as pg:
@@ -42,7 +40,7 @@ def add_secondary(
         added = add(settings, master, pg, host=host, out=out_file, passphrase=passphrase, db_host=db_host,
                     name=name, say=say)
     out.print(f"  secondary server id {added.server_id}, database login {added.db_role}", highlight=False)
-    if given is None:
+    if generated:
         show_passphrase(passphrase, added.out)
     else:
         out.print(f"[green]✓[/] wrote {added.out}, sealed with the passphrase from {passphrase_file}",

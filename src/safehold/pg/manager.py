@@ -381,6 +381,13 @@ class PgManager:
                 self.data_dir, major, self.binaries.bin_dir, self.binaries.major
             )
 
+    def _require_empty_data_dir(self) -> None:
+        """Refuse to create a cluster over an existing one or over foreign files."""
+        if self._entries():
+            if self.is_initialized():
+                raise PgError(f"a Safehold cluster already exists in {self.data_dir}")
+            raise NotSafeholdDataDir(self.data_dir, f"it is not empty and has no {conf.MARKER_FILE}")
+
     def prepare_data_dir(self) -> None:
         """Create the data directory (mode 0700) owned by the service user.
 
@@ -402,12 +409,7 @@ class PgManager:
         if not superuser_password or any(c in superuser_password for c in "\r\n\0"):
             raise PgError("the superuser password must be a non-empty single line")
         self._tls_sources()  # fail before touching anything
-        if self._entries():
-            if self.is_initialized():
-                raise PgError(f"a Safehold cluster already exists in {self.data_dir}")
-            raise NotSafeholdDataDir(
-                self.data_dir, f"it is not empty and has no {conf.MARKER_FILE}"
-            )
+        self._require_empty_data_dir()
         self.prepare_data_dir()
         try:
             with self._password_file(superuser_password) as pwfile:
@@ -898,12 +900,7 @@ class PgManager:
         for tar in (base_tar, wal_tar):
             if not Path(tar).is_file():
                 raise PgError(f"base backup file {tar} not found")
-        if self._entries():
-            if self.is_initialized():
-                raise PgError(f"a Safehold cluster already exists in {self.data_dir}")
-            raise NotSafeholdDataDir(
-                self.data_dir, f"it is not empty and has no {conf.MARKER_FILE}"
-            )
+        self._require_empty_data_dir()
         self.prepare_data_dir()
         try:
             self._write(conf.STANDBY_SIGNAL, b"")

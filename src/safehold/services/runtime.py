@@ -172,8 +172,7 @@ class Runtime:
 
     async def _commit_batch(self, events: list[AuditEvent]) -> None:
         async with self.engine.begin() as conn:
-            await audit_store.append(conn, self.keys.audit_key, self.identity.id, self.identity.role, events)
-        self.metrics.audit_records.inc(len(events))
+            await self.append_audit(conn, *events)
         self.metrics.audit_batches.inc()
 
     def start_background(self) -> None:
