@@ -85,6 +85,23 @@ class SecuritySection(_Section):
     session_max_hours: int = Field(default=12, ge=1, le=24 * 30)
 
 
+class FailoverSection(_Section):
+    """Automatic failover (opt-in): a read-only server pings the primary (app and database) every
+    ``ping_interval`` seconds and promotes itself after ``ping_iterations`` consecutive failures, unless
+    its gateway and every witness target are unreachable too (then the fault is on its own side)."""
+
+    enabled: bool = False
+    ping_interval: float = Field(default=15.0, ge=1, le=3600)
+    ping_iterations: int = Field(default=12, ge=2, le=20)
+    # hosts ("host" for an ICMP ping, "host:port" for a TCP connect) that tell this server's own side of
+    # the network is up; at most 3, unique, none of them one of the cluster's own servers
+    witness_targets: list[str] = Field(default_factory=list, max_length=3)
+    # the gateway to check too ("host" or "host:port"); None: the default route's gateway, if any
+    gateway: str | None = None
+    # whether this server may become the primary at all (by automatic failover)
+    may_promote: bool = True
+
+
 class HaSection(_Section):
     """High availability: set by 'safehold ha ...' commands; a standalone server leaves it empty."""
 
@@ -96,6 +113,13 @@ class HaSection(_Section):
     peer_timeout: float = Field(default=2.0, ge=0.2, le=60)
     lag_threshold_seconds: float = Field(default=30.0, ge=1, le=86400)
     lag_threshold_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # 'safehold ha promote' refuses a replica that heard from its primary longer ago than this (--force)
+    promote_max_data_age: float = Field(default=3600.0, ge=0, le=365 * 86400)
+    # synchronous mode: a commit on the primary is acknowledged once a read-only replica has it too;
+    # after ``sync_degrade_after`` seconds without one the primary degrades to asynchronous (RaiseAlarm)
+    synchronous: bool = False
+    sync_degrade_after: float = Field(default=30.0, ge=1, le=86400)
+    failover: FailoverSection = FailoverSection()
 
 
 class BackupSection(_Section):

@@ -24,7 +24,8 @@ def snapshot_of(status: dict[str, Any]) -> Snapshot:
     rep = {REPLICAS: Health(status["replication_status"])} if status.get("replication_status") else {}
     servers = {s["name"]: Liveness(s["status"]) for s in status["servers"]}
     standbys = frozenset(s["name"] for s in status["servers"] if s["role"] == ServerRole.READONLY)
-    return Snapshot(ha, rep, servers, standbys)
+    active = next((s["name"] for s in status["servers"] if s["role"] == ServerRole.PRIMARY), "")
+    return Snapshot(ha, rep, servers, standbys, active)
 
 
 def to_json(s: Snapshot) -> dict[str, Any]:
@@ -46,7 +47,8 @@ async def monitor_once(rt: Runtime) -> list[Event]:
     async with rt.write() as conn:
         before = from_json(await ha_store.last_snapshot(conn))
         events = transitions(before, now)
-        await ha_store.add_events(conn, rt.identity.id, [(e.kind.value, e.subject, e.message) for e in events])
+        await ha_store.add_events(conn, rt.identity.id, [(e.kind.value, e.subject, e.message, e.args)
+                                                           for e in events])
         await ha_store.save_snapshot(conn, to_json(now))
     for e in events:
         log.warning("HA event %s: %s", e.kind.value, e.message)

@@ -32,6 +32,11 @@ class EventKind(StrEnum):
     SERVER_ACTIVE = "ServerActive"
     SERVER_INACTIVE = "ServerInactive"
     STANDBY_OFFLINE = "StandbyOffline"
+    FAILOVER = "Failover"
+    MANUAL_SWITCH = "ManualSwitch"
+    RAISE_ALARM = "RaiseAlarm"
+    CLEAR_ALARM = "ClearAlarm"
+    FENCED = "Fenced"
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class Snapshot:
     replication: Mapping[str, Health]   # replica name -> replication status
     servers: Mapping[str, Liveness]     # server name -> active/inactive
     standbys: frozenset[str] = frozenset()  # names of servers with the readonly role
+    active: str = ""  # name of the acting primary (the StandbyOffline event names it)
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,8 @@ class Event:
     kind: EventKind
     subject: str
     message: str
+    # the event script's arguments after the event name (Failover <active> <standby>, ...)
+    args: tuple[str, ...] = ()
 
 
 def transitions(before: Snapshot | None, now: Snapshot) -> list[Event]:
@@ -132,5 +140,6 @@ def transitions(before: Snapshot | None, now: Snapshot) -> list[Event]:
         else:
             events.append(Event(EventKind.SERVER_INACTIVE, name, f"server {name} is inactive"))
             if name in now.standbys:
-                events.append(Event(EventKind.STANDBY_OFFLINE, name, f"standby {name} is offline"))
+                events.append(Event(EventKind.STANDBY_OFFLINE, name, f"standby {name} is offline",
+                                    (name, now.active)))
     return events

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -25,10 +26,13 @@ async def save_snapshot(conn: AsyncConnection, snapshot: dict[str, Any]) -> None
     await conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value}))
 
 
-async def add_events(conn: AsyncConnection, reported_by: str, events: list[tuple[str, str, str]]) -> None:
+async def add_events(conn: AsyncConnection, reported_by: str,
+                     events: Sequence[tuple[str, str, str] | tuple[str, str, str, Sequence[str]]]) -> None:
+    """Log events: (kind, subject, message[, script arguments])."""
     if events:
         await conn.execute(insert(ha_events), [
-            {"kind": k, "subject": s, "message": m, "reported_by": reported_by} for k, s, m in events])
+            {"kind": e[0], "subject": e[1], "message": e[2], "reported_by": reported_by,
+             "args": list(e[3]) if len(e) > 3 else []} for e in events])
 
 
 async def recent_events(conn: AsyncConnection, limit: int = 100) -> list[AnyRow]:

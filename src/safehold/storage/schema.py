@@ -54,6 +54,9 @@ cluster = Table(
     Column("key_check", LargeBinary, nullable=False),
     Column("generation", BigInteger, nullable=False, server_default=text("1")),
     _ts("created_at"),
+    # set by promotion: the server that became the acting primary at this generation
+    Column("acting_primary", UUID(as_uuid=False), nullable=True),
+    _ts("promoted_at", nullable=True, default=False),
     CheckConstraint("id = 1", name="single_row"),
 )
 
@@ -232,5 +235,6 @@ ha_events = Table(
     Column("subject", String(200), nullable=False),
     Column("message", Text, nullable=False),
     Column("reported_by", UUID(as_uuid=False), nullable=False),
+    Column("args", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Index("ix_ha_events_at", "at"),
 )

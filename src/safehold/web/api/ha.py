@@ -48,7 +48,7 @@ async def events(p: CurrentUser, rt: RuntimeDep, limit: Limit = 100) -> list[dic
     async with rt.read() as conn:
         rows = await ha_store.recent_events(conn, limit)
     return [{"id": r.id, "at": r.at.isoformat(), "kind": r.kind, "subject": r.subject, "message": r.message,
-             "reported_by": r.reported_by} for r in rows]
+             "reported_by": r.reported_by, "args": list(r.args or [])} for r in rows]
 
 
 @router.get("/local")
