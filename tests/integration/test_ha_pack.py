@@ -318,7 +318,7 @@ def test_pack_taken_while_writing_loses_no_acknowledged_write(primary: Server,
             else:
                 stream.read()
     assert names == ["ca.crt", "server.crt", "server.key", "replication_password", "db_password",
-                     conf.BASE_TAR, conf.WAL_TAR]
+                     "db_superuser_password", conf.BASE_TAR, conf.WAL_TAR]
     raw = pack.read_bytes()
     repl_password = (ro.pg_data_dir / conf.REPLICATION_PASSFILE).read_text().strip().rsplit(":", 1)[1]
     key_text = key_file.read_text().strip()

@@ -14,6 +14,8 @@ into one setup pack (:mod:`safehold.ha.setupfile`)::
     replication_password   its replication role's password
     db_password            the app login's password (it reads its replica and
                            ships its audit spool to the primary as that role)
+    db_superuser_password  the database superuser's (once promoted, the server
+                           administers its copy of the cluster)
     base.tar, pg_wal.tar   the base backup
 
 Never the master key: the joining host brings its own copy, checked against
@@ -91,7 +93,10 @@ PackProgress = Callable[[str, int, int], None]
 KIND = "readonly"
 CA_CERT, SERVER_CERT, SERVER_KEY = "ca.crt", "server.crt", "server.key"
 REPLICATION_PASSWORD, DB_PASSWORD = "replication_password", "db_password"
-SMALL_MEMBERS = (CA_CERT, SERVER_CERT, SERVER_KEY, REPLICATION_PASSWORD, DB_PASSWORD)
+# the database superuser's password: the replica is a copy of the primary's cluster, and once promoted
+# (failover, switchover) this server administers it (replication roles and slots of its own replicas)
+DB_SUPERUSER_PASSWORD = "db_superuser_password"
+SMALL_MEMBERS = (CA_CERT, SERVER_CERT, SERVER_KEY, REPLICATION_PASSWORD, DB_PASSWORD, DB_SUPERUSER_PASSWORD)
 LARGE_MEMBERS = (conf.BASE_TAR, conf.WAL_TAR)
 _SMALL_LIMIT = 1 << 20
 _MANIFEST_FIELDS: dict[str, type] = {
@@ -457,7 +462,8 @@ def _backup_and_seal(settings: Settings, master: MasterKey, pg: PgManager, plan:
         with write_setup_file(plan.out, passphrase, manifest) as tar:
             for member, data in ((CA_CERT, plan.ca_pem), (SERVER_CERT, cert_pem), (SERVER_KEY, key_pem),
                                  (REPLICATION_PASSWORD, repl_password.encode()),
-                                 (DB_PASSWORD, settings.read_secret(db.password_file).encode())):
+                                 (DB_PASSWORD, settings.read_secret(db.password_file).encode()),
+                                 (DB_SUPERUSER_PASSWORD, settings.read_secret(db.superuser_password_file).encode())):
                 add_bytes(tar, member, data)
             _add_file(tar, conf.BASE_TAR, base_tar, sealed_bytes)
             _add_file(tar, conf.WAL_TAR, backup.wal_tar, sealed_bytes)
@@ -669,6 +675,8 @@ def _install(pack: _Pack, data_dir: Path, key_file: Path, master: MasterKey, *, 
     _write_private(settings.path(settings.http.tls_cert), pack.small[SERVER_CERT], 0o644)
     _write_private(settings.path(settings.http.tls_key), pack.small[SERVER_KEY])
     _write_private(settings.path(settings.database.password_file), pack.text(DB_PASSWORD).encode() + b"\n")
+    _write_private(settings.path(settings.database.superuser_password_file),
+                   pack.text(DB_SUPERUSER_PASSWORD).encode() + b"\n")
     pg = manager(settings)
     say(f"installing the replica of {f['primary_db_host']}:{f['primary_db_port']} in {settings.pg_data_dir}")
     pg.install_standby(pack.base_tar, pack.wal_tar, primary_host=f["primary_db_host"],
