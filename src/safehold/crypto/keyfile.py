@@ -44,6 +44,12 @@ class MasterKey:
     def __repr__(self) -> str:
         return f"MasterKey(id={self.key_id})"
 
+    def peer_key(self) -> bytes:
+        """The key requests between this cluster's servers are signed with (see crypto.peerauth)."""
+        from safehold.crypto.peerauth import peer_key
+
+        return peer_key(self._key)
+
     @property
     def check_value(self) -> bytes:
         """A value stored in the database to recognise this key; reveals nothing about it."""

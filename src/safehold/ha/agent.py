@@ -5,6 +5,12 @@
   them itself in read-only emergency mode), and ship its audit spool to the primary database
   whenever that database is reachable.
 
+- fenced (superseded by a newer primary): redirect users to the acting primary, write nothing.
+
+Before each heartbeat a primary/secondary asks its peers for their generation (fencing, see
+services.fencing).  When the server's mode changes — promoted, fenced, turned into a replica by a
+switchover — its loops are replaced by those of the new mode.
+
 Each loop re-reads the truth every cycle and never raises: an error is logged and the next cycle
 tries again.
 """
@@ -12,28 +18,43 @@ tries again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import ssl
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from safehold.audit.chain import ChainedRecord
 from safehold.audit.spool import ship
+from safehold.config import load_settings
 from safehold.domain import ServerRole
-from safehold.errors import SafeholdError
+from safehold.errors import DatabaseError, SafeholdError
 from safehold.ha.lease import ScheduleLease, run_schedules
 from safehold.ha.monitor import monitor_once
-from safehold.ha.policy import PeerObservation, redirect_target
-from safehold.services.runtime import Runtime
+from safehold.ha.policy import EventKind, PeerObservation, redirect_target
+from safehold.services.fencing import (
+    fence_database,
+    find_newer_primary,
+    peer_reports,
+    superseded_by,
+)
+from safehold.services.runtime import Runtime, in_cluster, public_url
 from safehold.storage import audit as audit_store
+from safehold.storage import cluster as cluster_store
 from safehold.storage import replication
 from safehold.storage import servers as server_store
 from safehold.storage.db import DbTarget, app_target
 
 log = logging.getLogger(__name__)
+
+
+class ModeChanged(Exception):  # noqa: N818 - a signal, not an error
+    """The server's mode changed: its loops are replaced by those of the new mode."""
 
 
 def data_age(view: replication.ReplicaView, now: dt.datetime) -> float | None:
@@ -58,6 +79,8 @@ class HaAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._primary_db: AsyncEngine | None = None
         self.lease: ScheduleLease | None = None
+        self.alerts: Any = None  # the alert dispatcher (safehold.alerts), set by the app
+        self._promote_lock = asyncio.Lock()
         ctx = ssl.create_default_context(cafile=str(rt.settings.path(rt.settings.http.tls_ca)))
         self._http = httpx.AsyncClient(verify=ctx, timeout=rt.settings.ha.peer_timeout)
 
@@ -67,7 +90,9 @@ class HaAgent:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.rt.readonly:
+        if self.rt.fence is not None:
+            self._tasks.append(loop.create_task(self._every(self.fenced_watch), name="ha-fenced"))
+        elif self.rt.readonly:
             self._tasks.append(loop.create_task(self._every(self.check_peers), name="ha-peers"))
             self._tasks.append(loop.create_task(self._every(self.ship_audit), name="ha-audit-shipper"))
         else:
@@ -79,6 +104,32 @@ class HaAgent:
             if self.rt.settings.backup.every_minutes:
                 jobs["backup"] = (self.rt.settings.backup.every_minutes * 60.0, self.backup)
             self._tasks.append(loop.create_task(run_schedules(self.lease, jobs), name="ha-schedules"))
+            from safehold.ha.syncrep import SyncGuard, guard_runs_on
+
+            if guard_runs_on(self.rt.settings):  # synchronous mode, on the server of the primary database
+                guard = SyncGuard(self.rt.settings, self.rt.identity.id)
+                self._tasks.append(loop.create_task(guard.run_forever(), name="ha-sync-guard"))
+
+    async def _restart(self) -> None:
+        """Replace the loops by those of the server's new mode."""
+        await self._stop_loops()
+        self.redirect = None
+        self.peers = []
+        self.start()
+
+    async def _stop_loops(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        self._tasks.clear()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.lease is not None:
+            with contextlib.suppress(Exception):
+                await self.lease.close()
+            self.lease = None
 
     async def monitor(self) -> None:
         await monitor_once(self.rt)
@@ -90,16 +141,7 @@ class HaAgent:
         log.info("scheduled backup written to %s", out)
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
-        self._tasks.clear()
-        if self.lease is not None:
-            await self.lease.close()
+        await self._stop_loops()
         await self._http.aclose()
         if self._primary_db is not None:
             await self._primary_db.dispose()
@@ -108,6 +150,9 @@ class HaAgent:
         while True:
             try:
                 await step()
+            except ModeChanged:
+                asyncio.get_running_loop().create_task(self._restart(), name="ha-restart")
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reconcile next cycle; never die
@@ -117,8 +162,73 @@ class HaAgent:
     # --- primary / secondary ------------------------------------------------------------
 
     async def heartbeat(self) -> None:
-        async with self.rt.write() as conn:
-            await server_store.heartbeat(conn, self.rt.identity.id)
+        await self.check_generation()
+        try:
+            async with self.rt.write() as conn:
+                await server_store.heartbeat(conn, self.rt.identity.id)
+        except DatabaseError:
+            await self._follow_database()
+            raise
+
+    async def check_generation(self) -> None:
+        """Fencing: a peer of this cluster with a higher generation superseded this server."""
+        if not in_cluster(self.rt.settings):
+            return
+        async with self.rt.read() as conn:
+            row = await cluster_store.get(conn)
+            urls = [r.url for r in await server_store.all_servers(conn) if r.id != self.rt.identity.id and r.url]
+        if row is None:
+            return
+        self.rt.generation = row.generation
+        fence = await find_newer_primary(self.rt.settings, row.cluster_id, row.generation, urls)
+        if fence is None:
+            return
+        await self.rt.become_fenced(fence)
+        await asyncio.to_thread(fence_database, self.rt.settings)
+        self.publish(EventKind.FENCED, self.rt.identity.name, fence.message(),
+                     (self.rt.identity.name, fence.acting_primary_name))
+        raise ModeChanged()
+
+    async def _follow_database(self) -> None:
+        """A primary whose bundled database became a replica (switchover, rejoin) follows it: it reads its
+        settings again and, when they say read-only, carries on as a read-only server."""
+        try:
+            async with self.rt.read() as conn:
+                view = await replication.replica_view(conn)
+        except DatabaseError:
+            return
+        if not view.in_recovery:
+            return
+        settings = await asyncio.to_thread(load_settings, self.rt.settings.data_dir)
+        if settings.server.role == ServerRole.READONLY:
+            await self.rt.become_readonly(settings)
+            raise ModeChanged()
+
+    def publish(self, kind: EventKind, subject: str, message: str, args: tuple[str, ...]) -> None:
+        """An event this server cannot log in a database (fenced, or a read-only server): alerts only."""
+        log.warning("HA event %s: %s", kind.value, message)
+        dispatcher = self.alerts
+        if dispatcher is not None:
+            from safehold.alerts.events import AlertEvent
+
+            dispatcher.publish(AlertEvent.local(kind.value, subject, message, args, self.rt))
+
+    # --- fenced -------------------------------------------------------------------------
+
+    async def fenced_watch(self) -> None:
+        """Redirect users to the acting primary while it answers; notice an even newer generation; follow
+        the database when an operator has rejoined it as a replica."""
+        fence = self.rt.fence
+        if fence is None:
+            raise ModeChanged()
+        await self._follow_database()
+        ok = await self._healthy(fence.acting_primary_url) if fence.acting_primary_url else False
+        self.redirect = (PeerObservation(fence.acting_primary_id, fence.acting_primary_name, ServerRole.PRIMARY,
+                                         fence.acting_primary_url, True) if ok else None)
+        reports = await peer_reports(self.rt.settings, [fence.acting_primary_url] if fence.acting_primary_url else [])
+        newer = superseded_by(self.rt.cluster_id, fence.generation, reports)
+        if newer is not None:
+            await self.rt.become_fenced(newer)
 
     # --- read-only ----------------------------------------------------------------------
 
@@ -126,6 +236,11 @@ class HaAgent:
         async with self.rt.read() as conn:
             rows = await server_store.all_servers(conn)
             view = await replication.replica_view(conn)
+            row = await cluster_store.get(conn)
+        if row is not None:
+            self.rt.generation = row.generation
+        if not view.in_recovery:
+            await self._take_over(row)
         self.data_age_seconds = data_age(view, dt.datetime.now(dt.UTC))
         candidates = [r for r in rows if r.id != self.rt.identity.id and r.url
                       and r.role in (ServerRole.PRIMARY, ServerRole.SECONDARY, ServerRole.STANDALONE)]
@@ -140,6 +255,49 @@ class HaAgent:
             log.warning("read-only server: %s", f"redirecting users to {target.name} ({target.url})" if target
                         else "no primary or secondary is active: serving in read-only emergency mode")
         self.redirect = target
+
+    async def _take_over(self, row: cluster_store.ClusterRow | None) -> None:
+        """The replica was promoted (by 'safehold ha promote' while this server runs): once the promotion
+        names this server the acting primary and its settings say so, it carries on as the primary."""
+        if row is None or row.acting_primary != self.rt.identity.id:
+            return
+        settings = await asyncio.to_thread(load_settings, self.rt.settings.data_dir)
+        if settings.server.role != ServerRole.PRIMARY:
+            return
+        await self.rt.become_primary(settings, row.generation)
+        raise ModeChanged()
+
+    async def promote_self(self, *, reason: EventKind, wait_lsn: str | None = None, note: str = "",
+                           timeout: float = 30) -> int:
+        """Promote this read-only server in-process (the peer API for a switchover, or the automatic
+        failover policy); returns the new generation."""
+        from safehold.ha.promote import promote_database, record_promotion, write_as_primary
+
+        async with self._promote_lock:
+            if not self.rt.readonly or self.rt.fence is not None:
+                raise SafeholdError("this server is not a read-only server; nothing to promote")
+            if wait_lsn:
+                await self._wait_replayed(wait_lsn, timeout)
+            await asyncio.to_thread(promote_database, self.rt.settings, lambda m: log.warning("promotion: %s", m))
+            async with self.rt.engine.begin() as conn:
+                promotion = await record_promotion(conn, self.rt.settings, url=public_url(self.rt.settings),
+                                                   reason=reason, note=note)
+            settings = await asyncio.to_thread(write_as_primary, self.rt.settings)
+            await self.rt.become_primary(settings, promotion.generation)
+            asyncio.get_running_loop().create_task(self._restart(), name="ha-restart")
+            return promotion.generation
+
+    async def _wait_replayed(self, lsn: str, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            async with self.rt.read() as conn:
+                done = (await conn.execute(text("SELECT pg_last_wal_replay_lsn() >= CAST(:lsn AS pg_lsn)"),
+                                           {"lsn": lsn})).scalar()
+            if done:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise SafeholdError(f"the replica did not replay up to {lsn} within {timeout:g} s; not promoting")
+            await asyncio.sleep(0.05)
 
     async def _healthy(self, url: str) -> bool:
         try:
@@ -165,7 +323,7 @@ class HaAgent:
             await audit_store.insert_shipped(conn, records)
 
     async def ship_audit(self) -> None:
-        if self.rt.spool is None or not self.rt.spool.backlog().pending:
+        if self.rt.fence is not None or self.rt.spool is None or not self.rt.spool.backlog().pending:
             return
         try:
             shipped = await ship(self.rt.spool, self._send)

@@ -932,6 +932,67 @@ class PgManager:
             self.data_dir,
         )
 
+    def rewind(self, *, host: str, port: int, user: str, password: str, timeout: float = 600) -> str:
+        """Rewind this stopped cluster (an old primary) onto the timeline of a running source
+        (`pg_rewind --source-server`, TLS verify-full against the cluster CA); returns pg_rewind's
+        output.  Raises PgError when it cannot (then a fresh base backup is the way)."""
+        if self._alive_pid() is not None:
+            raise PgError(f"the cluster in {self.data_dir} is running; stop it before rewinding it")
+        conninfo = conf.render_conninfo({
+            "host": host, "port": str(port), "user": conf.check_role_name(user), "dbname": "postgres",
+            "sslmode": "verify-full", "sslrootcert": str(self.tool_sslrootcert()),
+        })
+        pgpass = conf.render_pgpass(host=host, port=port, user=user, password=password).encode()
+        with self._private_files({"pgpass": pgpass}) as tmp:
+            proc = self.run_tool("pg_rewind", ["--target-pgdata", str(self.data_dir), "--source-server",
+                                               conninfo, "--progress"],
+                                 env={"PGPASSFILE": str(tmp / "pgpass")}, timeout=timeout)
+        return (proc.stdout + proc.stderr).decode(errors="replace")
+
+    def make_standby(self, *, primary_host: str, primary_port: int, user: str, password: str, slot: str,
+                     application_name: str) -> None:
+        """Turn this stopped cluster (rewound, or a cleanly stopped old primary) into a hot standby of
+        a primary, in place: standby.signal, the replication password file, this spec's settings
+        (port, TLS) and base hba lines, and the marker naming its primary."""
+        if self._alive_pid() is not None:
+            raise PgError(f"the cluster in {self.data_dir} is running; stop it first")
+        primary = {"host": primary_host, "port": primary_port, "user": user, "slot": slot,
+                   "application_name": application_name}
+        self._standby_conninfo(primary)
+        conf.check_slot_name(slot)
+        self._write(conf.STANDBY_SIGNAL, b"")
+        self._write(conf.REPLICATION_PASSFILE,
+                    conf.render_pgpass(host=primary_host, port=primary_port, user=user, password=password).encode())
+        auto = self._path("postgresql.auto.conf")
+        if auto.is_file():
+            text = auto.read_text()
+            kept = conf.without_settings(text, (*_STANDBY_ONLY_SETTINGS, "default_transaction_read_only",
+                                                "synchronous_standby_names"))
+            if kept != text:
+                self._write(auto.name, kept.encode())
+        try:
+            fields = self._marker_fields()
+        except NotSafeholdDataDir:
+            fields = {}
+        fields.update({"standby": True, "primary": primary,
+                       "standby_since": datetime.now(UTC).isoformat(timespec="seconds"),
+                       "safehold_version": safehold.__version__})
+        fields.pop("promoted_at", None)
+        self._write(conf.MARKER_FILE, conf.render_marker_fields(fields).encode())
+        shutil.rmtree(self._path("pg_replslot"), ignore_errors=True)  # an old primary's slots hold WAL for nobody
+        make_dir(self._path("pg_replslot"), mode=_DIR_MODE, owner=self.service_user)
+        self.apply_settings()
+        self.write_hba([])
+
+    def checkpoint_lsn(self) -> str:
+        """The latest checkpoint location of a stopped cluster (`pg_controldata`): after a clean
+        shutdown, the end of everything it wrote."""
+        out = self.run_tool("pg_controldata", ["-D", str(self.data_dir)]).stdout.decode(errors="replace")
+        for line in out.splitlines():
+            if line.startswith("Latest checkpoint location:"):
+                return line.split(":", 1)[1].strip()
+        raise PgError("pg_controldata shows no latest checkpoint location")
+
     def promote(self, *, timeout: float = 60) -> None:
         """Turn the running standby into a primary (`pg_ctl promote -w`).
 

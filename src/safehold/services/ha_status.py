@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import ssl
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from safehold.ha.policy import (
     ha_status,
     replication_status,
 )
-from safehold.services.runtime import Runtime
+from safehold.services.runtime import Runtime, public_url
 from safehold.storage import replication
 from safehold.storage import servers as server_store
 
@@ -29,20 +30,28 @@ class LocalReport:
     """What a server says about itself at /api/v1/ha/local (no secrets: counts and addresses)."""
 
     server_id: str
+    server_name: str
     role: str
+    cluster_id: str
+    generation: int
+    mode: str  # read-write, read-only-emergency or fenced
+    fence: dict[str, Any] | None  # the acting primary that superseded this server
     database: dict[str, Any]
     audit_backlog: dict[str, Any] | None
     data_age_seconds: float | None
+    url: str
 
 
 def local_report(rt: Runtime, data_age: float | None) -> LocalReport:
     db = rt.settings.database
     return LocalReport(
-        server_id=rt.identity.id, role=rt.identity.role.value,
+        server_id=rt.identity.id, server_name=rt.identity.name, role=rt.identity.role.value,
+        cluster_id=rt.cluster_id, generation=rt.generation, mode=rt.mode,
+        fence=dataclasses.asdict(rt.fence) if rt.fence is not None else None,
         database={"host": db.host, "port": db.port, "mode": db.mode,
-                  "role": "replica" if rt.readonly else "primary"},
+                  "role": "replica" if rt.identity.role == ServerRole.READONLY else "primary"},
         audit_backlog=rt.spool.backlog().as_dict() if rt.spool is not None else None,
-        data_age_seconds=data_age,
+        data_age_seconds=data_age, url=public_url(rt.settings),
     )
 
 

@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
@@ -19,7 +19,7 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from safehold import __version__
-from safehold.audit.chain import GENESIS, AuditEvent
+from safehold.audit.chain import GENESIS, AuditEvent, ChainedRecord
 from safehold.audit.spool import AuditSpool
 from safehold.audit.writer import AuditWriter
 from safehold.config import Settings
@@ -106,6 +106,21 @@ def _database_errors() -> Iterator[None]:
         raise DatabaseError(f"database unavailable ({type(exc).__name__})") from None
 
 
+@dataclass(frozen=True)
+class Fence:
+    """Why this server must not write: a newer primary took over the cluster (a higher generation)."""
+
+    generation: int            # the acting primary's
+    acting_primary_id: str
+    acting_primary_name: str
+    acting_primary_url: str
+
+    def message(self) -> str:
+        return (f"this server was superseded: {self.acting_primary_name} ({self.acting_primary_url}) is the "
+                f"acting primary since generation {self.generation}; this server refuses every change until "
+                "it is rejoined")
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -119,13 +134,27 @@ class Runtime:
     # set on a read-only server: its local audit spool (its replica cannot be written)
     spool: AuditSpool | None = None
     local: LocalState = field(default_factory=LocalState)
+    # the cluster generation this server's database holds (promotion raises it)
+    generation: int = 1
+    # set when a newer primary exists: no write is accepted (see services.fencing)
+    fence: Fence | None = None
+    # the key requests between this cluster's servers are signed with (never the master key)
+    peer_key: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
     def readonly(self) -> bool:
-        return self.identity.role == ServerRole.READONLY
+        """Whether this server must not write its database: a read-only server (a replica) or a
+        fenced one (superseded by a newer primary)."""
+        return self.identity.role == ServerRole.READONLY or self.fence is not None
+
+    @property
+    def mode(self) -> str:
+        if self.fence is not None:
+            return "fenced"
+        return "read-only-emergency" if self.identity.role == ServerRole.READONLY else "read-write"
 
     @property
     def keyring(self) -> Keyring:
@@ -141,7 +170,9 @@ class Runtime:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction; commit on success.  A read-only server refuses at once."""
+        """A transaction; commit on success.  A read-only or fenced server refuses at once."""
+        if self.fence is not None:
+            raise FencedMode(self.fence)
         if self.readonly:
             raise ReadOnlyMode()
         with _database_errors():
@@ -176,9 +207,69 @@ class Runtime:
         self.metrics.audit_batches.inc()
 
     def start_background(self) -> None:
-        if not self.readonly:
+        if not self.readonly and self.audit is None:
             self.audit = AuditWriter(self._commit_batch)  # type: ignore[arg-type]
             self.audit.start()
+
+    def _open_spool(self, head: tuple[int, bytes]) -> AuditSpool:
+        return AuditSpool(self.settings.data_dir / "spool", self.keys.audit_key, self.identity.id,
+                          self.identity.role, head=head)
+
+    async def become_fenced(self, fence: Fence) -> None:
+        """Stop writing at once: later audit records go to the local spool (shipped once rejoined)."""
+        if self.fence is not None:
+            self.fence = fence
+            return
+        self.fence = fence
+        if self.audit is not None:
+            writer, self.audit = self.audit, None
+            await writer.stop()
+        if self.spool is None:
+            async with self.read() as conn:
+                head = await audit_store.head(conn, self.identity.id) or (0, GENESIS)
+            self.spool = self._open_spool(head)
+        log.error("FENCED: %s", fence.message())
+
+    async def become_primary(self, settings: Settings, generation: int) -> int:
+        """A read-only server whose replica was promoted takes over: its spool is replayed into its own
+        (now writable) database, audit goes through the group commit again, it is the primary.
+        Returns how many spooled records were replayed."""
+        from safehold.audit.spool import ship
+
+        replayed = 0
+        if self.spool is not None:
+            spool = self.spool
+
+            async def send(records: Sequence[ChainedRecord]) -> None:
+                async with self.engine.begin() as conn:
+                    await audit_store.insert_shipped(conn, records)
+
+            replayed = await ship(spool, send)
+        self.settings = settings
+        self.identity = ServerIdentity(self.identity.id, settings.server.name, ServerRole.PRIMARY)
+        self.generation = generation
+        self.fence = None
+        self.spool = None
+        self.local = LocalState()
+        self.start_background()
+        self.metrics.info.labels(self.identity.id, self.identity.name, self.identity.role.value, __version__).set(1)
+        log.warning("this server is now the acting primary (generation %d); %d spooled audit record(s) "
+                    "replayed into its database", generation, replayed)
+        return replayed
+
+    async def become_readonly(self, settings: Settings) -> None:
+        """A primary whose database became a replica of the acting primary (switchover, rejoin)."""
+        if self.audit is not None:
+            writer, self.audit = self.audit, None
+            await writer.stop()
+        self.settings = settings
+        self.identity = ServerIdentity(self.identity.id, settings.server.name, ServerRole.READONLY)
+        self.fence = None
+        if self.spool is None:
+            async with self.read() as conn:
+                head = await audit_store.head(conn, self.identity.id) or (0, GENESIS)
+            self.spool = self._open_spool(head)
+        log.warning("this server is now a read-only server of the acting primary")
 
     async def close(self) -> None:
         if self.audit is not None:
@@ -196,6 +287,17 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
                 keys = unwrap_keys(master, await cluster_store.keys(conn))
                 identity = ServerIdentity(settings.server.id, settings.server.name, settings.server.role)
                 spool = None
+                fence = None
+                if in_cluster(settings) and identity.role != ServerRole.READONLY:
+                    # before this server writes anything: was it superseded by a newer primary?
+                    from safehold.services.fencing import find_newer_primary
+
+                    peers = [r.url for r in await server_store.all_servers(conn) if r.id != identity.id and r.url]
+                    fence = await find_newer_primary(settings, row.cluster_id, row.generation, peers)
+                if fence is not None:
+                    register = False
+                    spool = AuditSpool(settings.data_dir / "spool", keys.audit_key, identity.id, identity.role,
+                                       head=await audit_store.head(conn, identity.id) or (0, GENESIS))
                 if identity.role == ServerRole.READONLY:
                     register = False  # its replica cannot be written; the others check it over HTTPS
                     spool = AuditSpool(settings.data_dir / "spool", keys.audit_key, identity.id, identity.role,
@@ -216,9 +318,23 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
         await engine.dispose()
         raise
     rt = Runtime(settings=settings, engine=engine, keys=keys, identity=identity, cluster_id=row.cluster_id,
-                 spool=spool)
+                 spool=spool, generation=row.generation, fence=fence, peer_key=master.peer_key())
+    if fence is not None:
+        from safehold.services.fencing import fence_database
+
+        log.error("FENCED at start-up: %s", fence.message())
+        await asyncio.to_thread(fence_database, settings)
     rt.metrics.info.labels(identity.id, identity.name, identity.role.value, __version__).set(1)
     return rt
+
+
+class FencedMode(Unavailable):
+    code = "fenced"
+
+    def __init__(self, fence: Fence) -> None:
+        super().__init__(fence.message(),
+                         hint=f"make the change on {fence.acting_primary_url}; an operator rejoins this server "
+                              "with 'safehold ha rejoin'")
 
 
 class ReadOnlyMode(Unavailable):
@@ -228,6 +344,10 @@ class ReadOnlyMode(Unavailable):
         super().__init__("read-only emergency mode: this server serves passwords from its replica while "
                          "the primary and secondary servers are down; changes are not possible here",
                          hint="try again on the primary or a secondary server when it is back")
+
+
+def in_cluster(settings: Settings) -> bool:
+    return bool(settings.ha.cluster_id) and settings.server.role != ServerRole.STANDALONE
 
 
 def public_url(settings: Settings) -> str:

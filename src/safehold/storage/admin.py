@@ -102,6 +102,19 @@ def create_replication_role(superuser: DbTarget, role: str, password: str) -> No
                 _replication_role(conn, role)
         conn.execute(sql.SQL("ALTER ROLE {} LOGIN REPLICATION").format(sql.Identifier(role)))
         _set_password(conn, role, password)
+        # what pg_rewind reads from its source, so an old primary can be rewound against this
+        # cluster over its replica's own role (no superuser needed there)
+        for fn in REWIND_FUNCTIONS:
+            conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(fn), sql.Identifier(role)))
+
+
+#: The functions pg_rewind calls on its source server (PostgreSQL documentation, pg_rewind "Notes").
+REWIND_FUNCTIONS = (
+    "pg_catalog.pg_ls_dir(text, boolean, boolean)",
+    "pg_catalog.pg_stat_file(text, boolean)",
+    "pg_catalog.pg_read_binary_file(text)",
+    "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+)
 
 
 def drop_replication_role(superuser: DbTarget, role: str) -> bool:

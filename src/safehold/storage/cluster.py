@@ -15,6 +15,7 @@ class ClusterRow:
     cluster_id: str
     key_check: bytes
     generation: int
+    acting_primary: str | None = None  # set by promotion
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,9 @@ class WrappedKey:
 
 
 async def get(conn: AsyncConnection) -> ClusterRow | None:
-    row = (await conn.execute(select(cluster.c.cluster_id, cluster.c.key_check, cluster.c.generation))).first()
-    return ClusterRow(row.cluster_id, bytes(row.key_check), row.generation) if row else None
+    row = (await conn.execute(select(cluster.c.cluster_id, cluster.c.key_check, cluster.c.generation,
+                                     cluster.c.acting_primary))).first()
+    return ClusterRow(row.cluster_id, bytes(row.key_check), row.generation, row.acting_primary) if row else None
 
 
 async def create(conn: AsyncConnection, cluster_id: str, key_check: bytes) -> None:

@@ -21,9 +21,9 @@ from safehold.domain import AuditAction
 from safehold.errors import SafeholdError
 from safehold.ha.agent import HaAgent
 from safehold.services import auth as auth_service
-from safehold.services.runtime import Runtime, open_runtime, system_event
+from safehold.services.runtime import FencedMode, Runtime, open_runtime, system_event
 from safehold.web import errors
-from safehold.web.api import audit, auth, ha, system, users, vault
+from safehold.web.api import alerts, audit, auth, ha, ha_checks, ha_peer, system, users, vault
 
 log = logging.getLogger(__name__)
 API = "/api/v1"
@@ -55,6 +55,15 @@ class Observe:
         rt: Runtime | None = getattr(state, "runtime", None)
         agent: HaAgent | None = getattr(state, "agent", None)
         path: str = scope["path"]
+        fence = rt.fence if rt is not None else None
+        if fence is not None and scope["method"] not in ("GET", "HEAD", "OPTIONS") and not _served_locally(path):
+            # superseded by a newer primary: not a single write, and no redirect that could hide it
+            body = {"error": {"code": FencedMode.code, "message": fence.message(),
+                              "hint": f"make the change on {fence.acting_primary_url}"}}
+            await JSONResponse(body, status_code=503, headers={
+                **SECURITY_HEADERS, "X-Safehold-Mode": "fenced", "X-Safehold-Acting-Primary": fence.acting_primary_url,
+                "Cache-Control": "no-store"})(scope, receive, send)
+            return
         if agent is not None and agent.redirect is not None and not _served_locally(path):
             target = agent.redirect.url.rstrip("/") + path
             if scope.get("query_string"):
@@ -76,8 +85,9 @@ class Observe:
                     headers["Cache-Control"] = "no-store"
                 if rt is not None and rt.readonly and agent is not None:
                     age = agent.data_age_seconds
-                    headers["X-Safehold-Mode"] = "read-only-emergency"
-                    headers["X-Safehold-Data-Age"] = "unknown" if age is None else f"{age:.0f}"
+                    headers["X-Safehold-Mode"] = rt.mode
+                    if rt.fence is None:
+                        headers["X-Safehold-Data-Age"] = "unknown" if age is None else f"{age:.0f}"
             await send(message)
 
         try:
@@ -151,7 +161,7 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
                     "`Authorization: Bearer <token>` (a session token from `/auth/login` or a personal API token).",
     )
     errors.install(app)
-    for module in (system, auth, users, vault, audit, ha):
+    for module in (system, auth, users, vault, audit, ha, ha_peer, alerts, ha_checks):
         app.include_router(module.router, prefix=API)
 
     app.add_middleware(Observe)

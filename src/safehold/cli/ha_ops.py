@@ -1,0 +1,91 @@
+"""``safehold ha promote | rejoin | switchover``: getting through a server loss, and planned swaps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from safehold.cli.ha import DataDir, err, out
+
+
+def _say(message: str) -> None:
+    out.print(f"• {message}", highlight=False)
+
+
+def promote(
+    data_dir: DataDir,
+    force: Annotated[bool, typer.Option("--force", help="Promote even if the replica's data is older than "
+                                                        "the limit.")] = False,
+    max_data_age: Annotated[float | None, typer.Option(help="Refuse when the replica last heard from its primary "
+                                                            "longer ago than this many seconds (default: "
+                                                            "ha.promote_max_data_age).")] = None,
+) -> None:
+    """Promote this read-only server: its replica becomes the primary database and the server the acting
+    primary (the cluster's generation goes up, so an old primary that comes back is fenced)."""
+    from safehold.cli.context import load, server_pid
+    from safehold.ha.promote import promote_here
+
+    settings, master = load(data_dir)
+    running = server_pid(settings) is not None
+    p = promote_here(settings, master, force=force, max_data_age=max_data_age, server_running=running, say=_say)
+    out.print(f"[green]✓[/] {settings.server.name} is the acting primary (generation {p.generation})"
+              + (f", replacing {p.old_primary}" if p.old_primary else ""), highlight=False)
+    out.print("  the running server takes over by itself" if running else
+              f"  start it with: safehold serve --data-dir {settings.data_dir}", highlight=False)
+    out.print("  an old primary that comes back is fenced; rejoin it with: safehold ha rejoin --data-dir OLD "
+              "--from " + _url(settings), highlight=False)
+
+
+def _url(settings: object) -> str:
+    from safehold.services.runtime import public_url
+
+    return public_url(settings)  # type: ignore[arg-type]
+
+
+def rejoin(
+    data_dir: DataDir,
+    source: Annotated[str, typer.Option("--from", help="URL of the acting primary (https://host:port).")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Turn this server (a fenced old primary, or any lost server) into a read-only server of the acting
+    primary: pg_rewind where possible, a fresh base backup otherwise.  Changes only this server had are
+    exported to a file first."""
+    import sys
+
+    from safehold.cli.context import load
+    from safehold.ha.rejoin import rejoin as do_rejoin
+
+    if Path(source).exists():
+        err.print("[red]error:[/] rejoining from a setup pack is not supported yet; give the acting primary's URL")
+        raise typer.Exit(2)
+    if not source.startswith("https://"):
+        raise typer.BadParameter("--from must be the acting primary's https:// URL")
+    settings, master = load(data_dir)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise typer.BadParameter("no terminal to confirm on: add --yes")
+        typer.confirm(f"{settings.server.name}'s database will be replaced by a replica of {source}; changes only "
+                      "it has are exported first. Go on?", abort=True)
+    r = do_rejoin(settings, master, source, say=_say)
+    out.print(f"[green]✓[/] {settings.server.name} rejoined as a read-only server ({r.method})", highlight=False)
+    if r.divergence_file is not None:
+        out.print(f"[yellow]![/] {sum(r.divergent.values())} row(s) only this server had are in {r.divergence_file}",
+                  highlight=False)
+
+
+def switchover(
+    data_dir: DataDir,
+    to: Annotated[str, typer.Option("--to", help="Name or id of the read-only server to hand the primary role to.")],
+) -> None:
+    """Planned role swap, run on the primary: writes stop, the target catches up to the last byte and is
+    promoted, and this server becomes its replica.  No acknowledged write is lost."""
+    from safehold.cli.context import load
+    from safehold.ha.switchover import switchover as do_switchover
+
+    settings, master = load(data_dir)
+    r = do_switchover(settings, master, to, say=_say)
+    out.print(f"[green]✓[/] {r.target.name} is the primary (generation {r.generation}); writes were unavailable "
+              f"for {r.write_unavailable_seconds:.1f} s; {settings.server.name} is its read-only replica",
+              highlight=False)

@@ -1,0 +1,344 @@
+"""Rejoin: a lost server — typically a fenced old primary — becomes a read-only server (a replica) of
+the acting primary, without a manual backup and restore.
+
+The acting primary's side (:func:`attach_replica`, behind ``POST /api/v1/ha/peer/replicas``, a request
+signed with the cluster's peer key): a replication role and slot of the rejoining server's own, the
+pg_hba.conf lines for its host, and its entry in the registry as read-only.
+
+The rejoining side (:func:`rejoin`, ``safehold ha rejoin --from URL``):
+
+1. asks the acting primary for its replication credentials and checks the key file against its cluster;
+2. **reports what only it has**: every row of its database that the acting primary lacks or holds
+   differently (changes that never replicated before the failover) is exported to a file beside the
+   data directory, before anything is changed — nothing is dropped silently;
+3. stops its database cleanly and rewinds it onto the acting primary's timeline with ``pg_rewind``;
+   where that is impossible (or the rewound copy does not stream), takes a fresh base backup instead;
+4. configures it as a hot standby streaming over TLS (verify-full) through its own slot, checks that it
+   streams, and writes its settings as a read-only server.  A running server follows on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg import sql
+
+from safehold import __version__
+from safehold.config import Settings, load_settings, write_settings
+from safehold.crypto import peerauth
+from safehold.crypto.keyfile import MasterKey
+from safehold.domain import ServerRole
+from safehold.errors import ConfigError, DatabaseError, SafeholdError
+from safehold.pg import conf
+from safehold.pg.errors import PgError
+from safehold.storage import admin
+from safehold.storage.db import DbTarget, app_target, owner_target
+
+Say = Callable[[str], None]
+PEER_REPLICAS = "/api/v1/ha/peer/replicas"
+STREAM_TIMEOUT = 60.0
+#: Tables whose rows differ between servers by nature (heartbeats, sessions, the monitor's snapshot):
+#: not reported as divergent.
+VOLATILE_TABLES = {"servers", "auth_tokens", "alembic_version"}
+
+
+# --- the acting primary's side ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaGrant:
+    replication_role: str
+    replication_password: str
+    slot: str
+    primary_db_host: str
+    primary_db_port: int
+    cluster_id: str
+    key_check: str
+    generation: int
+    primary_name: str
+
+    def __repr__(self) -> str:
+        return f"ReplicaGrant({self.replication_role}, slot {self.slot})"
+
+
+def attach_replica(settings: Settings, *, cluster_id: str, key_check: bytes, generation: int, server_id: str,
+                   host: str, db_host: str | None = None) -> ReplicaGrant:
+    """Make a replication role and slot for server ``server_id`` at ``host`` on this (acting primary's)
+    bundled database and let it stream (and be rewound) from there.  Idempotent per server id."""
+    from safehold.ha.readonly import _add_hba_lines, resolve_addresses
+    from safehold.services.database import manager
+
+    if settings.database.mode != "bundled" or settings.server.role != ServerRole.PRIMARY:
+        raise ConfigError("only the acting primary, with its bundled database, can take a replica")
+    short = server_id.replace("-", "")[:12]
+    role, slot = f"repl_{short}", f"ro_{short}"
+    su = owner_target(settings, dbname="postgres")
+    password = secrets.token_urlsafe(32)
+    admin.create_replication_role(su, role, password)
+    admin.create_slot(su, slot)
+    admin.grant_monitoring(su, settings.database.user)
+    pg = manager(settings)
+    lines = []
+    for a in resolve_addresses(host):
+        lines.append(conf.replication_hba_line(role, a))
+        bits = 32 if ipaddress.ip_address(a).version == 4 else 128
+        if not ipaddress.ip_address(a).is_loopback:
+            lines.append(conf.validate_hba_line(f"hostssl postgres {role} {a}/{bits} scram-sha-256"))
+            lines.append(conf.validate_hba_line(
+                f"hostssl {settings.database.name} {settings.database.user} {a}/{bits} scram-sha-256"))
+    _add_hba_lines(pg, lines)
+    return ReplicaGrant(role, password, slot, db_host or conf.connect_host(settings.database.host),
+                        settings.database.port, cluster_id, key_check.hex(), generation, settings.server.name)
+
+
+# --- the rejoining side ----------------------------------------------------------------------------
+
+
+def request_replica(settings: Settings, master: MasterKey, source_url: str, say: Say) -> ReplicaGrant:
+    """Ask the acting primary at ``source_url`` for replication credentials (a signed request)."""
+    from safehold.services.runtime import public_url
+
+    body = json.dumps({"server_id": settings.server.id, "server_name": settings.server.name,
+                       "host": _host_of(public_url(settings)), "url": public_url(settings),
+                       "port": settings.http.port}).encode()
+    headers = {"Content-Type": "application/json",
+               peerauth.HEADER: peerauth.sign(master.peer_key(), "POST", PEER_REPLICAS, body)}
+    url = source_url.rstrip("/") + PEER_REPLICAS
+    say(f"asking {source_url} for a replication slot of this server's own")
+    try:
+        with httpx.Client(verify=str(settings.path(settings.http.tls_ca)), timeout=60) as client:
+            r = client.post(url, content=body, headers=headers)
+    except (httpx.HTTPError, OSError) as exc:
+        raise SafeholdError(f"cannot reach the acting primary at {source_url} ({type(exc).__name__})",
+                            hint="check the URL, and that the server there runs and its certificate is from this "
+                                 "cluster's CA") from None
+    if r.status_code != 200:
+        try:
+            err = r.json()["error"]
+            message, hint = err.get("message", ""), err.get("hint")
+        except (ValueError, KeyError, TypeError):
+            message, hint = r.text[:200], None
+        raise SafeholdError(f"the acting primary refused ({r.status_code}): {message}", hint=hint)
+    d = r.json()
+    return ReplicaGrant(d["replication_role"], d["replication_password"], d["slot"], d["primary_db_host"],
+                        int(d["primary_db_port"]), d["cluster_id"], d["key_check"], int(d["generation"]),
+                        d.get("primary_name", ""))
+
+
+def _host_of(url: str) -> str:
+    return httpx.URL(url).host
+
+
+def _connect(t: DbTarget, dbname: str | None = None) -> psycopg.Connection[Any]:
+    return psycopg.connect(host=t.host, port=t.port, user=t.user, password=t.password, dbname=dbname or t.dbname,
+                           sslmode="verify-full", sslrootcert=str(t.sslrootcert), autocommit=True,
+                           connect_timeout=10)
+
+
+def _row_digests(conn: psycopg.Connection[Any], table: str, pk: list[str]) -> dict[str, str]:
+    q = sql.SQL("SELECT ({pk})::text, md5(t::text) FROM {t} AS t").format(
+        pk=sql.SQL(", ").join(sql.Identifier(c) for c in pk) if len(pk) == 1 else
+        sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in pk)),
+        t=sql.Identifier(table))
+    return {str(k): str(v) for k, v in conn.execute(q).fetchall()}
+
+
+def _tables(conn: psycopg.Connection[Any]) -> dict[str, list[str]]:
+    rows = conn.execute("""
+        SELECT c.relname, array_agg(a.attname ORDER BY array_position(i.indkey, a.attnum))
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
+        WHERE i.indisprimary AND n.nspname = 'public' GROUP BY c.relname ORDER BY c.relname""").fetchall()
+    return {str(name): list(cols) for name, cols in rows}
+
+
+def export_divergence(local: DbTarget, source: DbTarget, out: Path) -> dict[str, int]:
+    """Write every row the local database holds that the source lacks or holds differently, as JSON lines
+    ``{"table", "key", "status": "only-here" | "differs", "row"}``; returns counts per table (the file is
+    written only when there is something to report).  Rows hold ciphertext, never a clear password."""
+    counts: dict[str, int] = {}
+    lines: list[str] = []
+    with _connect(local) as lc, _connect(source) as sc:
+        for table, pk in _tables(lc).items():
+            if table in VOLATILE_TABLES:
+                continue
+            mine, theirs = _row_digests(lc, table, pk), _row_digests(sc, table, pk)
+            diff = {k: ("only-here" if k not in theirs else "differs") for k, d in mine.items() if theirs.get(k) != d}
+            if not diff:
+                continue
+            counts[table] = len(diff)
+            q = sql.SQL("SELECT ({pk})::text, to_jsonb(t) FROM {t} AS t").format(
+                pk=sql.SQL(", ").join(sql.Identifier(c) for c in pk) if len(pk) == 1 else
+                sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in pk)),
+                t=sql.Identifier(table))
+            for key, row in lc.execute(q):
+                if str(key) in diff:
+                    lines.append(json.dumps({"table": table, "key": str(key), "status": diff[str(key)], "row": row},
+                                            default=str, sort_keys=True))
+    if lines:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    return counts
+
+
+@dataclass(frozen=True)
+class RejoinResult:
+    settings: Settings
+    method: str  # "pg_rewind" or "base backup"
+    divergent: dict[str, int]
+    divergence_file: Path | None
+
+
+def rejoin(settings: Settings, master: MasterKey, source_url: str, *, say: Say,
+           report_divergence: bool = True) -> RejoinResult:
+    """Turn this server into a read-only server of the acting primary at ``source_url``."""
+    from safehold.services.database import manager
+
+    if settings.database.mode != "bundled":
+        raise ConfigError("only a server with its own bundled database can be rejoined as a replica",
+                          hint="a secondary has none: add it again with 'safehold ha add-secondary' on the "
+                               "acting primary")
+    grant = request_replica(settings, master, source_url, say)
+    if grant.key_check != master.check_value.hex():
+        raise ConfigError("the key file does not match the acting primary's cluster; nothing was changed")
+    if settings.ha.cluster_id and grant.cluster_id != settings.ha.cluster_id:
+        raise ConfigError(f"{source_url} serves another cluster ({grant.cluster_id}); nothing was changed")
+    say(f"the acting primary is {grant.primary_name} (generation {grant.generation}), database "
+        f"{grant.primary_db_host}:{grant.primary_db_port}")
+    pg = manager(settings)
+    pg.check_data_dir()
+    local = DbTarget(*_hostport(settings), settings.database.name, settings.database.superuser,
+                     settings.read_secret(settings.database.superuser_password_file), settings.path(settings.http.tls_ca))
+    app = app_target(settings)
+    source = DbTarget(grant.primary_db_host, grant.primary_db_port, app.dbname, app.user, app.password,
+                      app.sslrootcert)
+    divergent: dict[str, int] = {}
+    out: Path | None = None
+    if report_divergence and pg.is_initialized() and not pg.is_standby():
+        if not pg.status().running:
+            pg.start()
+        pg.wait_ready()
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = settings.data_dir / f"rejoin-divergent-{stamp}.jsonl"
+        say("comparing this database with the acting primary's (changes that never replicated are exported)")
+        divergent = export_divergence(local, source, out)
+        if divergent:
+            say(f"warning: {sum(divergent.values())} row(s) exist only here or differ "
+                f"({', '.join(f'{t}: {n}' for t, n in sorted(divergent.items()))}); exported to {out} for the "
+                "operator to inspect and re-enter on the acting primary")
+        else:
+            out = None
+            say("nothing diverged: every row here is on the acting primary")
+    if pg.status().running:
+        say("stopping this server's database")
+        pg.stop(mode="fast")
+    method = "pg_rewind"
+    try:
+        say("rewinding the database onto the acting primary's timeline (pg_rewind)")
+        pg.rewind(host=grant.primary_db_host, port=grant.primary_db_port, user=grant.replication_role,
+                  password=grant.replication_password)
+        _configure_and_stream(pg, settings, grant, say)
+    except (PgError, DatabaseError) as exc:
+        say(f"pg_rewind was not possible ({exc.message.splitlines()[0][:200]}); taking a fresh base backup")
+        method = "base backup"
+        with contextlib.suppress(PgError):
+            pg.stop(mode="immediate")
+        _fresh_copy(pg, settings, grant, say)
+        _configure_and_stream(pg, settings, grant, say, configured=True)
+    new = _write_readonly_settings(settings, grant)
+    return RejoinResult(new, method, divergent, out)
+
+
+def _hostport(settings: Settings) -> tuple[str, int]:
+    return conf.connect_host(settings.database.host), settings.database.port
+
+
+def _configure_and_stream(pg: Any, settings: Settings, grant: ReplicaGrant, say: Say, *,
+                          configured: bool = False) -> None:
+    if not configured:
+        pg.make_standby(primary_host=grant.primary_db_host, primary_port=grant.primary_db_port,
+                        user=grant.replication_role, password=grant.replication_password, slot=grant.slot,
+                        application_name=settings.server.id)
+    say(f"starting the replica on port {settings.database.port}")
+    pg.start()
+    pg.wait_ready()
+    _wait_streaming(settings, pg)
+    say(f"the replica streams from {grant.primary_db_host}:{grant.primary_db_port} (slot {grant.slot})")
+
+
+def _wait_streaming(settings: Settings, pg: Any, timeout: float = STREAM_TIMEOUT) -> None:
+    target = app_target(settings)
+    deadline = time.monotonic() + timeout
+    last = "not connected"
+    while time.monotonic() < deadline:
+        try:
+            with _connect(target) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery(), (SELECT status FROM pg_stat_wal_receiver)").fetchone()
+            if row is not None and row[0] and row[1] == "streaming":
+                return
+            last = f"receiver {row[1] if row else None}"
+        except psycopg.Error as exc:
+            last = type(exc).__name__
+        time.sleep(0.2)
+    from safehold.ha.readonly import _last_error
+
+    raise DatabaseError(f"the replica did not stream within {timeout:g} s ({last}); {_last_error(pg)}")
+
+
+def _fresh_copy(pg: Any, settings: Settings, grant: ReplicaGrant, say: Say) -> None:
+    """A fresh base backup of the acting primary into this (cleared) data directory."""
+    near = settings.data_dir
+    with tempfile.TemporaryDirectory(prefix=".safehold-rejoin-", dir=near) as scratch:
+        backup = pg.base_backup(Path(scratch) / "backup", host=grant.primary_db_host, port=grant.primary_db_port,
+                                user=grant.replication_role, password=grant.replication_password, slot=grant.slot,
+                                sslrootcert=settings.path(settings.http.tls_ca))
+        say(f"base backup done (WAL {backup.start_lsn} to {backup.end_lsn}); installing it")
+        aside = pg.data_dir.with_name(pg.data_dir.name + ".before-rejoin")
+        if aside.exists():
+            shutil.rmtree(aside)
+        pg.data_dir.rename(aside)
+        try:
+            pg.install_standby(backup.base_tar, backup.wal_tar, primary_host=grant.primary_db_host,
+                               primary_port=grant.primary_db_port, user=grant.replication_role,
+                               password=grant.replication_password, slot=grant.slot,
+                               application_name=settings.server.id)
+        except BaseException:
+            shutil.rmtree(pg.data_dir, ignore_errors=True)
+            aside.rename(pg.data_dir)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _write_readonly_settings(settings: Settings, grant: ReplicaGrant) -> Settings:
+    current = load_settings(settings.data_dir, env={})
+    new = current.model_copy(update={
+        "server": current.server.model_copy(update={"role": ServerRole.READONLY}),
+        "ha": current.ha.model_copy(update={"cluster_id": grant.cluster_id, "primary_db_host": grant.primary_db_host,
+                                            "primary_db_port": grant.primary_db_port}),
+    })
+    write_settings(new)
+    return load_settings(settings.data_dir)
+
+
+async def register_readonly(conn: Any, *, server_id: str, name: str, url: str, port: int, hostname: str) -> None:
+    from safehold.storage import servers as server_store
+
+    await server_store.register(conn, id=server_id, name=name, role=ServerRole.READONLY.value, hostname=hostname,
+                                url=url, port=port, version=__version__)

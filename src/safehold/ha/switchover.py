@@ -1,0 +1,152 @@
+"""Switchover (a planned role swap), run on the primary: ``safehold ha switchover --to SERVER``.
+
+1. check the target: a read-only server of this cluster, answering, its replica streaming from here;
+2. stop this primary's database cleanly: open transactions are rolled back (never acknowledged), the
+   shutdown checkpoint is the last thing written, and the WAL senders hand everything to the replicas
+   before it exits;
+3. ask the target (a request signed with the peer key) to wait until it has replayed that checkpoint —
+   the last byte — and promote itself; it raises the generation and logs ``ManualSwitch``;
+4. rejoin this server as the target's replica (no rewind needed: nothing diverged), as a read-only server.
+
+Writes are unavailable from step 2 until the target is promoted.  If the target cannot be promoted, this
+database is started again as the primary and nothing changed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from safehold.config import Settings
+from safehold.crypto import peerauth
+from safehold.crypto.keyfile import MasterKey
+from safehold.domain import ServerRole
+from safehold.errors import ConfigError, SafeholdError
+from safehold.ha.rejoin import RejoinResult, rejoin
+
+Say = Callable[[str], None]
+PEER_PROMOTE = "/api/v1/ha/peer/promote"
+
+
+@dataclass(frozen=True)
+class Target:
+    id: str
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class SwitchoverResult:
+    target: Target
+    generation: int
+    write_unavailable_seconds: float
+    rejoined: RejoinResult
+
+
+def choose_target(rows: list[dict[str, str]], wanted: str, own_id: str) -> Target:
+    """The read-only server named (or with the id) ``wanted`` among the registry rows (pure)."""
+    matches = [r for r in rows if wanted in (r["id"], r["name"]) and r["id"] != own_id]
+    if not matches:
+        names = ", ".join(sorted(r["name"] for r in rows if r["role"] == ServerRole.READONLY)) or "none"
+        raise ConfigError(f"no server {wanted!r} in this cluster", hint=f"read-only servers: {names}")
+    if len(matches) > 1:
+        raise ConfigError(f"{len(matches)} servers are named {wanted!r}; give its id instead")
+    r = matches[0]
+    if r["role"] != ServerRole.READONLY:
+        raise ConfigError(f"{r['name']} is a {r['role']} server; a switchover goes to a read-only server "
+                          "(it has the replica that becomes the primary database)")
+    if not r["url"]:
+        raise ConfigError(f"{r['name']} has no URL in the registry (it has not joined yet)")
+    return Target(r["id"], r["name"], r["url"])
+
+
+def switchover(settings: Settings, master: MasterKey, wanted: str, *, say: Say, timeout: float = 60) -> SwitchoverResult:
+    from safehold.services.database import manager
+
+    if settings.server.role != ServerRole.PRIMARY or settings.database.mode != "bundled":
+        raise ConfigError("run 'safehold ha switchover' on the primary (it holds the primary database)")
+    target = _find_target(settings, wanted)
+    _preflight(settings, target)
+    pg = manager(settings)
+    say(f"stopping writes: shutting this primary's database down cleanly (target {target.name})")
+    t0 = time.monotonic()
+    pg.stop(mode="fast")
+    lsn = pg.checkpoint_lsn()
+    say(f"the last WAL position is {lsn}; asking {target.name} to replay up to it and take over")
+    try:
+        generation = _promote_target(settings, master, target, lsn, timeout)
+    except BaseException:
+        say("the target was not promoted: starting this database again as the primary; nothing changed")
+        pg.start()
+        pg.wait_ready()
+        raise
+    unavailable = time.monotonic() - t0
+    say(f"{target.name} is the acting primary (generation {generation}); writes were unavailable for "
+        f"{unavailable:.1f} s")
+    result = rejoin(settings, master, target.url, say=say, report_divergence=False)
+    say(f"this server is now a read-only server of {target.name} ({result.method})")
+    return SwitchoverResult(target, generation, unavailable, result)
+
+
+def _find_target(settings: Settings, wanted: str) -> Target:
+    import asyncio
+
+    from safehold.storage import servers as server_store
+    from safehold.storage.db import app_target, make_engine
+
+    async def rows() -> list[dict[str, str]]:
+        engine = make_engine(app_target(settings), pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                return [{"id": r.id, "name": r.name, "role": r.role, "url": r.url}
+                        for r in await server_store.all_servers(conn)]
+        finally:
+            await engine.dispose()
+
+    return choose_target(asyncio.run(rows()), wanted, settings.server.id)
+
+
+def _client(settings: Settings, timeout: float) -> httpx.Client:
+    return httpx.Client(verify=str(settings.path(settings.http.tls_ca)), timeout=timeout)
+
+
+def _preflight(settings: Settings, target: Target) -> None:
+    try:
+        with _client(settings, 10) as c:
+            r = c.get(f"{target.url.rstrip('/')}/api/v1/ha/local")
+            report = r.json()
+    except (httpx.HTTPError, OSError, ValueError):
+        raise SafeholdError(f"{target.name} at {target.url} does not answer; not switching over",
+                            hint="start it, or choose another target") from None
+    if report.get("cluster_id") != settings.ha.cluster_id:
+        raise SafeholdError(f"{target.name} serves another cluster; not switching over")
+    if report.get("role") != ServerRole.READONLY or report.get("mode") == "fenced":
+        raise SafeholdError(f"{target.name} is not a read-only server now ({report.get('role')}, "
+                            f"{report.get('mode')}); not switching over")
+    if report.get("data_age_seconds") not in (0, 0.0):
+        raise SafeholdError(f"{target.name}'s replica is not streaming and caught up (data age "
+                            f"{report.get('data_age_seconds')}); not switching over",
+                            hint="'safehold ha status' shows its replication status")
+
+
+def _promote_target(settings: Settings, master: MasterKey, target: Target, lsn: str, timeout: float) -> int:
+    body = json.dumps({"reason": "ManualSwitch", "wait_lsn": lsn,
+                       "note": f"switchover from {settings.server.name}"}).encode()
+    headers = {"Content-Type": "application/json",
+               peerauth.HEADER: peerauth.sign(master.peer_key(), "POST", PEER_PROMOTE, body)}
+    try:
+        with _client(settings, timeout + 30) as c:
+            r = c.post(target.url.rstrip("/") + PEER_PROMOTE, content=body, headers=headers)
+    except (httpx.HTTPError, OSError) as exc:
+        raise SafeholdError(f"cannot reach {target.name} to promote it ({type(exc).__name__})") from None
+    if r.status_code != 200:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:200]
+        raise SafeholdError(f"{target.name} refused to take over ({r.status_code}): {message}")
+    return int(r.json()["generation"])

@@ -1,0 +1,87 @@
+"""/ha/peer: requests between the servers of one cluster, signed with the peer key (crypto.peerauth).
+
+Not for users: the operator's commands (switchover, rejoin) sign them with the key file on their
+host, and only a holder of the cluster's master key can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from safehold.crypto.peerauth import HEADER, PeerVerifier
+from safehold.domain import ServerRole
+from safehold.errors import AuthenticationFailed, Conflict, InvalidInput
+from safehold.ha.policy import EventKind
+from safehold.ha.rejoin import attach_replica, register_readonly
+from safehold.services.runtime import public_url
+from safehold.web.api.common import errors
+from safehold.web.deps import RuntimeDep
+
+router = APIRouter(prefix="/ha/peer", tags=["high availability"], include_in_schema=False)
+
+
+async def peer_request(request: Request) -> None:
+    rt = request.app.state.runtime
+    verifier: PeerVerifier | None = getattr(request.app.state, "peer_verifier", None)
+    if verifier is None:
+        verifier = request.app.state.peer_verifier = PeerVerifier(rt.peer_key)
+    body = await request.body()
+    if not rt.peer_key or not verifier.verify(request.headers.get(HEADER), request.method, request.url.path, body):
+        raise AuthenticationFailed("this request must be signed by a server of this cluster (its key file)")
+
+
+Peer = Annotated[None, Depends(peer_request)]
+
+
+class PromoteRequest(BaseModel):
+    reason: str = Field(default="ManualSwitch", pattern="^(ManualSwitch|Failover)$")
+    wait_lsn: str | None = Field(default=None, pattern=r"^[0-9A-F]{1,8}/[0-9A-F]{1,8}$", max_length=17)
+    note: str = Field(default="", max_length=300)
+
+
+@router.post("/promote", responses=errors(401, 409, 503))
+async def promote(body: PromoteRequest, request: Request, _: Peer, rt: RuntimeDep) -> dict[str, Any]:
+    """Promote this read-only server (a switchover): wait until its replica replayed ``wait_lsn``, promote
+    it, raise the generation, take over as the primary."""
+    agent = request.app.state.agent
+    if rt.identity.role != ServerRole.READONLY or rt.fence is not None:
+        raise Conflict(f"this server is a {rt.identity.role} server; only a read-only server can be promoted")
+    generation = await agent.promote_self(reason=EventKind(body.reason), wait_lsn=body.wait_lsn, note=body.note)
+    return {"generation": generation, "server_id": rt.identity.id, "name": rt.identity.name,
+            "url": public_url(rt.settings)}
+
+
+class ReplicaRequest(BaseModel):
+    server_id: str = Field(pattern="^[0-9a-f-]{36}$")
+    server_name: str = Field(min_length=1, max_length=100)
+    host: str = Field(min_length=1, max_length=255)
+    url: str = Field(min_length=1, max_length=500)
+    port: int = Field(ge=1, le=65535)
+
+
+@router.post("/replicas", responses=errors(401, 409, 422, 503))
+async def replicas(body: ReplicaRequest, _: Peer, rt: RuntimeDep) -> dict[str, Any]:
+    """Let a server (re)join as a read-only replica of this acting primary: its own replication role and
+    slot, the hba lines for its host, its registry entry.  Returns the replication credentials."""
+    if rt.readonly or rt.identity.role != ServerRole.PRIMARY:
+        raise Conflict("this server is not the acting primary", hint="ask the acting primary")
+    if body.server_id == rt.identity.id:
+        raise InvalidInput("a server cannot be its own replica", field="server_id")
+    async with rt.read() as conn:
+        from safehold.storage import cluster as cluster_store
+
+        row = await cluster_store.get(conn)
+    assert row is not None
+    grant = await asyncio.to_thread(attach_replica, rt.settings, cluster_id=row.cluster_id, key_check=row.key_check,
+                                    generation=row.generation, server_id=body.server_id, host=body.host)
+    async with rt.write() as conn:
+        await register_readonly(conn, server_id=body.server_id, name=body.server_name, url=body.url, port=body.port,
+                                hostname=body.host)
+    return {"replication_role": grant.replication_role, "replication_password": grant.replication_password,
+            "slot": grant.slot, "primary_db_host": grant.primary_db_host, "primary_db_port": grant.primary_db_port,
+            "cluster_id": grant.cluster_id, "key_check": grant.key_check, "generation": grant.generation,
+            "primary_name": grant.primary_name}
