@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import shutil
+import ssl
 import tempfile
 import time
 from collections.abc import Callable
@@ -120,7 +121,8 @@ def request_replica(settings: Settings, master: MasterKey, source_url: str, say:
     url = source_url.rstrip("/") + PEER_REPLICAS
     say(f"asking {source_url} for a replication slot of this server's own")
     try:
-        with httpx.Client(verify=str(settings.path(settings.http.tls_ca)), timeout=60) as client:
+        ctx = ssl.create_default_context(cafile=str(settings.path(settings.http.tls_ca)))
+        with httpx.Client(verify=ctx, timeout=60) as client:
             r = client.post(url, content=body, headers=headers)
     except (httpx.HTTPError, OSError) as exc:
         raise SafeholdError(f"cannot reach the acting primary at {source_url} ({type(exc).__name__})",

@@ -15,6 +15,7 @@ database is started again as the primary and nothing changed.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,7 +112,8 @@ def _find_target(settings: Settings, wanted: str) -> Target:
 
 
 def _client(settings: Settings, timeout: float) -> httpx.Client:
-    return httpx.Client(verify=str(settings.path(settings.http.tls_ca)), timeout=timeout)
+    ctx = ssl.create_default_context(cafile=str(settings.path(settings.http.tls_ca)))
+    return httpx.Client(verify=ctx, timeout=timeout)
 
 
 def _preflight(settings: Settings, target: Target) -> None:
