@@ -117,3 +117,26 @@ def test_promote_fence_rejoin(pair: tuple[Server, Server]) -> None:
                and "after-rejoin" in resources(primary.data_dir), timeout=30, what="the data to converge")
     assert "only-on-old-primary" not in resources(primary.data_dir)
     assert "after-failover" in resources(primary.data_dir)
+
+
+def test_rejoin_a_lost_readonly_server_from_a_pack(pair: tuple[Server, Server]) -> None:
+    primary, readonly = pair
+    readonly.stop()
+    token = primary.login()
+    with primary.client(token) as c:
+        assert c.post("/resources", json={"name": "while-away"}).status_code == 201
+    pack, passphrase = readonly.data_dir.with_name("rejoin.pack"), readonly.data_dir.with_name("rejoin.passphrase")
+    passphrase.write_text("rejoin-passphrase-long-enough")
+    primary.cli("ha", "pack", "--readonly-host", "127.0.0.1", "--out", str(pack), "--passphrase-file", str(passphrase))
+    bad = run_cli("ha", "rejoin", "--data-dir", str(readonly.data_dir), "--from", str(pack), "--passphrase-file",
+                  str(primary.data_dir / "safehold.toml"), "--yes", check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    out = run_cli("ha", "rejoin", "--data-dir", str(readonly.data_dir), "--from", str(pack), "--passphrase-file",
+                  str(passphrase), "--yes")
+    assert "rejoined as a read-only server" in out.stdout, out.stdout + out.stderr
+    readonly.start()
+    wait_until(lambda: "while-away" in resources(readonly.data_dir), timeout=30, what="the replica to catch up")
+    with primary.client(token) as c:
+        assert c.post("/resources", json={"name": "after-rejoin"}).status_code == 201
+    wait_until(lambda: resources(readonly.data_dir) == resources(primary.data_dir), timeout=30,
+               what="the data to converge")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from safehold.cli.ha import DataDir, err, out
+from safehold.cli.ha import DataDir, out
 
 
 def _say(message: str) -> None:
@@ -46,7 +46,10 @@ def _url(settings: object) -> str:
 
 def rejoin(
     data_dir: DataDir,
-    source: Annotated[str, typer.Option("--from", help="URL of the acting primary (https://host:port).")],
+    source: Annotated[str, typer.Option("--from", help="The acting primary's URL (https://host:port), or a setup "
+                                                       "pack it wrote ('safehold ha pack').")],
+    passphrase_file: Annotated[Path | None, typer.Option(help="With a pack: the file holding its passphrase "
+                                                              "(else it is asked for).")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Turn this server (a fenced old primary, or any lost server) into a read-only server of the acting
@@ -54,22 +57,28 @@ def rejoin(
     exported to a file first."""
     import sys
 
-    from safehold.cli.context import load
-    from safehold.ha.rejoin import rejoin as do_rejoin
+    from safehold.cli.context import load, refuse_if_serving
+    from safehold.cli.ha import read_passphrase
+    from safehold.ha.rejoin import rejoin as from_url
+    from safehold.ha.rejoin import rejoin_from_pack
 
-    if Path(source).exists():
-        err.print("[red]error:[/] rejoining from a setup pack is not supported yet; give the acting primary's URL")
-        raise typer.Exit(2)
-    if not source.startswith("https://"):
-        raise typer.BadParameter("--from must be the acting primary's https:// URL")
+    pack = Path(source).expanduser()
+    if not pack.exists() and not source.startswith("https://"):
+        raise typer.BadParameter("--from must be the acting primary's https:// URL or an existing setup pack")
     settings, master = load(data_dir)
+    refuse_if_serving(settings, "rejoining it (stop it; start it again afterwards)")
+    passphrase = read_passphrase(passphrase_file) if pack.exists() else ""
     if not yes:
         if not sys.stdin.isatty():
             raise typer.BadParameter("no terminal to confirm on: add --yes")
-        typer.confirm(f"{settings.server.name}'s database will be replaced by a replica of {source}; changes only "
-                      "it has are exported first. Go on?", abort=True)
-    r = do_rejoin(settings, master, source, say=_say)
-    out.print(f"[green]✓[/] {settings.server.name} rejoined as a read-only server ({r.method})", highlight=False)
+        typer.confirm(f"{settings.server.name}'s database will become a replica of the acting primary; changes "
+                      "only it has are exported first. Go on?", abort=True)
+    if pack.exists():
+        r = rejoin_from_pack(settings, master, pack.resolve(), passphrase, say=_say)
+    else:
+        r = from_url(settings, master, source, say=_say)
+    out.print(f"[green]✓[/] {settings.server.name} rejoined as a read-only server ({r.method}); start it with: "
+              f"safehold serve --data-dir {settings.data_dir}", highlight=False)
     if r.divergence_file is not None:
         out.print(f"[yellow]![/] {sum(r.divergent.values())} row(s) only this server had are in {r.divergence_file}",
                   highlight=False)

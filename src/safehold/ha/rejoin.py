@@ -208,24 +208,82 @@ class RejoinResult:
     divergence_file: Path | None
 
 
+@dataclass(frozen=True)
+class PackSource:
+    """What a setup pack ('safehold ha pack' on the acting primary) gives a rejoining server: the
+    credentials, its new identity and certificate, and a base backup for when pg_rewind cannot."""
+
+    grant: ReplicaGrant
+    server_id: str
+    cert_pem: bytes
+    key_pem: bytes
+    base_tar: Path
+    wal_tar: Path
+
+
 def rejoin(settings: Settings, master: MasterKey, source_url: str, *, say: Say,
            report_divergence: bool = True) -> RejoinResult:
     """Turn this server into a read-only server of the acting primary at ``source_url``."""
-    from safehold.services.database import manager
-
-    if settings.database.mode != "bundled":
-        raise ConfigError("only a server with its own bundled database can be rejoined as a replica",
-                          hint="a secondary has none: add it again with 'safehold ha add-secondary' on the "
-                               "acting primary")
+    _require_bundled(settings)
     grant = request_replica(settings, master, source_url, say)
     if grant.key_check != master.check_value.hex():
         raise ConfigError("the key file does not match the acting primary's cluster; nothing was changed")
     if settings.ha.cluster_id and grant.cluster_id != settings.ha.cluster_id:
         raise ConfigError(f"{source_url} serves another cluster ({grant.cluster_id}); nothing was changed")
-    say(f"the acting primary is {grant.primary_name} (generation {grant.generation}), database "
-        f"{grant.primary_db_host}:{grant.primary_db_port}")
+    return _rejoin(settings, grant, None, say=say, report_divergence=report_divergence)
+
+
+def rejoin_from_pack(settings: Settings, master: MasterKey, pack_path: Path, passphrase: str, *,
+                     say: Say) -> RejoinResult:
+    """The same from a setup pack of the acting primary: the server takes the pack's identity (its
+    replication slot and certificate are made for that id) and its base backup is the fallback."""
+    from safehold.ha.readonly import (
+        DB_PASSWORD,
+        REPLICATION_PASSWORD,
+        SERVER_CERT,
+        SERVER_KEY,
+        _read_whole_pack,
+    )
+    from safehold.ha.setupfile import SetupFileError, scratch_dir
+
+    _require_bundled(settings)
+
+    def same_cluster(manifest: Any) -> None:
+        if settings.ha.cluster_id and manifest.cluster_id != settings.ha.cluster_id:
+            raise SetupFileError(f"{pack_path} is a pack of another cluster ({manifest.cluster_id}); "
+                                 "nothing was changed")
+
+    say(f"reading and checking {pack_path.name}")
+    with scratch_dir(settings.data_dir) as scratch:
+        pack = _read_whole_pack(pack_path, passphrase, master, Path(scratch), same_cluster)
+        f = pack.manifest.fields
+        if pack.text(DB_PASSWORD) != settings.read_secret(settings.database.password_file):
+            raise ConfigError("the pack's app login is not this server's; nothing was changed")
+        grant = ReplicaGrant(f["replication_role"], pack.text(REPLICATION_PASSWORD), f["slot"], f["primary_db_host"],
+                             int(f["primary_db_port"]), pack.manifest.cluster_id, pack.manifest.key_check, 0,
+                             f"the primary at {f['primary_db_host']}:{f['primary_db_port']}")
+        source = PackSource(grant, f["server_id"], pack.small[SERVER_CERT], pack.small[SERVER_KEY], pack.base_tar,
+                            pack.wal_tar)
+        return _rejoin(settings, grant, source, say=say, report_divergence=True)
+
+
+def _require_bundled(settings: Settings) -> None:
+    if settings.database.mode != "bundled":
+        raise ConfigError("only a server with its own bundled database can be rejoined as a replica",
+                          hint="a secondary has none: add it again with 'safehold ha add-secondary' on the "
+                               "acting primary")
+
+
+def _rejoin(settings: Settings, grant: ReplicaGrant, pack: PackSource | None, *, say: Say,
+            report_divergence: bool) -> RejoinResult:
+    from safehold.services.database import manager
+
+    say(f"the acting primary is {grant.primary_name}" + (f" (generation {grant.generation})" if grant.generation
+                                                          else "") +
+        f", database {grant.primary_db_host}:{grant.primary_db_port}")
     pg = manager(settings)
     pg.check_data_dir()
+    application_name = pack.server_id if pack is not None else settings.server.id
     local = DbTarget(*_hostport(settings), settings.database.name, settings.database.superuser,
                      settings.read_secret(settings.database.superuser_password_file), settings.path(settings.http.tls_ca))
     app = app_target(settings)
@@ -256,28 +314,40 @@ def rejoin(settings: Settings, master: MasterKey, source_url: str, *, say: Say,
         say("rewinding the database onto the acting primary's timeline (pg_rewind)")
         pg.rewind(host=grant.primary_db_host, port=grant.primary_db_port, user=grant.replication_role,
                   password=grant.replication_password)
-        _configure_and_stream(pg, settings, grant, say)
+        _configure_and_stream(pg, settings, grant, application_name, say)
     except (PgError, DatabaseError) as exc:
         say(f"pg_rewind was not possible ({exc.message.splitlines()[0][:200]}); taking a fresh base backup")
         method = "base backup"
         with contextlib.suppress(PgError):
             pg.stop(mode="immediate")
-        _fresh_copy(pg, settings, grant, say)
-        _configure_and_stream(pg, settings, grant, say, configured=True)
-    new = _write_readonly_settings(settings, grant)
+        _fresh_copy(pg, settings, grant, application_name, pack, say)
+        _configure_and_stream(pg, settings, grant, application_name, say, configured=True)
+    if pack is not None:
+        tls = settings.data_dir / "tls"
+        for name, data in (("server.crt", pack.cert_pem), ("server.key", pack.key_pem)):
+            _replace_private(tls / name, data, 0o644 if name.endswith(".crt") else 0o600)
+    new = _write_readonly_settings(settings, grant, server_id=application_name)
     return RejoinResult(new, method, divergent, out)
+
+
+def _replace_private(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(path.name + ".new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    tmp.replace(path)
 
 
 def _hostport(settings: Settings) -> tuple[str, int]:
     return conf.connect_host(settings.database.host), settings.database.port
 
 
-def _configure_and_stream(pg: Any, settings: Settings, grant: ReplicaGrant, say: Say, *,
+def _configure_and_stream(pg: Any, settings: Settings, grant: ReplicaGrant, application_name: str, say: Say, *,
                           configured: bool = False) -> None:
     if not configured:
         pg.make_standby(primary_host=grant.primary_db_host, primary_port=grant.primary_db_port,
                         user=grant.replication_role, password=grant.replication_password, slot=grant.slot,
-                        application_name=settings.server.id)
+                        application_name=application_name)
     say(f"starting the replica on port {settings.database.port}")
     pg.start()
     pg.wait_ready()
@@ -304,23 +374,30 @@ def _wait_streaming(settings: Settings, pg: Any, timeout: float = STREAM_TIMEOUT
     raise DatabaseError(f"the replica did not stream within {timeout:g} s ({last}); {_last_error(pg)}")
 
 
-def _fresh_copy(pg: Any, settings: Settings, grant: ReplicaGrant, say: Say) -> None:
-    """A fresh base backup of the acting primary into this (cleared) data directory."""
-    near = settings.data_dir
-    with tempfile.TemporaryDirectory(prefix=".safehold-rejoin-", dir=near) as scratch:
-        backup = pg.base_backup(Path(scratch) / "backup", host=grant.primary_db_host, port=grant.primary_db_port,
-                                user=grant.replication_role, password=grant.replication_password, slot=grant.slot,
-                                sslrootcert=settings.path(settings.http.tls_ca))
-        say(f"base backup done (WAL {backup.start_lsn} to {backup.end_lsn}); installing it")
-        aside = pg.data_dir.with_name(pg.data_dir.name + ".before-rejoin")
+def _fresh_copy(pg: Any, settings: Settings, grant: ReplicaGrant, application_name: str,
+                pack: PackSource | None, say: Say) -> None:
+    """A fresh base backup of the acting primary (the pack's, or taken now) into this data directory; the
+    old one is kept aside until the new one is installed."""
+    aside = pg.data_dir.with_name(pg.data_dir.name + ".before-rejoin")
+    with tempfile.TemporaryDirectory(prefix=".safehold-rejoin-", dir=settings.data_dir) as scratch:
+        if pack is not None:
+            base_tar, wal_tar = pack.base_tar, pack.wal_tar
+            say("installing the pack's base backup")
+        else:
+            backup = pg.base_backup(Path(scratch) / "backup", host=grant.primary_db_host,
+                                    port=grant.primary_db_port, user=grant.replication_role,
+                                    password=grant.replication_password, slot=grant.slot,
+                                    sslrootcert=settings.path(settings.http.tls_ca))
+            say(f"base backup done (WAL {backup.start_lsn} to {backup.end_lsn}); installing it")
+            base_tar, wal_tar = backup.base_tar, backup.wal_tar
         if aside.exists():
             shutil.rmtree(aside)
         pg.data_dir.rename(aside)
         try:
-            pg.install_standby(backup.base_tar, backup.wal_tar, primary_host=grant.primary_db_host,
+            pg.install_standby(base_tar, wal_tar, primary_host=grant.primary_db_host,
                                primary_port=grant.primary_db_port, user=grant.replication_role,
                                password=grant.replication_password, slot=grant.slot,
-                               application_name=settings.server.id)
+                               application_name=application_name)
         except BaseException:
             shutil.rmtree(pg.data_dir, ignore_errors=True)
             aside.rename(pg.data_dir)
@@ -328,10 +405,10 @@ def _fresh_copy(pg: Any, settings: Settings, grant: ReplicaGrant, say: Say) -> N
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _write_readonly_settings(settings: Settings, grant: ReplicaGrant) -> Settings:
+def _write_readonly_settings(settings: Settings, grant: ReplicaGrant, *, server_id: str) -> Settings:
     current = load_settings(settings.data_dir, env={})
     new = current.model_copy(update={
-        "server": current.server.model_copy(update={"role": ServerRole.READONLY}),
+        "server": current.server.model_copy(update={"role": ServerRole.READONLY, "id": server_id}),
         "ha": current.ha.model_copy(update={"cluster_id": grant.cluster_id, "primary_db_host": grant.primary_db_host,
                                             "primary_db_port": grant.primary_db_port}),
     })
