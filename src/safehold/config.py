@@ -19,6 +19,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from safehold.alerts.settings import AlertsSection
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError
 
@@ -137,6 +138,7 @@ class Settings(_Section):
     security: SecuritySection = SecuritySection()
     ha: HaSection = HaSection()
     backup: BackupSection = BackupSection()
+    alerts: AlertsSection = AlertsSection()
     data_dir: Path = Field(default=Path("."), exclude=True)
 
     def path(self, p: Path) -> Path:

@@ -1,0 +1,10 @@
+"""Alerts: every HA event goes to the configured channels (email, syslog, SNMP trap, webhook) and
+the operator's event script.
+
+- :mod:`.settings` — the ``[alerts]`` configuration (imported by ``safehold.config``; keep it light);
+- :mod:`.events` — :class:`~.events.AlertEvent`, one event as the channels see it;
+- one module per channel: :mod:`.email`, :mod:`.syslog`, :mod:`.snmp`, :mod:`.webhook`, :mod:`.script`;
+- :mod:`.dispatch` — :class:`~.dispatch.Dispatcher` (queues and delivery threads) and
+  :func:`~.dispatch.send_test`;
+- :mod:`.relay` — :func:`~.relay.relay_once`, from the ``ha_events`` log to the dispatcher.
+"""

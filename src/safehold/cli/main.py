@@ -30,10 +30,12 @@ token_app = typer.Typer(help="Personal API tokens.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 key_app = typer.Typer(help="The master key.", no_args_is_help=True)
 from safehold.cli import ha_readonly, ha_secondary  # noqa: E402,F401 - they add their commands to ha_app
+from safehold.cli.alerts import alerts_app  # noqa: E402
 from safehold.cli.ha import ha_app  # noqa: E402
 
 for sub, name in ((ha_app, "ha"), (db_app, "db"), (user_app, "user"), (token_app, "token"), (audit_app, "audit"), (key_app, "key")):
     app.add_typer(sub, name=name)
+app.add_typer(alerts_app, name="alerts")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
