@@ -1,0 +1,294 @@
+"""Automatic failover as a pure decision (no I/O here).
+
+A read-only server with automatic failover enabled pings the primary every ``ping_interval``
+seconds: its database (what a promotion would replace) and its app (recorded for the message).
+A round fails when the primary **database** is unreachable: promoting while that database is
+alive would split the data, whatever its app does.
+
+After ``ping_iterations`` consecutive failed rounds the standby promotes itself, unless:
+
+- its gateway and every configured witness target are unreachable too: the fault is on its own
+  side, so it only raises the alarm ``StandbyIsolated`` (once) and clears it when its side, or
+  the primary, is reachable again;
+- it may not promote (``may_promote = false``): it raises ``FailoverNotAllowed`` instead.
+
+A successful round resets the count (and clears a raised alarm). When no gateway is known and no
+witness is configured, isolation cannot be detected and the standby promotes after the limit: the
+operator is warned of that when configuring it ('safehold ha failover').
+
+The executor (:mod:`safehold.ha.failover_agent`) gathers an :class:`Observation` each round and
+carries out the one :class:`Decision` that :func:`decide` returns; the gateway and witnesses need
+only be probed in a round where :func:`needs_witnesses` says so.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from safehold.config import FailoverSection
+from safehold.ha.probe import normalise_host, parse_target
+
+#: Alarm conditions (the first argument of a ``RaiseAlarm`` event); the values never change.
+STANDBY_ISOLATED = "StandbyIsolated"
+FAILOVER_NOT_ALLOWED = "FailoverNotAllowed"
+
+
+class Action(StrEnum):
+    NONE = "none"
+    PROMOTE = "promote"
+    RAISE_ALARM = "raise_alarm"
+    CLEAR_ALARM = "clear_alarm"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do after one round, with one human sentence that is logged (and asserted in tests).
+    For RAISE_ALARM, ``condition`` and ``message`` are the event's arguments; for CLEAR_ALARM,
+    ``message`` is its text."""
+
+    action: Action
+    message: str
+    condition: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One round of pings as the standby saw them.
+
+    ``gateway_ok`` is None when no gateway is known (or it was not probed); ``witnesses_ok`` holds
+    one result per configured witness target, empty when none is configured (or they were not
+    probed: they are consulted only in a round where :func:`needs_witnesses` is true)."""
+
+    primary_db_ok: bool
+    primary_app_ok: bool | None = None
+    gateway_ok: bool | None = None
+    witnesses_ok: tuple[bool, ...] = ()
+
+
+@dataclass(frozen=True)
+class FailoverState:
+    """What the policy remembers between rounds. ``promoted`` means the promotion was ordered (once;
+    after that the policy does nothing more)."""
+
+    consecutive_failures: int = 0
+    alarm: str | None = None  # the condition of the alarm raised, if any
+    promoted: bool = False
+
+    @property
+    def alarm_raised(self) -> bool:
+        return self.alarm is not None
+
+
+@dataclass(frozen=True)
+class FailoverPolicy:
+    """The parts of the failover settings that the decision depends on."""
+
+    ping_iterations: int = 12
+    may_promote: bool = True
+
+    @classmethod
+    def from_section(cls, section: FailoverSection) -> FailoverPolicy:
+        return cls(ping_iterations=section.ping_iterations, may_promote=section.may_promote)
+
+
+def _at_limit(failures: int, policy: FailoverPolicy) -> bool:
+    return failures >= policy.ping_iterations
+
+
+def needs_witnesses(state: FailoverState, primary_db_ok: bool, policy: FailoverPolicy) -> bool:
+    """Whether this round's decision looks at the gateway and the witnesses: only when the primary
+    database failed and the count reaches the limit while a promotion is still possible."""
+    if state.promoted or primary_db_ok or not policy.may_promote:
+        return False
+    return _at_limit(state.consecutive_failures + 1, policy)
+
+
+def isolation_detectable(obs: Observation) -> bool:
+    return obs.gateway_ok is not None or bool(obs.witnesses_ok)
+
+
+def isolated(obs: Observation) -> bool:
+    """The gateway (if known) and every witness are unreachable: the fault is on this side."""
+    return isolation_detectable(obs) and obs.gateway_ok is not True and not any(obs.witnesses_ok)
+
+
+def _describe_primary(obs: Observation) -> str:
+    app = {True: "its app answers", False: "its app does not answer either", None: "its app was not checked"}
+    return f"primary database unreachable ({app[obs.primary_app_ok]})"
+
+
+def _own_side(obs: Observation) -> str:
+    parts = []
+    if obs.gateway_ok is not None:
+        parts.append(f"gateway {'reachable' if obs.gateway_ok else 'unreachable'}")
+    if obs.witnesses_ok:
+        up = sum(obs.witnesses_ok)
+        parts.append(f"{up} of {len(obs.witnesses_ok)} witness targets reachable")
+    return ", ".join(parts) or "no gateway known and no witness configured"
+
+
+def decide(state: FailoverState, obs: Observation,
+           policy: FailoverPolicy) -> tuple[FailoverState, Decision]:
+    """The next state and the one action to carry out after a round."""
+    if state.promoted:
+        return state, Decision(Action.NONE, "promotion already ordered; nothing more to do")
+    if obs.primary_db_ok:
+        fresh = FailoverState()
+        if state.alarm is not None:
+            return fresh, Decision(Action.CLEAR_ALARM, f"{state.alarm} cleared: the primary database is "
+                                                       "reachable again")
+        return fresh, Decision(Action.NONE, "primary database reachable")
+
+    failures = min(state.consecutive_failures + 1, policy.ping_iterations)
+    n = f"{failures}/{policy.ping_iterations}"
+    failed = replace(state, consecutive_failures=failures)
+    if not _at_limit(failures, policy):
+        return failed, Decision(Action.NONE, f"ping {n} failed: {_describe_primary(obs)}")
+
+    if not policy.may_promote:
+        if state.alarm == FAILOVER_NOT_ALLOWED:
+            return failed, Decision(Action.NONE, f"ping {n} failed: {_describe_primary(obs)}; "
+                                                 "this server may not promote itself (alarm raised)")
+        return replace(failed, alarm=FAILOVER_NOT_ALLOWED), Decision(
+            Action.RAISE_ALARM,
+            f"{_describe_primary(obs)} for {policy.ping_iterations} pings in a row, but this server may "
+            "not promote itself (may_promote = false): promote a server by hand",
+            condition=FAILOVER_NOT_ALLOWED)
+
+    if isolated(obs):
+        if state.alarm == STANDBY_ISOLATED:
+            return failed, Decision(Action.NONE, f"ping {n} failed: {_describe_primary(obs)}; still "
+                                                 f"isolated ({_own_side(obs)}), not promoting")
+        return replace(failed, alarm=STANDBY_ISOLATED), Decision(
+            Action.RAISE_ALARM,
+            f"{_describe_primary(obs)} for {policy.ping_iterations} pings in a row, but so is this "
+            f"server's own side ({_own_side(obs)}): the fault is probably here; not promoting",
+            condition=STANDBY_ISOLATED)
+
+    if state.alarm is not None:
+        # the own side is back while the primary is still down: clear first; the next round (with
+        # fresh pings) promotes if the primary database is still unreachable
+        return replace(failed, alarm=None), Decision(
+            Action.CLEAR_ALARM, f"{state.alarm} cleared: this server's own side is reachable again "
+                                f"({_own_side(obs)}); the primary database is still unreachable")
+
+    why = (_own_side(obs) if isolation_detectable(obs)
+           else "isolation cannot be detected: no gateway known and no witness configured")
+    return replace(failed, promoted=True), Decision(
+        Action.PROMOTE, f"{_describe_primary(obs)} for {policy.ping_iterations} pings in a row ({why}): "
+                        "promoting this server")
+
+
+# --- validation ---------------------------------------------------------------------
+
+
+def _bounds(field: str) -> tuple[Any, Any]:
+    lo = hi = None
+    for m in FailoverSection.model_fields[field].metadata:
+        lo = getattr(m, "ge", lo)
+        hi = getattr(m, "le", hi)
+    return lo, hi
+
+
+PING_INTERVAL_BOUNDS = _bounds("ping_interval")
+PING_ITERATIONS_BOUNDS = _bounds("ping_iterations")
+MAX_WITNESSES = 3
+
+
+def _fmt(v: Any) -> str:
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+
+def range_errors(values: Mapping[str, Any]) -> list[str]:
+    """Clear messages for out-of-range ``ping_interval`` / ``ping_iterations`` values (before a
+    FailoverSection is built from them)."""
+    errors = []
+    for name, (lo, hi) in (("ping_interval", PING_INTERVAL_BOUNDS), ("ping_iterations", PING_ITERATIONS_BOUNDS)):
+        if name in values and values[name] is not None and not lo <= values[name] <= hi:
+            errors.append(f"{name} must be between {_fmt(lo)} and {_fmt(hi)} (got {_fmt(values[name])})")
+    return errors
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower().rstrip(".") in ("localhost", "localhost.localdomain")
+
+
+def validate_policy(section: FailoverSection, own_addresses: Iterable[str] | Mapping[str, str],
+                    resolved: Mapping[str, Iterable[str]] | None = None) -> list[str]:
+    """Everything wrong with a failover configuration, as messages (empty: fine).
+
+    ``own_addresses`` are the cluster's own hosts and their IP addresses (this server's public URL
+    and listen address, the primary database, every registered server), optionally mapped to what
+    they are ("the primary database"); ``resolved`` may give the addresses a witness host name
+    resolves to (looked up by the caller) so that a name of one of the cluster's own servers is
+    caught too. A loopback witness pinged with ICMP is refused as well: it always answers (with a
+    port it is a TCP check of something that can go away, e.g. a local probe agent)."""
+    errors = range_errors(section.model_dump())
+    what = dict(own_addresses) if isinstance(own_addresses, Mapping) else {a: "" for a in own_addresses}
+    own = {normalise_host(a): w for a, w in what.items() if a}
+    seen: dict[str, str] = {}
+    if len(section.witness_targets) > MAX_WITNESSES:
+        errors.append(f"at most {MAX_WITNESSES} witness targets (got {len(section.witness_targets)})")
+    for text in section.witness_targets:
+        try:
+            t = parse_target(text)
+        except ValueError as exc:
+            errors.append(f"witness {exc}")
+            continue
+        if t.key in seen:
+            errors.append(f"witness {text!r} is given twice (as {seen[t.key]!r} too)")
+            continue
+        seen[t.key] = text
+        addresses = {normalise_host(t.host)} | {normalise_host(a) for a in (resolved or {}).get(t.host, ())}
+        clash = sorted(addresses & own.keys())
+        if clash:
+            named = ", ".join(f"{a}: {own[a]}" if own[a] else a for a in clash)
+            errors.append(f"witness {text!r} is one of this cluster's own addresses ({named}): a witness must "
+                          "tell that this server's own side of the network is up, independently of the cluster")
+        elif t.port is None and any(_loopback(a) for a in addresses):
+            errors.append(f"witness {text!r} is a loopback address: it always answers, so it tells nothing "
+                          "about the network")
+    if section.gateway is not None:
+        try:
+            gw = parse_target(section.gateway)
+        except ValueError as exc:
+            errors.append(f"gateway {exc}")
+        else:
+            if gw.port is None and _loopback(gw.host):
+                errors.append(f"gateway {section.gateway!r} is a loopback address: it always answers")
+    return errors
+
+
+def warnings_for(section: FailoverSection, *, default_gateway: str | None,
+                 ping_available: bool) -> list[str]:
+    """What the operator should know about a (valid) configuration."""
+    out = []
+    if section.gateway is None and default_gateway is None and not section.witness_targets:
+        out.append("no gateway is known and no witness target is configured: this server cannot tell its "
+                   "own network failure from the primary's, and would promote itself after "
+                   f"{section.ping_iterations} failed pings even when it is the one cut off "
+                   "(add --witness or --gateway)")
+    if not ping_available:
+        icmp = [t for t in [*section.witness_targets, *([section.gateway] if section.gateway else [])]
+                if _is_icmp(t)]
+        if icmp:
+            out.append(f"there is no 'ping' program on this host: {', '.join(icmp)} cannot be pinged and count "
+                       "as unreachable (give host:port for a TCP check instead)")
+        elif section.gateway is None and default_gateway is not None:
+            out.append(f"there is no 'ping' program on this host: the default gateway {default_gateway} cannot "
+                       "be checked")
+    return out
+
+
+def _is_icmp(text: str) -> bool:
+    try:
+        return parse_target(text).port is None
+    except ValueError:
+        return False

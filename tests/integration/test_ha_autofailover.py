@@ -1,0 +1,116 @@
+"""Automatic failover (opt-in): the read-only server promotes itself after the configured number of failed
+pings of the primary — and does not when its witnesses and gateway are unreachable too."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_ha_failover import kill_app, kill_database, local
+from tests.support import Server, make_readonly, run_cli, running_server, wait_until
+
+
+class Listener:
+    """A TCP port on a loopback address that accepts and closes connections: a witness that is up
+    until it is closed."""
+
+    def __init__(self, host: str) -> None:
+        self.sock = socket.socket()
+        self.sock.bind((host, 0))
+        self.sock.listen(16)
+        self.address = f"{host}:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.close()
+
+    def close(self) -> None:
+        # shutdown wakes the thread blocked in accept(); a bare close() would leave the port listening
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+    def reopen(self) -> Listener:
+        host, port = self.address.rsplit(":", 1)
+        again = Listener.__new__(Listener)
+        again.sock = socket.socket()
+        again.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.sock.bind((host, int(port)))
+        again.sock.listen(16)
+        again.address = self.address
+        again.thread = threading.Thread(target=again._serve, daemon=True)
+        again.thread.start()
+        return again
+
+
+@pytest.fixture()
+def watched(server_root: Path) -> Iterator[tuple[Server, Server, Listener, Listener]]:
+    base = Path(tempfile.mkdtemp(dir=server_root))
+    witness, gateway = Listener("127.0.0.2"), Listener("127.0.0.3")
+    with running_server(base / "primary") as primary:
+        readonly = make_readonly(primary, base / "readonly")
+        try:
+            out = run_cli("ha", "failover", "--data-dir", str(readonly.data_dir), "--enable", "--ping-interval", "1",
+                          "--ping-iterations", "3", "--witness", witness.address, "--gateway", gateway.address)
+            assert "enabled" in out.stdout.lower(), out.stdout
+            readonly.start()
+            yield primary, readonly, witness, gateway
+        finally:
+            readonly.cleanup()
+            witness.close()
+            gateway.close()
+
+
+def test_promotes_itself_after_the_failed_pings(watched: tuple[Server, Server, Listener, Listener]) -> None:
+    primary, readonly, _, _ = watched
+    token = primary.login()
+    with primary.client(token) as c:
+        assert c.post("/resources", json={"name": "before"}).status_code == 201
+    assert local(readonly)["role"] == "readonly"
+    kill_database(primary)
+    kill_app(primary)
+    wait_until(lambda: local(readonly)["role"] == "primary", timeout=60, what="the automatic failover")
+    report = local(readonly)
+    assert report["generation"] == 2 and report["mode"] == "read-write"
+    with readonly.client(readonly.login()) as c:
+        assert c.post("/resources", json={"name": "after"}).status_code == 201
+        events = c.get("/ha/events").json()
+    failover = [e for e in events if e["kind"] == "Failover"]
+    assert len(failover) == 1 and "automatic failover after 3 failed pings" in failover[0]["message"], events
+    assert failover[0]["args"] == ["readonly", "primary"]
+
+
+def test_does_not_promote_when_its_own_side_is_cut_off(
+        watched: tuple[Server, Server, Listener, Listener]) -> None:
+    primary, readonly, witness, gateway = watched
+    witness.close()
+    gateway.close()
+    kill_database(primary)
+    kill_app(primary)
+    try:
+        alarm = wait_until(lambda: local(readonly)["alarm"], timeout=60, what="the isolation alarm")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{readonly.log()[-4000:]}") from None
+    assert alarm["condition"] == "StandbyIsolated", alarm
+    assert local(readonly)["role"] == "readonly", "promoted although its own side was cut off"
+    # its side of the network comes back while the primary is still down: now it takes over
+    witness2, gateway2 = witness.reopen(), gateway.reopen()
+    try:
+        wait_until(lambda: local(readonly)["role"] == "primary", timeout=60, what="the failover after recovery")
+        assert local(readonly)["alarm"] is None
+    finally:
+        witness2.close()
+        gateway2.close()
