@@ -127,6 +127,8 @@ def drop_replication_role(superuser: DbTarget, role: str) -> bool:
         conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
         conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
                      "WHERE usename = %s AND pid <> pg_backend_pid()", (role,))
+        for fn in REWIND_FUNCTIONS:  # the grants create_replication_role gave it
+            conn.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM {}").format(sql.SQL(fn), sql.Identifier(role)))
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
         return True
 
