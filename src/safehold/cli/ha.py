@@ -114,3 +114,24 @@ def join(
                                   name=name, say=say)
     out.print(f"[green]✓[/] {settings.server.name} joined as {settings.server.role}; "
               f"start it with: safehold serve --data-dir {settings.data_dir}", highlight=False)
+
+from safehold.cli.ha_sync import sync  # noqa: E402
+
+ha_app.command()(sync)
+
+from safehold.cli.ha_teardown import teardown  # noqa: E402
+
+ha_app.command()(teardown)
+
+
+from safehold.cli.ha_ops import promote, rejoin, switchover  # noqa: E402
+
+ha_app.command()(promote)
+ha_app.command()(rejoin)
+ha_app.command()(switchover)
+
+from safehold.cli.ha_check import check  # noqa: E402
+from safehold.cli.ha_failover import failover  # noqa: E402
+
+ha_app.command()(failover)
+ha_app.command()(check)

@@ -81,6 +81,7 @@ class HaAgent:
         self.lease: ScheduleLease | None = None
         self.alerts: Any = None  # the alert dispatcher (safehold.alerts), set by the app
         self._promote_lock = asyncio.Lock()
+        self.alarm: tuple[str, str] | None = None  # a raised alarm only this server knows of (condition, message)
         ctx = ssl.create_default_context(cafile=str(rt.settings.path(rt.settings.http.tls_ca)))
         self._http = httpx.AsyncClient(verify=ctx, timeout=rt.settings.ha.peer_timeout)
 
@@ -95,6 +96,8 @@ class HaAgent:
         elif self.rt.readonly:
             self._tasks.append(loop.create_task(self._every(self.check_peers), name="ha-peers"))
             self._tasks.append(loop.create_task(self._every(self.ship_audit), name="ha-audit-shipper"))
+            if self.rt.settings.ha.failover.enabled:
+                self._tasks.append(loop.create_task(self._failover_watch().run_forever(), name="ha-failover"))
         else:
             self._tasks.append(loop.create_task(self._every(self.heartbeat), name="ha-heartbeat"))
             # schedules (the HA monitor) run on exactly one primary/secondary: the lease holder
@@ -103,6 +106,8 @@ class HaAgent:
             jobs = {"ha-monitor": (self.interval, self.monitor)}
             if self.rt.settings.backup.every_minutes:
                 jobs["backup"] = (self.rt.settings.backup.every_minutes * 60.0, self.backup)
+            if self.alerts is not None and self.alerts.channels():
+                jobs["alerts"] = (self.interval, self.relay_alerts)
             self._tasks.append(loop.create_task(run_schedules(self.lease, jobs), name="ha-schedules"))
             from safehold.ha.syncrep import SyncGuard, guard_runs_on
 
@@ -133,6 +138,13 @@ class HaAgent:
 
     async def monitor(self) -> None:
         await monitor_once(self.rt)
+
+    async def relay_alerts(self) -> None:
+        """The events logged in the database since the last cycle go to the alert channels (the lease
+        holder only, so each goes out once)."""
+        from safehold.alerts.relay import relay_once
+
+        await relay_once(self.rt, self.alerts)
 
     async def backup(self) -> None:
         from safehold.services.backup import scheduled_backup
@@ -286,6 +298,28 @@ class HaAgent:
             await self.rt.become_primary(settings, promotion.generation)
             asyncio.get_running_loop().create_task(self._restart(), name="ha-restart")
             return promotion.generation
+
+    def _failover_watch(self) -> Any:
+        """Automatic failover (opt-in): ping the primary; promote this server after the configured number of
+        failed rounds, unless its own side of the network is down (then only an alarm)."""
+        from safehold.ha.failover_agent import FailoverWatch, registry_primary_url
+
+        n = self.rt.settings.ha.failover.ping_iterations
+
+        async def promote() -> None:
+            await self.promote_self(reason=EventKind.FAILOVER,
+                                    note=f"automatic failover after {n} failed pings of the primary")
+
+        async def raise_alarm(condition: str, message: str) -> None:
+            self.alarm = (condition, message)
+            self.publish(EventKind.RAISE_ALARM, self.rt.identity.name, message, (condition, message))
+
+        async def clear_alarm(text: str) -> None:
+            self.alarm = None
+            self.publish(EventKind.CLEAR_ALARM, self.rt.identity.name, text, (text,))
+
+        return FailoverWatch(self.rt.settings, promote=promote, raise_alarm=raise_alarm, clear_alarm=clear_alarm,
+                             primary_url=registry_primary_url(self.rt.engine))
 
     async def _wait_replayed(self, lsn: str, timeout: float) -> None:
         deadline = asyncio.get_running_loop().time() + timeout

@@ -40,9 +40,10 @@ class LocalReport:
     audit_backlog: dict[str, Any] | None
     data_age_seconds: float | None
     url: str
+    alarm: dict[str, str] | None = None  # an alarm only this server knows of (automatic failover)
 
 
-def local_report(rt: Runtime, data_age: float | None) -> LocalReport:
+def local_report(rt: Runtime, data_age: float | None, alarm: tuple[str, str] | None = None) -> LocalReport:
     db = rt.settings.database
     return LocalReport(
         server_id=rt.identity.id, server_name=rt.identity.name, role=rt.identity.role.value,
@@ -52,6 +53,7 @@ def local_report(rt: Runtime, data_age: float | None) -> LocalReport:
                   "role": "replica" if rt.identity.role == ServerRole.READONLY else "primary"},
         audit_backlog=rt.spool.backlog().as_dict() if rt.spool is not None else None,
         data_age_seconds=data_age, url=public_url(rt.settings),
+        alarm={"condition": alarm[0], "message": alarm[1]} if alarm else None,
     )
 
 

@@ -15,6 +15,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from safehold import __version__
+from safehold.alerts.dispatch import Dispatcher
 from safehold.config import Settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import AuditAction
@@ -140,6 +141,9 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         app.state.runtime = rt
         agent = HaAgent(rt)
         app.state.agent = agent
+        dispatcher = Dispatcher(rt.settings)  # alert channels; none configured: it does nothing
+        dispatcher.start()
+        app.state.alerts = agent.alerts = dispatcher
         agent.start()
         await rt.record_audit(system_event(AuditAction.SERVER_STARTED, detail={"version": __version__}))
         housekeeping = asyncio.get_running_loop().create_task(_housekeeping(rt), name="housekeeping")
@@ -148,6 +152,7 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         finally:
             housekeeping.cancel()
             await agent.stop()
+            await asyncio.to_thread(dispatcher.stop)
             try:
                 await rt.record_audit(system_event(AuditAction.SERVER_STOPPED))
             except Exception:  # noqa: BLE001 - the database may already be gone

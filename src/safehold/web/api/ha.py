@@ -56,7 +56,7 @@ async def local(request: Request, rt: RuntimeDep) -> dict[str, Any]:
     """What this server says about itself to its peers: role, database address, audit backlog.
     No authentication; it holds no secret."""
     agent = getattr(request.app.state, "agent", None)
-    return local_report(rt, agent.data_age_seconds if agent else None).__dict__
+    return local_report(rt, agent.data_age_seconds if agent else None, agent.alarm if agent else None).__dict__
 
 
 @router.patch("/servers/{server_id}", status_code=200, responses=errors(401, 403, 404, 422, 503))
