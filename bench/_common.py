@@ -1,22 +1,148 @@
-"""What the HA benchmarks share: log lines, a keep-alive HTTPS JSON client, percentiles and machine
-load.  (bench/retrieval.py stays self-contained: it imports nothing from the repository's tests.)"""
+"""What the benchmarks share: the run's frame (temporary directory, signals, clean-up of every server
+started, also on Ctrl-C, SIGTERM or an error), log lines, a keep-alive HTTPS JSON client, percentiles
+and machine load.
+
+Only the standard library at run time: bench/retrieval.py imports this module and stays
+self-contained (nothing from the repository's tests, so any interpreter runs it)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import shutil
+import signal
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from tests.support import Server
+if TYPE_CHECKING:
+    from tests.support import Server
 
 HOST = "127.0.0.1"
 
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# --- the frame of a run --------------------------------------------------------------------------------
+
+
+class Stoppable(Protocol):
+    """A server a benchmark started (tests.support.Server, or retrieval.py's own)."""
+
+    @property
+    def data_dir(self) -> Path: ...
+
+    @property
+    def log_path(self) -> Path | None: ...
+
+    def cleanup(self) -> None: ...
+
+
+@dataclass
+class Run:
+    """What :func:`bench_run` hands the benchmark: its temporary directory and the list of the servers
+    it started (append each one *before* starting or joining it, so a half-done set-up is cleaned up
+    too)."""
+
+    root: Path
+    servers: list[Stoppable] = field(default_factory=list)
+    _on_abort: list[Callable[[], object]] = field(default_factory=list)
+    _on_cleanup: list[Callable[[], object]] = field(default_factory=list)
+
+    def on_abort(self, fn: Callable[[], object]) -> None:
+        """Call ``fn`` after an interruption or an error, before the clean-up (e.g. to print the
+        figures gathered so far)."""
+        self._on_abort.append(fn)
+
+    def on_cleanup(self, fn: Callable[[], object]) -> None:
+        """Call ``fn`` first thing in the clean-up, before the servers are stopped (the last one
+        registered first): stop client threads, close connections."""
+        self._on_cleanup.append(fn)
+
+    def _aborted(self) -> None:
+        for fn in self._on_abort:
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - the clean-up must still run
+                log(f"error while reporting: {type(exc).__name__}: {exc}")
+
+
+def log_tail(server: Stoppable, lines: int = 15) -> str:
+    path = server.log_path
+    try:
+        text = path.read_text(errors="replace") if path is not None else ""
+    except OSError:
+        text = ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def bench_run(prefix: str, keep_dir: bool) -> Iterator[Run]:
+    """The frame every benchmark runs in::
+
+        ok = False
+        with bench_run("safehold-bench-x-", args.keep_dir) as run:
+            server = Server(run.root / "primary", detached=True)
+            run.servers.append(server)
+            ...
+            ok = report(...)
+        return 0 if ok else 1
+
+    SIGTERM is turned into KeyboardInterrupt and SIGINT raises it even when the bench was started
+    with SIGINT ignored (``cmd &``); the temporary directory ``root`` is readable by the bundled
+    PostgreSQL's service user.  An interruption or an error ends the body: it is logged (an error
+    with the tail of every server's log) and swallowed, and ``on_abort`` callbacks run.  Then,
+    with SIGINT and SIGTERM ignored (a second Ctrl-C must not skip it), the ``on_cleanup``
+    callbacks run and every server in ``servers`` is cleaned up, the last started first; the
+    directory is removed unless ``keep_dir``; the signal handlers are restored."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)  # the bundled PostgreSQL runs as an unprivileged service user
+    run = Run(root)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        run._aborted()
+    except Exception as exc:
+        log(f"error: {type(exc).__name__}: {exc}")
+        for s in run.servers:
+            if s.log_path is not None:
+                log(f"--- tail of {s.log_path.name} ---\n" + log_tail(s))
+        run._aborted()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            for fn in reversed(run._on_cleanup):
+                with contextlib.suppress(Exception):
+                    fn()
+            for s in reversed(run.servers):  # e.g. the read-only server (and its replica), then the primary
+                log(f"stopping {s.data_dir.name}")
+                with contextlib.suppress(Exception):
+                    s.cleanup()
+        finally:
+            if keep_dir:
+                log(f"kept {root}")
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# --- HTTP ------------------------------------------------------------------------------------------------
 
 
 class Api:

@@ -45,16 +45,12 @@ by a served password within ``--timeout``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import os
 import random
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -64,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench._common import Api, log  # noqa: E402
+from bench._common import Api, bench_run, log  # noqa: E402
 from tests.support import (  # noqa: E402
     ADMIN_PASSWORD,
     Server,
@@ -227,19 +223,12 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
-    root = Path(tempfile.mkdtemp(prefix="safehold-bench-emergency-"))
-    root.chmod(0o755)  # the bundled PostgreSQL runs as an unprivileged service user
-    servers: list[Server] = []
     outcomes: list[Outcome] = []
     ok = False
     rng = random.Random()
-    try:
+    with bench_run("safehold-bench-emergency-", args.keep_dir) as run:
+        run.on_abort(lambda: outcomes and report(outcomes, args))
+        root, servers = run.root, run.servers
         t = time.monotonic()
         primary = Server(root / "primary", detached=True)
         servers.append(primary)
@@ -291,38 +280,12 @@ def main(argv: list[str] | None = None) -> int:
                     settle = args.settle if args.settle is not None else rng.uniform(0, shown)
                     args_i = argparse.Namespace(**{**vars(args), "settle": settle})
                     log(f"{scenario} kill #{i + 1} (interval {shown:g} s)")
-                    run = run_app_kill if scenario == "app" else run_db_kill
-                    o = run(primary, readonly, token, aid, password, args_i, shown)
+                    run_kill = run_app_kill if scenario == "app" else run_db_kill
+                    o = run_kill(primary, readonly, token, aid, password, args_i, shown)
                     outcomes.append(o)
                     log(f"  served after {o.served_after if o.served_after is None else round(o.served_after, 3)}"
                         f" s; answers {o.statuses}")
         ok = report(outcomes, args)
-    except KeyboardInterrupt:
-        log("interrupted: cleaning up")
-        if outcomes:
-            report(outcomes, args)
-    except Exception as exc:
-        log(f"error: {type(exc).__name__}: {exc}")
-        for s in servers:
-            if s.log_path is not None:
-                log(f"--- tail of {s.log_path.name} ---\n" + "\n".join(s.log().splitlines()[-15:]))
-        if outcomes:
-            report(outcomes, args)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            for s in reversed(servers):  # read-only (and its replica), secondary, then the primary
-                log(f"stopping {s.data_dir.name}")
-                with contextlib.suppress(Exception):
-                    s.cleanup()
-        finally:
-            if args.keep_dir:
-                log(f"kept {root}")
-            else:
-                shutil.rmtree(root, ignore_errors=True)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return 0 if ok else 1
 
 

@@ -36,14 +36,10 @@ and the writer saw no error.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench._common import HOST, Api, busy_since, log, percentile, system_cpu  # noqa: E402
+from bench._common import HOST, Api, bench_run, busy_since, log, percentile, system_cpu  # noqa: E402
 from tests.support import ADMIN_PASSWORD, SAFEHOLD, Server, superuser_connect  # noqa: E402
 
 MB = 1024 * 1024
@@ -201,20 +197,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
-    root = Path(tempfile.mkdtemp(prefix="safehold-bench-pack-"))
-    root.chmod(0o755)  # the bundled PostgreSQL runs as an unprivileged service user
-    primary = Server(root / "primary", detached=True)
-    writer: Writer | None = None
-    thread: threading.Thread | None = None
     ok = False
     t_all = time.monotonic()
-    try:
+    with bench_run("safehold-bench-pack-", args.keep_dir) as run:
+        root = run.root
+        primary = Server(root / "primary", detached=True)
+        run.servers.append(primary)
         log(f"initialising the primary in {primary.data_dir}")
         primary.init()
         primary.start(timeout=90)
@@ -233,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
 
         writer = Writer(primary, token, ids, args.writer_rate, args.writer_max)
         thread = threading.Thread(target=writer.run, name="writer", daemon=True)
+
+        def stop_writer(w: Writer = writer, th: threading.Thread = thread) -> None:
+            w.stop.set()
+            if th.is_alive():
+                th.join(30)
+
+        run.on_cleanup(stop_writer)
         t_writer = time.perf_counter()
         thread.start()
         log(f"writer started; {args.baseline:g} s of baseline before the pack")
@@ -286,31 +281,7 @@ def main(argv: list[str] | None = None) -> int:
               f"writes_during={len(during)} write_p99_ms={percentile(during, 99) * 1000:.1f} "
               f"writer_errors={len(writer.errors)}", flush=True)
         ok = not writer.errors
-    except KeyboardInterrupt:
-        log("interrupted: cleaning up")
-    except Exception as exc:
-        log(f"error: {type(exc).__name__}: {exc}")
-        if primary.log_path is not None:
-            log(f"--- tail of {primary.log_path.name} ---\n" + "\n".join(primary.log().splitlines()[-15:]))
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            if writer is not None:
-                writer.stop.set()
-            if thread is not None:
-                thread.join(30)
-            log("stopping the primary")
-            with contextlib.suppress(Exception):
-                primary.cleanup()
-        finally:
-            if args.keep_dir:
-                log(f"kept {root}")
-            else:
-                shutil.rmtree(root, ignore_errors=True)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        log(f"total {time.monotonic() - t_all:.0f} s")
+    log(f"total {time.monotonic() - t_all:.0f} s")
     return 0 if ok else 1
 
 

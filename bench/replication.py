@@ -55,11 +55,8 @@ import argparse
 import contextlib
 import json
 import secrets
-import shutil
-import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +66,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench._common import HOST, Api, busy_since, log, percentile, system_cpu  # noqa: E402
+from bench._common import HOST, Api, bench_run, busy_since, log, percentile, system_cpu  # noqa: E402
 from tests.support import (  # noqa: E402 - after the sys.path line, so it runs from any directory
     ADMIN_PASSWORD,
     Server,
@@ -245,19 +242,11 @@ def report(args: argparse.Namespace, samples: list[Sample], timeouts: int, misma
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
-    root = Path(tempfile.mkdtemp(prefix="safehold-bench-repl-"))
-    root.chmod(0o755)  # the bundled PostgreSQL runs as an unprivileged service user
-    servers: list[Server] = []
-    closers: list[Any] = []
-    dead = socket.socket()  # bound, never listening: a URL on this port refuses connections
     ok = False
-    try:
+    with bench_run("safehold-bench-repl-", args.keep_dir) as run:
+        root, servers = run.root, run.servers
+        dead = socket.socket()  # bound, never listening: a URL on this port refuses connections
+        run.on_cleanup(dead.close)
         dead.bind((HOST, 0))
         primary = Server(root / "primary", detached=True)
         servers.append(primary)
@@ -284,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                          expect=201)["id"]
         setup.close()
         writer = Api(primary, token)
-        closers.append(writer)
+        run.on_cleanup(writer.close)
 
         def status_on_readonly(path: str, tok: str | None) -> int:
             api = Api(readonly, tok, timeout=5)
@@ -306,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_until(lambda: status_on_readonly(f"/accounts/{aid}/password", token) == 200, timeout=30,
                        what="the read-only server to serve in emergency mode")
             probe = ReadonlyApiProbe(readonly, token, aid)
-        closers.append(probe)
+        run.on_cleanup(probe.close)
 
         log(f"timing {args.changes} password changes ({args.warmup} untimed first), via {args.via}")
         before = system_cpu()
@@ -316,31 +305,6 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(probe, ReadonlyApiProbe):
             extra = f"read-only answers  {dict(sorted(probe.status_counts.items()))}"
         ok = report(args, samples, timeouts, mismatches, cut_short, load, extra)
-    except KeyboardInterrupt:
-        log("interrupted: cleaning up")
-    except Exception as exc:
-        log(f"error: {type(exc).__name__}: {exc}")
-        for s in servers:
-            if s.log_path is not None:
-                log(f"--- tail of {s.log_path.name} ---\n" + "\n".join(s.log().splitlines()[-15:]))
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            for c in closers:
-                with contextlib.suppress(Exception):
-                    c.close()
-            dead.close()
-            for s in reversed(servers):  # the read-only server (and its replica) first, then the primary
-                log(f"stopping {s.data_dir.name}")
-                s.cleanup()
-        finally:
-            if args.keep_dir:
-                log(f"kept {root}")
-            else:
-                shutil.rmtree(root, ignore_errors=True)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return 0 if ok else 1
 
 

@@ -57,20 +57,23 @@ import json
 import os
 import resource
 import secrets
-import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench._common import HOST, bench_run, log, percentile  # noqa: E402 - standard library only
+
 ADMIN_USER = "admin"
 ACCOUNTS_PER_RESOURCE = 10
 REQUEST_TIMEOUT = 10.0  # seconds; a request slower than this counts as an error
@@ -81,10 +84,6 @@ ENDPOINTS = {
     "account": ("/api/v1/accounts/{id}", b'"resource_id"'),
     "health": ("/api/v1/health", b'"status"'),
 }
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -177,6 +176,10 @@ class Server:
                            f"{self.log_tail()}")
 
     # -- stopping: everything this bench started, nothing else --------------------
+
+    def cleanup(self) -> None:
+        """What bench._common.bench_run calls at the end."""
+        self.stop()
 
     def _postmaster_pid(self) -> int | None:
         """The live postmaster of this data directory's PostgreSQL, if any."""
@@ -602,14 +605,6 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending list (0 when empty)."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, -(-len(sorted_values) * p // 100))
-    return sorted_values[int(rank) - 1]
-
-
 def report(args: argparse.Namespace, results: list[ClientResult], usage: Usage | None,
            audited: int, commits: tuple[float, float], cut_short: bool, calibration_ms: float) -> bool:
     lat = sorted(x for r in results for x in r.latencies)
@@ -712,16 +707,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    root = Path(tempfile.mkdtemp(prefix="safehold-bench-"))
-    root.chmod(0o755)  # the bundled PostgreSQL may run as an unprivileged service user
-    server = Server(args.python, root, dict(item.split("=", 1) for item in args.server_env))
     ok = False
-    try:
+    with bench_run("safehold-bench-", args.keep_dir) as run:
+        server = Server(args.python, run.root, dict(item.split("=", 1) for item in args.server_env))
+        run.servers.append(server)
         admin_password = "Bench-Admin-" + secrets.token_urlsafe(12)
         log(f"initialising a server in {server.data_dir} (https {HOST}:{server.port}, db port {server.db_port})")
         t = time.monotonic()
@@ -730,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         server.wait_healthy()
         assert server.proc is not None
-        log(f"serving (pid {server.proc.pid}); seeding {args.accounts} accounts")
+        log(f"serving (pid {server.proc.pid}, log {server.log_path}); seeding {args.accounts} accounts")
         token, ids = seed(server, admin_password, args.accounts)
         before = audited_retrievals(server, token)
         calibration_ms = calibrate()
@@ -754,24 +743,6 @@ def main(argv: list[str] | None = None) -> int:
         counters_after = audit_counters(server)
         commits = (counters_after[0] - counters_before[0], counters_after[1] - counters_before[1])
         ok = report(args, results, usage, after - before, commits, cut_short, calibration_ms)
-    except KeyboardInterrupt:
-        log("interrupted: cleaning up")
-        ok = False
-    except Exception as exc:
-        log(f"error: {type(exc).__name__}: {exc}")
-        ok = False
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            server.stop()
-        finally:
-            if args.keep_dir:
-                log(f"kept {root} (server log: {server.log_path})")
-            else:
-                shutil.rmtree(root, ignore_errors=True)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return 0 if ok else 1
 
 

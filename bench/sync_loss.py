@@ -42,10 +42,8 @@ import http.client
 import json
 import random
 import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -56,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench._common import Api, busy_since, log, percentile, system_cpu  # noqa: E402
+from bench._common import Api, Stoppable, bench_run, busy_since, log, percentile, system_cpu  # noqa: E402
 from tests.support import (  # noqa: E402
     ADMIN_PASSWORD,
     Server,
@@ -132,7 +130,7 @@ def sync_state(primary: Server, readonly: Server) -> tuple[str, str] | None:
     return (row[0], row[1]) if row else None
 
 
-def run_round(root: Path, n: int, mode: str, args: argparse.Namespace, servers: list[Server],
+def run_round(root: Path, n: int, mode: str, args: argparse.Namespace, servers: list[Stoppable],
               rng: random.Random) -> Round:
     primary = Server(root / f"{mode}{n}-primary", detached=True)
     servers.append(primary)
@@ -181,9 +179,9 @@ def run_round(root: Path, n: int, mode: str, args: argparse.Namespace, servers: 
         latencies = sorted(writes.latencies)
     log(f"[{mode} #{n}] killed the primary database after {t_kill - t0:.1f} s; {len(acknowledged)} writes "
         f"acknowledged; promoting the replica")
-    t = time.perf_counter()
+    t_promote = time.perf_counter()
     readonly.cli("ha", "promote", "--force")
-    promote_s = time.perf_counter() - t
+    promote_s = time.perf_counter() - t_promote
     with app_connect(readonly.data_dir) as conn:
         found = {r[0] for r in conn.execute("SELECT id::text FROM resources WHERE id = ANY(%s::uuid[])",
                                             (acknowledged,))}
@@ -251,53 +249,19 @@ def report(rounds: list[Round], args: argparse.Namespace, cpu: tuple[float, floa
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
-    root = Path(tempfile.mkdtemp(prefix="safehold-bench-sync-loss-"))
-    root.chmod(0o755)  # the bundled PostgreSQL runs as an unprivileged service user
-    servers: list[Server] = []
     rounds: list[Round] = []
     ok = False
     rng = random.Random()
     cpu = system_cpu()
-    try:
+    with bench_run("safehold-bench-sync-loss-", args.keep_dir) as run:
+        run.on_abort(lambda: rounds and report(rounds, args, cpu))
         modes = ["sync", "async"] if args.mode == "both" else [args.mode]
         for n in range(1, args.rounds + 1):
             for mode in modes:  # interleaved, so drift on a shared machine hits both modes alike
-                r = run_round(root, n, mode, args, servers, rng)
+                r = run_round(run.root, n, mode, args, run.servers, rng)
                 rounds.append(r)
                 log(f"[{mode} #{n}] acknowledged {r.acknowledged}, lost {r.lost}, {r.rate:.1f} writes/s")
         ok = report(rounds, args, cpu)
-    except KeyboardInterrupt:
-        log("interrupted: cleaning up")
-        if rounds:
-            report(rounds, args, cpu)
-    except Exception as exc:
-        log(f"error: {type(exc).__name__}: {exc}")
-        for s in servers:
-            if s.log_path is not None:
-                log(f"--- tail of {s.log_path.name} ---\n" + "\n".join(s.log().splitlines()[-15:]))
-        if rounds:
-            report(rounds, args, cpu)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            for s in reversed(servers):
-                log(f"stopping {s.data_dir.name}")
-                with contextlib.suppress(Exception):
-                    s.cleanup()
-        finally:
-            if args.keep_dir:
-                log(f"kept {root}")
-            else:
-                shutil.rmtree(root, ignore_errors=True)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return 0 if ok else 1
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Server, running_server
+from tests.support import Server, running_pair, running_server
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +37,10 @@ def server(server_root: Path) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def admin_token(shared_server: Server) -> str:
     return shared_server.login()
+
+
+@pytest.fixture()
+def primary_and_readonly(server_root: Path) -> Iterator[tuple[Server, Server]]:
+    """A primary and a read-only server, both serving, each its own process (see support.running_pair)."""
+    with running_pair(Path(tempfile.mkdtemp(dir=server_root))) as pair:
+        yield pair

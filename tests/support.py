@@ -271,3 +271,18 @@ def make_readonly(primary: Server, data_dir: Path, *, name: str = "readonly") ->
     join_cli(pack, data_dir, copy_key_file(primary, key), passphrase, "--port", str(readonly.port),
              "--db-port", str(readonly.db_port), "--name", name)
     return readonly
+
+
+@contextlib.contextmanager
+def running_pair(base: Path, *, before_start: Any = None) -> Iterator[tuple[Server, Server]]:
+    """The primary + read-only deployment model, both serving: a primary and a read-only server joined from
+    its setup pack (``before_start(readonly)`` may configure it first); both cleaned up afterwards."""
+    with running_server(base / "primary") as primary:
+        readonly = make_readonly(primary, base / "readonly")
+        try:
+            if before_start is not None:
+                before_start(readonly)
+            readonly.start()
+            yield primary, readonly
+        finally:
+            readonly.cleanup()

@@ -41,7 +41,7 @@ from safehold.alerts.events import AlertEvent
 from safehold.alerts.script import run_as
 from safehold.config import CONFIG_NAME, Settings
 from safehold.crypto.certs import write_tls_bundle
-from tests.support import Server, free_port, run_cli, superuser_connect, wait_until
+from tests.support import Server, free_port, make_readonly, run_cli, superuser_connect, wait_until
 
 SMTP_USER = "alerts"
 SMTP_PASSWORD = "smtp-Pa55word-not-in-logs"
@@ -716,3 +716,46 @@ def test_end_to_end_an_ha_event_reaches_every_receiver_once(receivers: Receivers
     assert all(h["signed"] for h in receivers.webhook.requests)
     assert subject_of(receivers.smtp.messages[-1]) == f"[Safehold] Failover: ro-1 took over from vault-1 ({marker})"
     no_secret_in(alerting_server.log())
+
+
+def test_real_transitions_reach_the_receivers_once_each(receivers: Receivers, alerting_server: Server,
+                                                         server_root: Path) -> None:
+    """Not logged by hand: a read-only server joins the alerting primary, then goes away. Each transition the
+    monitor sees goes out once, with the event name and the servers involved; the script gets the seed's
+    arguments (StandbyOffline <standby> <active>)."""
+    readonly = make_readonly(alerting_server, Path(tempfile.mkdtemp(dir=server_root)) / "ro-alerts",
+                             name="ro-alerts")
+    try:
+        readonly.start()
+
+        def kinds() -> list[str]:
+            return [h["body"]["event"] for h in receivers.webhook.requests]
+
+        # its arrival first (HA status Alive), so that its departure is a transition
+        wait_until(lambda: {"HAAlive", "ServerActive"} <= set(kinds()), timeout=60,
+                   what="the read-only server's arrival to be alerted")
+        receivers.clear()
+        readonly.stop()
+        wanted = {"HAFailed", "ServerInactive", "StandbyOffline"}
+        try:
+            wait_until(lambda: wanted <= set(kinds()), timeout=60, what=f"{wanted} at the webhook")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; got {kinds()}\n{alerting_server.log()[-3000:]}") from None
+        assert receivers.webhook.requests
+        deadline = time.monotonic() + 3  # a few more monitor cycles: nothing is sent twice
+        while time.monotonic() < deadline:
+            got = kinds()
+            assert len(got) == len(set(got)), got
+            time.sleep(0.2)
+        offline = next(h["body"] for h in receivers.webhook.requests if h["body"]["event"] == "StandbyOffline")
+        assert offline["args"] == ["ro-alerts", "data"], offline
+        wait_until(lambda: ["StandbyOffline", "ro-alerts", "data"] in receivers.script_runs(), timeout=30,
+                   what="the event script to run with the seed's arguments")
+        wait_until(lambda: sum("StandbyOffline" in m["content"] for m in receivers.smtp.messages) == 1, timeout=30,
+                   what="one StandbyOffline mail")
+        wait_until(lambda: sum(b"StandbyOffline" in m for _, m in receivers.syslog.messages) == 1, timeout=30,
+                   what="one StandbyOffline syslog message")
+        wait_until(lambda: sum(any(v == "StandbyOffline" for _, v in n) for n in receivers.snmp.notifications) == 1,
+                   timeout=30, what="one StandbyOffline trap")
+    finally:
+        readonly.cleanup()

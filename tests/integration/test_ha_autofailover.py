@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_ha_failover import kill_app, kill_database, local
-from tests.support import Server, make_readonly, run_cli, running_server, wait_until
+from tests.support import Server, run_cli, running_pair, wait_until
 
 
 class Listener:
@@ -60,18 +60,18 @@ class Listener:
 def watched(server_root: Path) -> Iterator[tuple[Server, Server, Listener, Listener]]:
     base = Path(tempfile.mkdtemp(dir=server_root))
     witness, gateway = Listener("127.0.0.2"), Listener("127.0.0.3")
-    with running_server(base / "primary") as primary:
-        readonly = make_readonly(primary, base / "readonly")
-        try:
-            out = run_cli("ha", "failover", "--data-dir", str(readonly.data_dir), "--enable", "--ping-interval", "1",
-                          "--ping-iterations", "3", "--witness", witness.address, "--gateway", gateway.address)
-            assert "enabled" in out.stdout.lower(), out.stdout
-            readonly.start()
+
+    def enable_failover(readonly: Server) -> None:
+        out = run_cli("ha", "failover", "--data-dir", str(readonly.data_dir), "--enable", "--ping-interval", "1",
+                      "--ping-iterations", "3", "--witness", witness.address, "--gateway", gateway.address)
+        assert "enabled" in out.stdout.lower(), out.stdout
+
+    try:
+        with running_pair(base, before_start=enable_failover) as (primary, readonly):
             yield primary, readonly, witness, gateway
-        finally:
-            readonly.cleanup()
-            witness.close()
-            gateway.close()
+    finally:
+        witness.close()
+        gateway.close()
 
 
 def test_promotes_itself_after_the_failed_pings(watched: tuple[Server, Server, Listener, Listener]) -> None:

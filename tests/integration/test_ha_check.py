@@ -18,7 +18,7 @@ import pytest
 
 from safehold.config import CONFIG_NAME, load_settings
 from safehold.crypto.keyfile import create_key_file
-from tests.support import Server, make_readonly, run_cli, running_server, wait_until
+from tests.support import Server, run_cli, running_pair, wait_until
 
 CHECKS = ["key file", "audit spool", "disk (data)", "disk (database)", "replication", "generation"]
 
@@ -26,14 +26,8 @@ CHECKS = ["key file", "audit spool", "disk (data)", "disk (database)", "replicat
 @pytest.fixture(scope="module")
 def cluster(server_root: Path) -> Iterator[tuple[Server, Server]]:
     """The primary + read-only deployment model, both serving."""
-    base = Path(tempfile.mkdtemp(dir=server_root))
-    with running_server(base / "primary") as primary:
-        readonly = make_readonly(primary, base / "readonly")
-        try:
-            readonly.start()
-            yield primary, readonly
-        finally:
-            readonly.cleanup()
+    with running_pair(Path(tempfile.mkdtemp(dir=server_root))) as pair:
+        yield pair
 
 
 def check(server: Server, env: dict[str, str] | None = None) -> tuple[int, list[str]]:

@@ -6,25 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.support import Server, app_connect, make_readonly, run_cli, running_server, wait_until
-
-
-@pytest.fixture()
-def pair(server_root: Path) -> Iterator[tuple[Server, Server]]:
-    base = Path(tempfile.mkdtemp(dir=server_root))
-    with running_server(base / "primary") as primary:
-        readonly = make_readonly(primary, base / "readonly")
-        try:
-            readonly.start()
-            yield primary, readonly
-        finally:
-            readonly.cleanup()
+from tests.support import Server, app_connect, run_cli, wait_until
 
 
 def kill_database(server: Server) -> None:
@@ -58,8 +42,8 @@ def vault_digest(data_dir: Path) -> dict[str, str]:
                                 f"FROM {t} AS t").fetchone()[0] for t in tables}
 
 
-def test_promote_fence_rejoin(pair: tuple[Server, Server]) -> None:
-    primary, readonly = pair
+def test_promote_fence_rejoin(primary_and_readonly: tuple[Server, Server]) -> None:
+    primary, readonly = primary_and_readonly
     token = primary.login()
     with primary.client(token) as c:
         assert c.post("/resources", json={"name": "before-failover"}).status_code == 201
@@ -119,8 +103,8 @@ def test_promote_fence_rejoin(pair: tuple[Server, Server]) -> None:
     assert "after-failover" in resources(primary.data_dir)
 
 
-def test_rejoin_a_lost_readonly_server_from_a_pack(pair: tuple[Server, Server]) -> None:
-    primary, readonly = pair
+def test_rejoin_a_lost_readonly_server_from_a_pack(primary_and_readonly: tuple[Server, Server]) -> None:
+    primary, readonly = primary_and_readonly
     readonly.stop()
     token = primary.login()
     with primary.client(token) as c:

@@ -112,19 +112,6 @@ def _backlog(server: Server) -> int:
         return int(c.get("/ha/local").json()["audit_backlog"]["pending"])
 
 
-@pytest.fixture()
-def primary_and_readonly(server_root: Path) -> Iterator[tuple[Server, Server]]:
-    """The primary + read-only deployment model."""
-    base = Path(tempfile.mkdtemp(dir=server_root))
-    with running_server(base / "primary") as primary:
-        readonly = make_readonly(primary, base / "readonly")
-        try:
-            readonly.start()
-            yield primary, readonly
-        finally:
-            readonly.cleanup()
-
-
 def test_cutting_the_replica_off_turns_both_statuses_failed_then_alive_each_logged_once(
         primary_and_readonly: tuple[Server, Server]) -> None:
     primary, readonly = primary_and_readonly

@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import ssl
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.support import Server, app_connect, make_readonly, run_cli, running_server, wait_until
-
-
-@pytest.fixture()
-def pair(server_root: Path) -> Iterator[tuple[Server, Server]]:
-    base = Path(tempfile.mkdtemp(dir=server_root))
-    with running_server(base / "primary") as primary:
-        readonly = make_readonly(primary, base / "readonly")
-        try:
-            readonly.start()
-            yield primary, readonly
-        finally:
-            readonly.cleanup()
+from tests.support import Server, app_connect, run_cli, wait_until
 
 
 class Writer(threading.Thread):
@@ -71,8 +56,8 @@ def names(data_dir: Path) -> set[str]:
         return {r[0] for r in conn.execute("SELECT name FROM resources")}
 
 
-def test_switchover_under_a_writer_loses_no_acknowledged_write(pair: tuple[Server, Server]) -> None:
-    primary, readonly = pair
+def test_switchover_under_a_writer_loses_no_acknowledged_write(primary_and_readonly: tuple[Server, Server]) -> None:
+    primary, readonly = primary_and_readonly
     token = primary.login()
     wait_until(lambda: readonly.client().get("/ha/local").json()["data_age_seconds"] == 0, timeout=30,
                what="the replica to stream")

@@ -12,39 +12,20 @@ the fixtures, the replicas' postmasters included, also when a test fails.
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from safehold.config import load_settings
 from safehold.services import database
 from tests.support import (
     Server,
     app_connect,
-    make_readonly,
-    running_server,
     superuser_connect,
     wait_until,
 )
 
 SYNC_STATES = ("sync", "quorum")  # 'quorum' with ANY 1 (...)
-
-
-@pytest.fixture()
-def primary_and_readonly(server_root: Path) -> Iterator[tuple[Server, Server]]:
-    base = Path(tempfile.mkdtemp(dir=server_root))
-    with running_server(base / "primary") as primary:
-        readonly = make_readonly(primary, base / "readonly")
-        try:
-            readonly.start()
-            yield primary, readonly
-        finally:
-            readonly.cleanup()
 
 
 def server_id(server: Server) -> str:

@@ -67,6 +67,12 @@ def status(data_dir: DataDir) -> None:
     from safehold.services.ha_status import cluster_status
 
     st = with_runtime(data_dir, cluster_status)
+    fence = st.get("fence")
+    if fence:
+        err.print(f"[red bold]FENCED[/]: {fence['acting_primary_name']} ({fence['acting_primary_url']}) is the acting "
+                  f"primary since generation {fence['generation']}; this server refuses every change. Rejoin it: "
+                  f"safehold ha rejoin --data-dir {data_dir} --from {fence['acting_primary_url']}", highlight=False)
+    out.print(f"Cluster {st['cluster_id']}, generation {st['generation']}", highlight=False)
     t = Table("name", "role", "status", "url", "sessions", "last seen", "id", title="Servers")
     for s in st["servers"]:
         colour = "green" if s["status"] == "active" else "red"

@@ -24,7 +24,9 @@ def snapshot_of(status: dict[str, Any]) -> Snapshot:
     rep = {REPLICAS: Health(status["replication_status"])} if status.get("replication_status") else {}
     servers = {s["name"]: Liveness(s["status"]) for s in status["servers"]}
     standbys = frozenset(s["name"] for s in status["servers"] if s["role"] == ServerRole.READONLY)
-    active = next((s["name"] for s in status["servers"] if s["role"] == ServerRole.PRIMARY), "")
+    # (a primary that was standalone when it last started is still registered as such)
+    active = next((s["name"] for role in (ServerRole.PRIMARY, ServerRole.STANDALONE) for s in status["servers"]
+                   if s["role"] == role), "")
     return Snapshot(ha, rep, servers, standbys, active)
 
 

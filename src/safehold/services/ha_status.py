@@ -136,7 +136,9 @@ async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = No
     has_replicas = bool(replicas) or any(x["role"] == ServerRole.READONLY for x in servers)
     return {
         "cluster_id": rt.cluster_id,
-        "server": {"id": rt.identity.id, "name": rt.identity.name, "role": rt.identity.role.value},
+        "generation": rt.generation,
+        "server": {"id": rt.identity.id, "name": rt.identity.name, "role": rt.identity.role.value, "mode": rt.mode},
+        "fence": dataclasses.asdict(rt.fence) if rt.fence is not None else None,
         "servers": servers,
         "databases": databases,
         "ha_status": _overall(ha) if has_replicas else None,

@@ -118,7 +118,7 @@ class Fence:
     def message(self) -> str:
         return (f"this server was superseded: {self.acting_primary_name} ({self.acting_primary_url}) is the "
                 f"acting primary since generation {self.generation}; this server refuses every change until "
-                "it is rejoined")
+                f"an operator rejoins it ('safehold ha rejoin --from {self.acting_primary_url}')")
 
 
 @dataclass
