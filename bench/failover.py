@@ -261,6 +261,8 @@ def run_round(run_root: Path, n: int, args: argparse.Namespace, servers: list[St
         api.close()
         app.wait()
         primary.proc = None
+        if accepted is None:
+            stop.set()  # timed out or interrupted: the role watch ends too
     deadline = time.monotonic() + (15 if accepted is not None else 0)
     while not role_at and watcher.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -319,9 +321,8 @@ def report(rounds: list[Round], args: argparse.Namespace, cpu: tuple[float, floa
     for i, r in enumerate(rounds, 1):
         accepted = s(r.accepted_after) if r.accepted_after is not None else f"NOT within {args.timeout:g} s"
         steps = ", ".join(f"{name} {at:.2f} s" for name, at in sorted(r.marks.items(), key=lambda kv: kv[1]))
-        print(f"  #{i:<2} write accepted after {accepted:>8}   (killed {r.settle:.2f} s into a ping cycle; "
-              f"log: {steps or 'no marks'}; /ha/local role primary {s(r.role_primary_after)}; stopped redirecting "
-              f"{s(r.not_redirected_after)})")
+        print(f"  #{i:<2} write accepted after {accepted:>8}   (read-only server's log: {steps or 'no marks'}; "
+              f"/ha/local role primary {s(r.role_primary_after)}; stopped redirecting {s(r.not_redirected_after)})")
         print(f"       answers {dict(sorted(r.statuses.items()))}" + (f", {r.relogins} re-logins" if r.relogins else ""))
     times = [r.accepted_after for r in rounds if r.accepted_after is not None]
     failed = len(rounds) - len(times)

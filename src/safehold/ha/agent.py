@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import ssl
@@ -31,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from safehold.audit.chain import ChainedRecord
 from safehold.audit.spool import ship
-from safehold.config import load_settings
+from safehold.config import CONFIG_NAME, load_settings
 from safehold.domain import ServerRole
 from safehold.errors import DatabaseError, SafeholdError
 from safehold.ha.lease import ScheduleLease, run_schedules
@@ -81,6 +82,7 @@ class HaAgent:
         self.lease: ScheduleLease | None = None
         self.alerts: Any = None  # the alert dispatcher (safehold.alerts), set by the app
         self._promote_lock = asyncio.Lock()
+        self._config_mtime: int | None = None
         self.alarm: tuple[str, str] | None = None  # a raised alarm only this server knows of (condition, message)
         ctx = ssl.create_default_context(cafile=str(rt.settings.path(rt.settings.http.tls_ca)))
         self._http = httpx.AsyncClient(verify=ctx, timeout=rt.settings.ha.peer_timeout)
@@ -175,12 +177,36 @@ class HaAgent:
 
     async def heartbeat(self) -> None:
         await self.check_generation()
+        role = await self._adopted_role()
         try:
             async with self.rt.write() as conn:
+                if role is not None:
+                    await server_store.set_role(conn, self.rt.identity.id, role)
                 await server_store.heartbeat(conn, self.rt.identity.id)
         except DatabaseError:
             await self._follow_database()
             raise
+
+    async def _adopted_role(self) -> ServerRole | None:
+        """A standalone server that 'ha pack' or 'ha add-secondary' made a primary (in its settings file)
+        is the primary from now on, not only from its next start."""
+        if self.rt.identity.role != ServerRole.STANDALONE:
+            return None
+        path = self.rt.settings.data_dir / CONFIG_NAME
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            return None
+        if mtime == self._config_mtime:
+            return None
+        self._config_mtime = mtime
+        settings = await asyncio.to_thread(load_settings, self.rt.settings.data_dir)
+        if settings.server.role != ServerRole.PRIMARY:
+            return None
+        self.rt.settings = settings
+        self.rt.identity = dataclasses.replace(self.rt.identity, role=ServerRole.PRIMARY)
+        log.info("this server is now the primary of cluster %s", settings.ha.cluster_id)
+        return ServerRole.PRIMARY
 
     async def check_generation(self) -> None:
         """Fencing: a peer of this cluster with a higher generation superseded this server."""

@@ -37,3 +37,7 @@ async def session_counts(conn: AsyncConnection) -> dict[str, int]:
          .where(auth_tokens.c.kind == "session", auth_tokens.c.expires_at > func.now())
          .group_by(auth_tokens.c.server_id))
     return {r[0]: int(r[1]) for r in await conn.execute(q)}
+
+
+async def set_role(conn: AsyncConnection, server_id: str, role: str) -> None:
+    await conn.execute(update(servers).where(servers.c.id == server_id).values(role=role))
