@@ -24,12 +24,14 @@ only be probed in a round where :func:`needs_witnesses` says so.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
-from safehold.config import FailoverSection
+from safehold.config import FailoverSection, Settings
 from safehold.ha.probe import normalise_host, parse_target
 
 #: Alarm conditions (the first argument of a ``RaiseAlarm`` event); the values never change.
@@ -203,14 +205,19 @@ def _fmt(v: Any) -> str:
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
+def range_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """:func:`range_errors`, each message with the setting it is about."""
+    problems = []
+    for name, (lo, hi) in (("ping_interval", PING_INTERVAL_BOUNDS), ("ping_iterations", PING_ITERATIONS_BOUNDS)):
+        if name in values and values[name] is not None and not lo <= values[name] <= hi:
+            problems.append((name, f"{name} must be between {_fmt(lo)} and {_fmt(hi)} (got {_fmt(values[name])})"))
+    return problems
+
+
 def range_errors(values: Mapping[str, Any]) -> list[str]:
     """Clear messages for out-of-range ``ping_interval`` / ``ping_iterations`` values (before a
     FailoverSection is built from them)."""
-    errors = []
-    for name, (lo, hi) in (("ping_interval", PING_INTERVAL_BOUNDS), ("ping_iterations", PING_ITERATIONS_BOUNDS)):
-        if name in values and values[name] is not None and not lo <= values[name] <= hi:
-            errors.append(f"{name} must be between {_fmt(lo)} and {_fmt(hi)} (got {_fmt(values[name])})")
-    return errors
+    return [m for _, m in range_problems(values)]
 
 
 def _loopback(host: str) -> bool:
@@ -230,40 +237,51 @@ def validate_policy(section: FailoverSection, own_addresses: Iterable[str] | Map
     resolves to (looked up by the caller) so that a name of one of the cluster's own servers is
     caught too. A loopback witness pinged with ICMP is refused as well: it always answers (with a
     port it is a TCP check of something that can go away, e.g. a local probe agent)."""
-    errors = range_errors(section.model_dump())
+    return [m for _, m in policy_problems(section, own_addresses, resolved)]
+
+
+def policy_problems(section: FailoverSection, own_addresses: Iterable[str] | Mapping[str, str],
+                    resolved: Mapping[str, Iterable[str]] | None = None) -> list[tuple[str, str]]:
+    """:func:`validate_policy`, each message with the setting it is about: ``ping_interval``,
+    ``ping_iterations``, ``witness_targets`` (their number), ``witness_targets.<index>`` (one of
+    them) or ``gateway`` (for a form that shows each message next to its field)."""
+    problems = range_problems(section.model_dump())
     what = dict(own_addresses) if isinstance(own_addresses, Mapping) else {a: "" for a in own_addresses}
     own = {normalise_host(a): w for a, w in what.items() if a}
     seen: dict[str, str] = {}
     if len(section.witness_targets) > MAX_WITNESSES:
-        errors.append(f"at most {MAX_WITNESSES} witness targets (got {len(section.witness_targets)})")
-    for text in section.witness_targets:
+        problems.append(("witness_targets",
+                         f"at most {MAX_WITNESSES} witness targets (got {len(section.witness_targets)})"))
+    for i, text in enumerate(section.witness_targets):
+        where = f"witness_targets.{i}"
         try:
             t = parse_target(text)
         except ValueError as exc:
-            errors.append(f"witness {exc}")
+            problems.append((where, f"witness {exc}"))
             continue
         if t.key in seen:
-            errors.append(f"witness {text!r} is given twice (as {seen[t.key]!r} too)")
+            problems.append((where, f"witness {text!r} is given twice (as {seen[t.key]!r} too)"))
             continue
         seen[t.key] = text
         addresses = {normalise_host(t.host)} | {normalise_host(a) for a in (resolved or {}).get(t.host, ())}
         clash = sorted(addresses & own.keys())
         if clash:
             named = ", ".join(f"{a}: {own[a]}" if own[a] else a for a in clash)
-            errors.append(f"witness {text!r} is one of this cluster's own addresses ({named}): a witness must "
-                          "tell that this server's own side of the network is up, independently of the cluster")
+            problems.append((where, f"witness {text!r} is one of this cluster's own addresses ({named}): a "
+                                    "witness must tell that this server's own side of the network is up, "
+                                    "independently of the cluster"))
         elif t.port is None and any(_loopback(a) for a in addresses):
-            errors.append(f"witness {text!r} is a loopback address: it always answers, so it tells nothing "
-                          "about the network")
+            problems.append((where, f"witness {text!r} is a loopback address: it always answers, so it tells "
+                                    "nothing about the network"))
     if section.gateway is not None:
         try:
             gw = parse_target(section.gateway)
         except ValueError as exc:
-            errors.append(f"gateway {exc}")
+            problems.append(("gateway", f"gateway {exc}"))
         else:
             if gw.port is None and _loopback(gw.host):
-                errors.append(f"gateway {section.gateway!r} is a loopback address: it always answers")
-    return errors
+                problems.append(("gateway", f"gateway {section.gateway!r} is a loopback address: it always answers"))
+    return problems
 
 
 def warnings_for(section: FailoverSection, *, default_gateway: str | None,
@@ -292,3 +310,83 @@ def _is_icmp(text: str) -> bool:
         return parse_target(text).port is None
     except ValueError:
         return False
+
+
+# --- checking a policy against this server and its cluster ('safehold ha failover', the settings page) ---
+
+
+def resolve_host(host: str) -> set[str]:
+    """The IP addresses ``host`` resolves to (empty when it does not); blocking (DNS)."""
+    try:
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError):
+        return set()
+
+
+def cluster_addresses(settings: Settings, servers: Iterable[Any]) -> dict[str, str]:
+    """The cluster's own hosts and the IP addresses they resolve to, each with what it is (``servers``:
+    the registered servers, rows with ``name``, ``url``, ``hostname`` and ``dns_name``); blocking (DNS)."""
+    from safehold.services.runtime import public_url
+
+    named: dict[str, list[str]] = {}
+
+    def add(host: str | None, what: str) -> None:
+        if host and host not in ("0.0.0.0", "::"):  # noqa: S104 - compared, not bound
+            named.setdefault(host, [])
+            if what not in named[host]:
+                named[host].append(what)
+
+    add(settings.ha.primary_db_host, "the primary database")
+    add(urlsplit(public_url(settings)).hostname, "this server")
+    add(settings.http.listen, "this server")
+    if settings.database.mode != "external":
+        add(settings.database.host, "this server's database")
+    for s in servers:
+        for host in (urlsplit(s.url).hostname if s.url else None, s.hostname, getattr(s, "dns_name", "")):
+            add(host, f"server {s.name}")
+    out = {h: ", ".join(w) for h, w in named.items()}
+    for host, what in list(named.items()):
+        for ip in resolve_host(host):
+            out.setdefault(ip, ", ".join(what))
+    return out
+
+
+def _all_parse(targets: Iterable[str]) -> bool:
+    try:
+        for t in targets:
+            parse_target(t)
+    except ValueError:
+        return False
+    return True
+
+
+def role_problems(settings: Settings, enabling: bool) -> list[tuple[str, str]]:
+    """Why automatic failover cannot be turned on on this server (field ``enabled``)."""
+    from safehold.domain import ServerRole
+
+    if not enabling:
+        return []
+    role = settings.server.role
+    if role != ServerRole.READONLY:
+        return [("enabled", f"automatic failover runs on a read-only server only, and this is a {role} server: "
+                            "only a read-only server has a replica of the primary database to promote")]
+    if not (settings.ha.primary_db_host and settings.ha.primary_db_port):
+        return [("enabled", "the primary database is not known (ha.primary_db_host/ha.primary_db_port): join "
+                            "this server with 'safehold ha join' first")]
+    return []
+
+
+def check_policy(settings: Settings, candidate: FailoverSection, servers: Iterable[Any], *,
+                 enabling: bool) -> list[tuple[str, str]]:
+    """Everything wrong with ``candidate`` (built with ``model_copy(update=...)``, not yet validated) as
+    the failover policy of the server of ``settings``, whose cluster registers ``servers``: ranges,
+    witnesses (also against the cluster's own addresses, resolved), gateway, and whether it may be
+    turned on here (``enabling``).  Each message comes with its field (see :func:`policy_problems`).
+    Blocking: it resolves host names."""
+    own: dict[str, str] = {}
+    resolved: dict[str, set[str]] = {}
+    if candidate.witness_targets and _all_parse(candidate.witness_targets):
+        own = cluster_addresses(settings, servers)
+        resolved = {h: resolve_host(h) for h in {parse_target(w).host for w in candidate.witness_targets}}
+    problems = policy_problems(candidate, own, resolved)
+    return problems or role_problems(settings, enabling)

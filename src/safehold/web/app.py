@@ -7,9 +7,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,11 +25,13 @@ from safehold.errors import SafeholdError
 from safehold.ha.agent import HaAgent
 from safehold.services import auth as auth_service
 from safehold.services.runtime import FencedMode, Runtime, open_runtime, system_event
-from safehold.web import errors
+from safehold.web import errors, ui
 from safehold.web.api import alerts, audit, auth, ha, ha_checks, ha_peer, system, users, vault
+from safehold.web.ui.core import LoginRequired, login_redirect
 
 log = logging.getLogger(__name__)
 API = "/api/v1"
+STATIC = Path(__file__).resolve().parent / "static"
 
 SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
@@ -57,7 +61,8 @@ class Observe:
         agent: HaAgent | None = getattr(state, "agent", None)
         path: str = scope["path"]
         fence = rt.fence if rt is not None else None
-        if fence is not None and scope["method"] not in ("GET", "HEAD", "OPTIONS") and not _served_locally(path):
+        if (fence is not None and scope["method"] not in ("GET", "HEAD", "OPTIONS") and not _served_locally(path)
+                and not _reads_by_post(path)):
             # superseded by a newer primary: not a single write, and no redirect that could hide it
             body = {"error": {"code": FencedMode.code, "message": fence.message(),
                               "hint": f"make the change on {fence.acting_primary_url}"}}
@@ -102,6 +107,13 @@ class Observe:
                 route = getattr(scope.get("route"), "path", "unmatched")
                 rt.metrics.requests.labels(scope["method"], route, str(status)).inc()
                 rt.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - start)
+
+
+def _reads_by_post(path: str) -> bool:
+    """POSTs that change no shared data (signing in and out, revealing a password): a fenced server still
+    answers them, in its read-only way (local sessions, audit to its spool)."""
+    return path in (f"{API}/auth/login", f"{API}/auth/logout", "/ui/login", "/ui/login/totp", "/ui/logout") or (
+        path.startswith("/ui/vault/accounts/") and path.endswith("/reveal"))
 
 
 def _served_locally(path: str) -> bool:
@@ -166,6 +178,9 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
                     "`Authorization: Bearer <token>` (a session token from `/auth/login` or a personal API token).",
     )
     errors.install(app)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(ui.router)
+    app.add_exception_handler(LoginRequired, lambda request, exc: login_redirect(exc))  # type: ignore[arg-type]
     for module in (system, auth, users, vault, audit, ha, ha_peer, alerts, ha_checks):
         app.include_router(module.router, prefix=API)
 
@@ -183,7 +198,9 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
-    async def root(request: Request) -> JSONResponse:
+    async def root(request: Request) -> Response:
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/ui/vault", status_code=303)  # a browser: the pages
         rt: Runtime = request.app.state.runtime
         return JSONResponse({"service": "Safehold", "version": __version__, "server": rt.identity.name,
                              "role": rt.identity.role.value, "api": f"{API}/openapi.json",

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from safehold import errors as e
@@ -50,8 +50,12 @@ def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(e.SafeholdError)
-    async def _safehold(request: Request, exc: e.SafeholdError) -> JSONResponse:
+    async def _safehold(request: Request, exc: e.SafeholdError) -> Response:
         status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
+        if request.url.path.startswith("/ui/"):
+            from safehold.web.ui.core import error_page
+
+            return await error_page(request, status, exc)
         code = getattr(exc, "code", "error") if isinstance(exc, e.ServiceError) else CODES.get(status, "error")
         if status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)

@@ -1,0 +1,167 @@
+"""What every page shares: the templates, the signed-in user, CSRF checks, the mode banner.
+
+Pages are server-rendered (Jinja2, autoescaped) and work without JavaScript; ``/static/safehold.js``
+only adds copy-to-clipboard, hide-after-reveal and live refresh.  The session is the same server-side
+session as the API's (the ``safehold_session`` cookie: HttpOnly, Secure, SameSite=Strict); every form
+carries the session's CSRF token, and a POST without the right one is refused.  The content security
+policy allows no inline script or style.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from safehold import __version__
+from safehold.domain import UserRole
+from safehold.errors import AuthenticationFailed, PermissionDenied, SafeholdError
+from safehold.services import auth
+from safehold.services.access import Principal
+from safehold.services.runtime import Runtime
+from safehold.web.deps import SESSION_COOKIE, client_ip
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]), trim_blocks=True,
+                  lstrip_blocks=True)
+CSRF_FIELD = "csrf"
+
+
+class LoginRequired(Exception):  # noqa: N818 - a redirect, not an error
+    def __init__(self, next_path: str) -> None:
+        self.next_path = next_path
+
+
+def login_redirect(exc: LoginRequired) -> RedirectResponse:
+    return RedirectResponse(f"/ui/login?next={quote(exc.next_path, safe='/')}", status_code=303)
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+async def ui_user(request: Request) -> Principal:
+    """The signed-in user (from the session cookie), or a redirect to the sign-in page."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        raise LoginRequired(request.url.path)
+    try:
+        return await auth.authenticate(runtime(request), token, client_ip(request))
+    except AuthenticationFailed:
+        raise LoginRequired(request.url.path) from None
+
+
+UiUser = Annotated[Principal, Depends(ui_user)]
+
+
+def check_csrf(p: Principal, form: Any) -> None:
+    sent = str(form.get(CSRF_FIELD, ""))
+    if not p.csrf_token or not secrets.compare_digest(sent, p.csrf_token):
+        raise PermissionDenied("this form is out of date or was not sent by Safehold's page (CSRF token)")
+
+
+def safe_next(path: str | None) -> str:
+    """Where to go after signing in: only a path of this site's pages."""
+    if path and path.startswith("/ui/") and "//" not in path and "\\" not in path:
+        return path
+    return "/ui/vault"
+
+
+@dataclass
+class Form:
+    """What the user typed (never passwords) and the messages next to the fields."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    message: str = ""
+
+    @classmethod
+    def from_error(cls, values: dict[str, str], exc: SafeholdError, default_field: str = "") -> Form:
+        name = getattr(exc, "field", None) or default_field
+        f = cls(values=values)
+        if name:
+            f.errors[name] = exc.message
+        else:
+            f.message = exc.message
+        return f
+
+
+def mode_banner(request: Request) -> dict[str, Any] | None:
+    rt = runtime(request)
+    agent = getattr(request.app.state, "agent", None)
+    if rt.fence is not None:
+        return {"kind": "fenced", "text": "This server was superseded by a newer primary and refuses every change",
+                "detail": f"Use {rt.fence.acting_primary_name} at {rt.fence.acting_primary_url}.",
+                "link": rt.fence.acting_primary_url}
+    if rt.readonly:
+        age = agent.data_age_seconds if agent is not None else None
+        when = "unknown" if age is None else f"{age:.0f} seconds ago"
+        return {"kind": "readonly", "text": f"Read-only emergency access — data as of {when}",
+                "detail": "The primary and secondary servers are down; passwords can be read, nothing can be "
+                          "changed here.", "link": None}
+    return None
+
+
+def render(request: Request, template: str, p: Principal | None = None, *, status: int = 200,
+           **context: Any) -> HTMLResponse:
+    rt = runtime(request)
+    html = env.get_template(template).render(
+        request=request, user=p, csrf=p.csrf_token if p is not None else "", banner=mode_banner(request),
+        can_write=not rt.readonly, server=rt.identity, version=__version__,
+        is_admin=p is not None and p.is_admin,
+        is_auditor=p is not None and (p.is_admin or p.role == UserRole.AUDITOR),
+        path=request.url.path, **context)
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+class PendingLogins:
+    """Between the password step and the TOTP step of a sign-in: the checked credentials, in this
+    process's memory only, for two minutes, under a random ticket (never in the page or a URL)."""
+
+    TTL = 120.0
+
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[float, str, str]] = {}
+
+    def put(self, username: str, password: str) -> str:
+        self._purge()
+        ticket = secrets.token_urlsafe(24)
+        self._items[ticket] = (time.monotonic() + self.TTL, username, password)
+        return ticket
+
+    def take(self, ticket: str) -> tuple[str, str] | None:
+        self._purge()
+        item = self._items.pop(ticket, None)
+        return (item[1], item[2]) if item else None
+
+    def peek(self, ticket: str) -> str | None:
+        self._purge()
+        item = self._items.get(ticket)
+        return item[1] if item else None
+
+    def _purge(self) -> None:
+        now = time.monotonic()
+        for k in [k for k, v in self._items.items() if v[0] < now]:
+            del self._items[k]
+
+
+async def error_page(request: Request, status: int, exc: SafeholdError) -> Response:
+    """A service error on a page: the page of the error, with the user's navigation when signed in."""
+    if isinstance(exc, AuthenticationFailed):
+        return login_redirect(LoginRequired(request.url.path))
+    p: Principal | None = None
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        try:
+            p = await auth.authenticate(runtime(request), token, client_ip(request))
+        except SafeholdError:
+            p = None
+    return render(request, "error.html", p, status=status, message=exc.message, hint=exc.hint)

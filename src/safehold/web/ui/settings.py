@@ -1,0 +1,410 @@
+"""The settings page (administrators): the automatic failover policy and the alert channels, as saved
+in safehold.toml (they take effect at the server's next start), and "Send test alert".
+
+The failover policy is checked by the same rules as 'safehold ha failover' (:func:`safehold.ha.failover.
+check_policy`); a channel by its pydantic model, each message next to its field.  What a web session
+must not be able to change stays in the file, edited on the host: the secret files' paths (their
+content is never shown either: only whether one is set), the other file paths (the event script, CA
+files, the syslog socket), and where a channel sends its secret (the SMTP server of a channel that logs
+in, the SNMP receiver, which gets the community string) — otherwise a stolen administrator session
+could send the server's secret files to a host of its choosing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticUndefined
+
+from safehold.alerts.dispatch import build_channels, send_test
+from safehold.alerts.settings import (
+    CHANNELS,
+    SYSLOG_FACILITIES,
+    EmailSection,
+    ScriptSection,
+    SnmpSection,
+    SyslogSection,
+    WebhookSection,
+)
+from safehold.config import FailoverSection, Settings, load_settings, write_settings
+from safehold.domain import ServerRole
+from safehold.errors import NotFound, PermissionDenied, SafeholdError
+from safehold.ha.failover import MAX_WITNESSES, check_policy, warnings_for
+from safehold.ha.probe import default_gateway, ping_program
+from safehold.services import access
+from safehold.services.access import Principal
+from safehold.storage import servers as server_store
+from safehold.web.ui.core import Form, UiUser, check_csrf, render, runtime
+
+router = APIRouter()
+_write_lock = asyncio.Lock()  # one change of safehold.toml at a time (read, change, write)
+
+WITNESS_INPUTS = tuple(f"witness_{i + 1}" for i in range(MAX_WITNESSES))
+CHANNEL_TITLES = {"email": "Email", "syslog": "Syslog", "snmp": "SNMP trap", "webhook": "Webhook",
+                  "script": "Event script"}
+MODELS: dict[str, type[BaseModel]] = {"email": EmailSection, "syslog": SyslogSection, "snmp": SnmpSection,
+                                      "webhook": WebhookSection, "script": ScriptSection}
+#: The field of each channel that names its secret file.
+SECRET_FILES = {"email": "password_file", "snmp": "community_file", "webhook": "secret_file"}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One field of a channel's form. ``kind``: text, int, float, select, bool, list (comma-separated),
+    path (shown, never changed here), keep (write-only: empty keeps the saved value, which is not shown)."""
+
+    name: str
+    label: str
+    kind: str = "text"
+    options: tuple[str, ...] = ()
+    hint: str = ""
+    destination: bool = False  # where the channel's secret goes: locked while a secret file is set
+
+
+SPECS: dict[str, tuple[Spec, ...]] = {
+    "email": (
+        Spec("host", "SMTP server", destination=True),
+        Spec("port", "Port", "int", destination=True),
+        Spec("security", "Security", "select", ("starttls", "tls", "none")),
+        Spec("username", "Username", hint="empty: no login"),
+        Spec("password_file", "Password file", "path"),
+        Spec("sender", "Sender"),
+        Spec("to", "Recipients", "list", hint="email addresses, separated by commas"),
+        Spec("ca_file", "CA file", "path"),
+        Spec("subject_prefix", "Subject prefix"),
+        Spec("timeout", "Timeout (seconds)", "float"),
+    ),
+    "syslog": (
+        Spec("transport", "Transport", "select", ("udp", "tcp", "unix")),
+        Spec("host", "Host"),
+        Spec("port", "Port", "int"),
+        Spec("socket", "Socket (unix transport)", "path"),
+        Spec("facility", "Facility", "select", tuple(SYSLOG_FACILITIES)),
+        Spec("app_name", "Application name"),
+        Spec("timeout", "Timeout (seconds)", "float"),
+    ),
+    "snmp": (
+        Spec("host", "Receiver", destination=True),
+        Spec("port", "Port", "int", destination=True),
+        Spec("community_file", "Community file", "path"),
+        Spec("enterprise_oid", "Enterprise OID"),
+        Spec("inform", "Send informs (acknowledged) instead of traps", "bool"),
+        Spec("timeout", "Timeout (seconds)", "float"),
+        Spec("retries", "Retries (informs)", "int"),
+    ),
+    "webhook": (
+        Spec("url", "URL", "keep", hint="the saved URL is not shown (its path may hold a token): leave empty to "
+                                        "keep it"),
+        Spec("secret_file", "Secret file", "path"),
+        Spec("ca_file", "CA file", "path"),
+        Spec("timeout", "Timeout (seconds)", "float"),
+    ),
+    "script": (
+        Spec("path", "Script", "path"),
+        Spec("timeout", "Timeout (seconds)", "float"),
+        Spec("output_limit", "Output logged (bytes)", "int"),
+    ),
+}
+
+
+def _require(p: Principal) -> None:
+    access.require(p.is_admin, "only administrators can see and change the settings")
+
+
+def _require_writable(request: Request) -> None:
+    if runtime(request).readonly:
+        raise PermissionDenied("this server is read-only: its settings are changed on its host "
+                               "('safehold ha failover', safehold.toml)")
+
+
+def _file_settings(request: Request) -> Settings:
+    """safehold.toml as saved (without environment overrides: what is written back)."""
+    return load_settings(runtime(request).settings.data_dir, env={})
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+# --- the failover policy ---------------------------------------------------------------------------
+
+
+def failover_values(section: FailoverSection) -> dict[str, str]:
+    values = {"enabled": "1" if section.enabled else "", "ping_interval": _num(section.ping_interval),
+              "ping_iterations": str(section.ping_iterations), "gateway": section.gateway or "",
+              "may_promote": "1" if section.may_promote else ""}
+    for i, name in enumerate(WITNESS_INPUTS):
+        values[name] = section.witness_targets[i] if i < len(section.witness_targets) else ""
+    return values
+
+
+def parse_failover(form: Any, current: FailoverSection) -> tuple[dict[str, str], dict[str, Any], dict[str, str],
+                                                                  list[str]]:
+    """What was typed, the changes it makes, the messages for values that are not numbers, and which
+    input each witness target came from."""
+    values = {k: str(form.get(k, "")).strip() for k in ("ping_interval", "ping_iterations", "gateway",
+                                                          *WITNESS_INPUTS)}
+    values["enabled"] = "1" if form.get("enabled") else ""
+    values["may_promote"] = "1" if form.get("may_promote") else ""
+    errors: dict[str, str] = {}
+    changes: dict[str, Any] = {"enabled": bool(values["enabled"]), "may_promote": bool(values["may_promote"])}
+    try:
+        changes["ping_interval"] = float(values["ping_interval"])
+    except ValueError:
+        errors["ping_interval"] = "enter a number of seconds"
+    try:
+        changes["ping_iterations"] = int(values["ping_iterations"])
+    except ValueError:
+        errors["ping_iterations"] = "enter a whole number"
+    given = [(name, values[name]) for name in WITNESS_INPUTS if values[name]]
+    changes["witness_targets"] = [text for _, text in given]
+    gateway = values["gateway"]
+    changes["gateway"] = None if gateway.lower() in ("", "default") else gateway
+    return values, changes, errors, [name for name, _ in given]
+
+
+def _failover_field(name: str, inputs: list[str]) -> str:
+    if name.startswith("witness_targets."):
+        i = int(name.rsplit(".", 1)[1])
+        return inputs[i] if i < len(inputs) else WITNESS_INPUTS[0]
+    return WITNESS_INPUTS[0] if name == "witness_targets" else name
+
+
+# --- the alert channels ----------------------------------------------------------------------------
+
+
+def _secret_state(settings: Settings, channel: str, section: BaseModel | None) -> str | None:
+    """Whether the channel's secret file is set (and there): never its path's content."""
+    name = SECRET_FILES.get(channel)
+    if name is None:
+        return None
+    path: Path | None = getattr(section, name, None) if section is not None else None
+    if path is None:
+        return "not set"
+    return "set" if settings.path(path).is_file() else "set, but the file is missing"
+
+
+def _locked(channel: str, spec: Spec, section: BaseModel | None) -> bool:
+    if spec.kind == "path":
+        return True
+    secret = SECRET_FILES.get(channel)
+    return spec.destination and (secret == "community_file" or (
+        section is not None and secret is not None and getattr(section, secret, None) is not None))
+
+
+def _creatable(channel: str) -> bool:
+    """A channel can be added here when none of its required fields is locked."""
+    model = MODELS[channel]
+    return not any(model.model_fields[s.name].is_required() and _locked(channel, s, None) for s in SPECS[channel])
+
+
+def _shown(spec: Spec, section: BaseModel | None, channel: str = "") -> str:
+    """The value of a field as the form shows it (a channel not configured: the model's default)."""
+    if spec.kind == "keep":
+        return ""
+    if section is None:
+        default = MODELS[channel].model_fields[spec.name].default if channel else None
+        v = None if default is PydanticUndefined else default
+    else:
+        v = getattr(section, spec.name)
+    if v is None:
+        return ""
+    if spec.kind == "list":
+        return ", ".join(v)
+    if spec.kind == "bool":
+        return "1" if v else ""
+    if spec.kind == "float":
+        return _num(v)
+    return str(v)
+
+
+def channel_values(channel: str, section: BaseModel | None) -> dict[str, str]:
+    return {s.name: _shown(s, section, channel) for s in SPECS[channel]}
+
+
+def parse_channel(channel: str, form: Any, section: BaseModel | None) -> tuple[dict[str, str], dict[str, Any]]:
+    """What was typed (locked fields: the saved value) and the data for the channel's model."""
+    values: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    for spec in SPECS[channel]:
+        if _locked(channel, spec, section):
+            values[spec.name] = _shown(spec, section)
+            saved = getattr(section, spec.name) if section is not None else None
+            if saved is not None:
+                data[spec.name] = saved
+            continue
+        if spec.kind == "bool":
+            values[spec.name] = "1" if form.get(spec.name) else ""
+            data[spec.name] = bool(values[spec.name])
+            continue
+        text = str(form.get(spec.name, "")).strip()
+        values[spec.name] = text
+        if spec.kind == "keep" and not text:
+            saved = getattr(section, spec.name) if section is not None else None
+            if saved is not None:
+                data[spec.name] = saved
+        elif spec.kind == "list":
+            items = [t.strip() for t in text.replace("\n", ",").split(",") if t.strip()]
+            data[spec.name] = items
+        elif text:
+            data[spec.name] = text
+    return values, data
+
+
+def pydantic_errors(exc: ValidationError, fields: set[str]) -> tuple[dict[str, str], str]:
+    """A message per field (the first one), and the rest (about the whole channel)."""
+    friendly = {"int_parsing": "enter a whole number", "float_parsing": "enter a number",
+                "missing": "required", "too_short": "enter at least one"}
+    errors: dict[str, str] = {}
+    general = []
+    for err in exc.errors():
+        msg = friendly.get(err["type"]) or str(err["msg"]).removeprefix("Value error, ")
+        name = str(err["loc"][0]) if err["loc"] else ""
+        if name in fields:
+            errors.setdefault(name, msg)
+        else:
+            general.append(f"{name}: {msg}" if name else msg)
+    return errors, "; ".join(general)
+
+
+# --- the page ------------------------------------------------------------------------------------------
+
+
+async def _page(request: Request, p: Principal, *, status: int = 200, failover: Form | None = None,
+                forms: dict[str, Form] | None = None, results: dict[str, tuple[bool, str]] | None = None) -> Response:
+    rt = runtime(request)
+    saved = _file_settings(request)
+    fo = saved.ha.failover
+    warnings = warnings_for(fo, default_gateway=default_gateway(), ping_available=ping_program() is not None)
+    if fo.enabled and rt.settings.server.role != ServerRole.READONLY:
+        warnings.append(f"enabled on a {rt.settings.server.role} server: it has no replica to promote, so it does "
+                        "not watch anything")
+    dispatcher = getattr(request.app.state, "alerts", None)
+    delivery: dict[str, dict[str, Any]] = dispatcher.status() if dispatcher is not None else {}
+    saved_channels = build_channels(saved)
+    channels = []
+    for name in CHANNELS:
+        section = getattr(saved.alerts, name)
+        ch = saved_channels.get(name)
+        channels.append({
+            "name": name, "title": CHANNEL_TITLES[name], "configured": section is not None,
+            "creatable": _creatable(name), "target": ch.target() if ch is not None else "",
+            "running": name in rt.settings.alerts.configured(),
+            "changed": section != getattr(rt.settings.alerts, name),
+            "secret": _secret_state(saved, name, section), "secret_field": SECRET_FILES.get(name),
+            "specs": [(s, _locked(name, s, section)) for s in SPECS[name]],
+            "form": (forms or {}).get(name) or Form(values=channel_values(name, section)),
+            "result": (results or {}).get(name), "delivery": delivery.get(name),
+        })
+    return render(request, "settings.html", p, status=status,
+                  fo_form=failover or Form(values=failover_values(fo)), fo_warnings=warnings,
+                  fo_changed=fo != rt.settings.ha.failover, witness_inputs=WITNESS_INPUTS,
+                  config_path=saved.data_dir / "safehold.toml", channels=channels,
+                  saved=request.query_params.get("saved", ""))
+
+
+@router.get("/settings", response_class=HTMLResponse)
+async def settings_page(request: Request, p: UiUser) -> Response:
+    _require(p)
+    return await _page(request, p)
+
+
+@router.post("/settings/failover", response_class=HTMLResponse)
+async def save_failover(request: Request, p: UiUser) -> Response:
+    form = await request.form()
+    check_csrf(p, form)
+    _require(p)
+    _require_writable(request)
+    rt = runtime(request)
+    async with _write_lock:
+        current = _file_settings(request)
+        fo = current.ha.failover
+        values, changes, errors, inputs = parse_failover(form, fo)
+        if not errors:
+            candidate = fo.model_copy(update=changes)  # validated below, with the CLI's messages
+            async with rt.read() as conn:
+                servers = await server_store.all_servers(conn)
+            problems = await asyncio.to_thread(check_policy, current, candidate, servers,
+                                               enabling=candidate.enabled and not fo.enabled)
+            for name, message in problems:
+                errors.setdefault(_failover_field(name, inputs), message)
+        section: FailoverSection | None = None
+        if not errors:
+            try:
+                section = FailoverSection.model_validate(candidate.model_dump())
+            except ValidationError as exc:
+                errors, general = pydantic_errors(exc, set(values))
+                if general:
+                    errors.setdefault("enabled", general)
+        if errors or section is None:
+            return await _page(request, p, status=422, failover=Form(values=values, errors=errors))
+        write_settings(current.model_copy(update={"ha": current.ha.model_copy(update={"failover": section})}))
+    return RedirectResponse("/ui/settings?saved=failover#failover", status_code=303)
+
+
+def _channel(name: str) -> str:
+    if name not in CHANNELS:
+        raise NotFound(f"there is no {name!r} alert channel")
+    return name
+
+
+@router.post("/settings/alerts/{channel}", response_class=HTMLResponse)
+async def save_channel(request: Request, channel: str, p: UiUser) -> Response:
+    form = await request.form()
+    check_csrf(p, form)
+    _require(p)
+    _channel(channel)
+    _require_writable(request)
+    async with _write_lock:
+        current = _file_settings(request)
+        section = getattr(current.alerts, channel)
+        if section is None and not _creatable(channel):
+            raise PermissionDenied(f"the {channel} channel needs a file set on the host: add an [alerts.{channel}] "
+                                   "section to safehold.toml there")
+        values, data = parse_channel(channel, form, section)
+        try:
+            new = MODELS[channel].model_validate(data)
+        except ValidationError as exc:
+            errors, general = pydantic_errors(exc, {s.name for s in SPECS[channel]})
+            f = Form(values=values, errors=errors, message=general)
+            return await _page(request, p, status=422, forms={channel: f})
+        alerts = current.alerts.model_copy(update={channel: new})
+        write_settings(current.model_copy(update={"alerts": alerts}))
+    return RedirectResponse(f"/ui/settings?saved={channel}#alerts-{channel}", status_code=303)
+
+
+@router.post("/settings/alerts/{channel}/remove", response_class=HTMLResponse)
+async def remove_channel(request: Request, channel: str, p: UiUser) -> Response:
+    form = await request.form()
+    check_csrf(p, form)
+    _require(p)
+    _channel(channel)
+    _require_writable(request)
+    async with _write_lock:
+        current = _file_settings(request)
+        alerts = current.alerts.model_copy(update={channel: None})
+        write_settings(current.model_copy(update={"alerts": alerts}))
+    return RedirectResponse(f"/ui/settings?saved={channel}#alerts-{channel}", status_code=303)
+
+
+@router.post("/settings/alerts/{channel}/test", response_class=HTMLResponse)
+async def test_channel(request: Request, channel: str, p: UiUser) -> Response:
+    """Send one test alert with the channel as saved (what the next start uses): the result, or why it
+    failed, next to the channel. It changes nothing, so a read-only server may send one too."""
+    form = await request.form()
+    check_csrf(p, form)
+    _require(p)
+    _channel(channel)
+    try:
+        settings = load_settings(runtime(request).settings.data_dir)
+        result = await asyncio.to_thread(send_test, settings, channel)
+    except SafeholdError as exc:
+        text = exc.message + (f" ({exc.hint})" if exc.hint else "")
+        return await _page(request, p, status=502, results={channel: (False, text)})
+    return await _page(request, p, results={channel: (True, result)})
