@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import ssl
@@ -26,10 +27,31 @@ ADMIN_PASSWORD = "Admin-Password-For-Tests-1"
 SAFEHOLD = [sys.executable, "-m", "safehold"]
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port on 127.0.0.1.  Under pytest-xdist each worker draws from a range of its own below
+    the kernel's ephemeral range, so two workers never pick the same port (nor a port the kernel gives an
+    outgoing connection) between choosing it and binding it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    low = 10000 + (int(worker[2:]) % 4) * 5000
+    for _ in range(500):
+        port = random.randrange(low, low + 5000)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}..{low + 4999}")
 
 
 def run_cli(*args: str, check: bool = True, input: str | None = None, timeout: float = 120,
@@ -286,3 +308,22 @@ def running_pair(base: Path, *, before_start: Any = None) -> Iterator[tuple[Serv
             yield primary, readonly
         finally:
             readonly.cleanup()
+
+
+@contextlib.contextmanager
+def running_topology(base: Path) -> Iterator[tuple[Server, Server, Server]]:
+    """The recommended deployment model, all serving: a primary, a secondary and a read-only server named
+    "primary", "secondary" and "readonly"; all cleaned up afterwards."""
+    started: list[Server] = []
+    with running_server(base / "primary") as primary:
+        try:
+            secondary = make_secondary(primary, base / "secondary", name="secondary")
+            started.append(secondary)
+            readonly = make_readonly(primary, base / "readonly", name="readonly")
+            started.append(readonly)
+            secondary.start()
+            readonly.start()
+            yield primary, secondary, readonly
+        finally:
+            for s in reversed(started):
+                s.cleanup()

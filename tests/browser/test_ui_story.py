@@ -18,7 +18,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import screenshot
-from tests.support import ADMIN_PASSWORD, Server, make_readonly, make_secondary, running_server
+from tests.support import ADMIN_PASSWORD, Server, running_topology
 
 PASSWORD = "Story-Password-4711"
 OPERATOR = ("operator", "Operator-Password-For-Tests-9")
@@ -26,20 +26,8 @@ OPERATOR = ("operator", "Operator-Password-For-Tests-9")
 
 @pytest.fixture(scope="module")
 def topology(server_root: Path) -> Iterator[tuple[Server, Server, Server]]:
-    base = Path(tempfile.mkdtemp(dir=server_root))
-    started: list[Server] = []
-    with running_server(base / "primary") as primary:
-        try:
-            secondary = make_secondary(primary, base / "secondary", name="secondary")
-            started.append(secondary)
-            readonly = make_readonly(primary, base / "readonly", name="readonly")
-            started.append(readonly)
-            secondary.start()
-            readonly.start()
-            yield primary, secondary, readonly
-        finally:
-            for s in reversed(started):
-                s.cleanup()
+    with running_topology(Path(tempfile.mkdtemp(dir=server_root))) as servers:
+        yield servers
 
 
 def enable_totp(server: Server, token: str) -> pyotp.TOTP:

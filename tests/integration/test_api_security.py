@@ -57,7 +57,7 @@ RESPONSES = [
     ("GET", "/api/v1/openapi.json", False, 200),
     ("GET", "/api/v1/me", True, 200),
     ("GET", "/api/v1/me", False, 401),
-    ("GET", f"/api/v1/resources/{uuid.uuid4()}", True, 404),
+    ("GET", "/api/v1/resources/00000000-0000-4000-8000-000000000404", True, 404),
     ("GET", "/api/v1/resources?limit=0", True, 422),
     ("PUT", "/api/v1/health", False, 405),
     ("GET", "/api/v1/no-such-route", False, 404),

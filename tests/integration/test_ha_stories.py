@@ -11,25 +11,13 @@ import pytest
 
 from safehold.config import load_settings
 from safehold.services import database
-from tests.support import Server, make_readonly, make_secondary, running_server, wait_until
+from tests.support import Server, running_topology, wait_until
 
 
 @pytest.fixture()
 def topology(server_root: Path) -> Iterator[tuple[Server, Server, Server]]:
-    base = Path(tempfile.mkdtemp(dir=server_root))
-    started: list[Server] = []
-    with running_server(base / "primary") as primary:
-        try:
-            secondary = make_secondary(primary, base / "secondary")
-            started.append(secondary)
-            readonly = make_readonly(primary, base / "readonly")
-            started.append(readonly)
-            secondary.start()
-            readonly.start()
-            yield primary, secondary, readonly
-        finally:
-            for s in reversed(started):
-                s.cleanup()
+    with running_topology(Path(tempfile.mkdtemp(dir=server_root))) as servers:
+        yield servers
 
 
 def _redirect_of(readonly: Server) -> str | None:

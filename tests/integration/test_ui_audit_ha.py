@@ -5,180 +5,16 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import tomllib
-from collections.abc import Callable, Iterator
-from html.parser import HTMLParser
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import tomli_w
 
 from safehold.config import CONFIG_NAME, load_settings
-from tests.support import ADMIN_PASSWORD, Server, free_port, wait_until
-
-VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
-
-
-# --- a small DOM, enough to find elements by id, class and attribute --------------------------------------
-
-
-class Node:
-    def __init__(self, tag: str, attrs: dict[str, str], parent: Node | None) -> None:
-        self.tag, self.attrs, self.parent = tag, attrs, parent
-        self.children: list[Node | str] = []
-
-    @property
-    def classes(self) -> set[str]:
-        return set(self.attrs.get("class", "").split())
-
-    def text(self) -> str:
-        return " ".join("".join(c if isinstance(c, str) else c.text() for c in self.children).split())
-
-    def walk(self) -> Iterator[Node]:
-        for c in self.children:
-            if isinstance(c, Node):
-                yield c
-                yield from c.walk()
-
-    def find_all(self, tag: str | None = None, cls: str | None = None, **attrs: str | None) -> list[Node]:
-        def ok(n: Node) -> bool:
-            if tag is not None and n.tag != tag:
-                return False
-            if cls is not None and cls not in n.classes:
-                return False
-            for k, v in attrs.items():
-                name = k.rstrip("_").replace("_", "-")
-                if v is None and name not in n.attrs or v is not None and n.attrs.get(name) != v:
-                    return False
-            return True
-
-        return [n for n in self.walk() if ok(n)]
-
-    def find(self, tag: str | None = None, cls: str | None = None, **attrs: str | None) -> Node:
-        found = self.find_all(tag, cls, **attrs)
-        assert found, f"no <{tag or '*'}> with class={cls} {attrs}"
-        return found[0]
-
-    def by_id(self, id_: str) -> Node:
-        return self.find(id=id_)
-
-
-class _Parser(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.root = self.cur = Node("#root", {}, None)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        node = Node(tag, {k: v or "" for k, v in attrs}, self.cur)
-        self.cur.children.append(node)
-        if tag not in VOID:
-            self.cur = node
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.cur.children.append(Node(tag, {k: v or "" for k, v in attrs}, self.cur))
-
-    def handle_endtag(self, tag: str) -> None:
-        n: Node | None = self.cur
-        while n is not None and n.tag != tag:
-            n = n.parent
-        if n is not None and n.parent is not None:
-            self.cur = n.parent
-
-    def handle_data(self, data: str) -> None:
-        self.cur.children.append(data)
-
-
-def dom(html_text: str) -> Node:
-    p = _Parser()
-    p.feed(html_text)
-    p.close()
-    return p.root
-
-
-# --- a browser without JavaScript --------------------------------------------------------------------------
-
-
-class Browser:
-    def __init__(self, server: Server) -> None:
-        self.c = httpx.Client(base_url=server.url, verify=server.ssl_context(), timeout=60,
-                              headers={"Accept": "text/html"})
-
-    def __enter__(self) -> Browser:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.c.close()
-
-    def sign_in(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> None:
-        r = self.c.post("/ui/login", data={"username": username, "password": password})
-        assert r.status_code == 303, r.text
-
-    def get(self, path: str, status: int = 200, **params: str) -> httpx.Response:
-        r = self.c.get(path, params=params or None)
-        assert r.status_code == status, (path, r.status_code, r.text[:3000])
-        if "text/html" in r.headers.get("content-type", ""):
-            assert_strict_html(r.text)
-        return r
-
-    def page(self, path: str, status: int = 200, **params: str) -> Node:
-        return dom(self.get(path, status, **params).text)
-
-    def submit(self, page_path: str, form_id: str, changes: dict[str, str | None] | None = None,
-               ) -> httpx.Response:
-        """Fill in the form ``form_id`` of the page as a browser sends it: its inputs' values (checked
-        boxes only, selected options), changed by ``changes`` (None: unchecked/removed)."""
-        form = self.page(page_path).by_id(form_id)
-        data: dict[str, str] = {}
-        for el in form.walk():
-            name = el.attrs.get("name")
-            if not name or "disabled" in el.attrs:
-                continue
-            if el.tag == "input":
-                if el.attrs.get("type") == "checkbox":
-                    if "checked" in el.attrs:
-                        data[name] = el.attrs.get("value", "on")
-                else:
-                    data[name] = el.attrs.get("value", "")
-            elif el.tag == "select":
-                chosen = [o for o in el.find_all("option") if "selected" in o.attrs] or el.find_all("option")[:1]
-                data[name] = chosen[0].attrs.get("value", "") if chosen else ""
-        for k, v in (changes or {}).items():
-            if v is None:
-                data.pop(k, None)
-            else:
-                data[k] = v
-        r = self.c.post(form.attrs["action"], data=data)
-        if "text/html" in r.headers.get("content-type", ""):
-            assert_strict_html(r.text)
-        return r
-
-    def follow(self, r: httpx.Response) -> Node:
-        assert r.status_code == 303, (r.status_code, r.text[:3000])
-        return self.page(r.headers["location"].split("#")[0])
-
-
-def assert_strict_html(text: str) -> None:
-    """What the content security policy would refuse: inline script or style, event handler attributes,
-    anything from another origin."""
-    assert "<script>" not in text and not re.search(r"<script(?![^>]*\bsrc=\"/static/)", text), "inline script"
-    assert not re.search(r"\sstyle=", text), "inline style attribute"
-    assert not re.search(r"<[^>]+\son[a-z]+=", text), "event handler attribute"
-    assert not re.search(r"(src|href|action)=\"(https?:)?//", text), "an external reference"
-
-
-def error_of(page: Node, field_id: str) -> str:
-    """The message shown next to the input ``field_id`` (its aria-describedby)."""
-    el = page.by_id(field_id)
-    assert el.attrs.get("aria-invalid") == "true", f"{field_id} is not marked invalid"
-    return page.by_id(el.attrs["aria-describedby"]).text()
-
-
-def no_csrf_refused(b: Browser, path: str, data: dict[str, str] | None = None) -> None:
-    r = b.c.post(path, data=data or {})
-    assert r.status_code == 403, (path, r.status_code)
-    r = b.c.post(path, data={**(data or {}), "csrf": "forged-token"})
-    assert r.status_code == 403, (path, r.status_code)
+from tests.support import Server, free_port, wait_until
+from tests.ui_client import Browser, Node, dom, error_of, no_csrf_refused
 
 
 def poll(what: str, fn: Callable[[], Any], timeout: float = 60) -> Any:
@@ -265,7 +101,7 @@ def test_audit_and_ha_dashboard_of_a_pair(primary_and_readonly: tuple[Server, Se
         inputs = [i for i in settings.by_id("failover-form").find_all("input") if i.attrs.get("type") != "hidden"]
         assert inputs and all("disabled" in i.attrs for i in inputs)
         assert settings.by_id("failover-form").find_all("button") == []
-        r = ro.c.post("/ui/settings/failover", data={"csrf": _csrf(ro), "ping_iterations": "3"})
+        r = ro.c.post("/ui/settings/failover", data={"csrf": ro.csrf("/ui/ha"), "ping_iterations": "3"})
         assert r.status_code == 403
 
         def shipped() -> bool:
@@ -343,7 +179,7 @@ def test_rename_a_server_in_place(server: Server) -> None:
         def rename(name: str) -> httpx.Response:
             return b.submit("/ui/ha", f"rename-form-{sid}", {"name": name})
 
-        page = b.follow(rename("  Vault A (rack 4)  "))
+        page = b.follow_page(rename("  Vault A (rack 4)  "))
         row = page.by_id("servers-table").find("tr", data_server_id=sid)
         assert row.attrs["data-server-name"] == "Vault A (rack 4)"
         assert page.by_id(form_id).attrs["value"] == "Vault A (rack 4)"
@@ -360,17 +196,12 @@ def test_rename_a_server_in_place(server: Server) -> None:
         assert b.page("/ui/ha").by_id("servers-table").find("tr", data_server_id=sid).attrs["data-server-name"] \
             == "Vault A (rack 4)"
         r = b.c.post("/ui/ha/servers/00000000-0000-0000-0000-000000000000/rename",
-                     data={"name": "ghost", "csrf": _csrf(b)})
+                     data={"name": "ghost", "csrf": b.csrf("/ui/ha")})
         assert r.status_code == 404 and "server not found" in r.text
         no_csrf_refused(b, f"/ui/ha/servers/{sid}/rename", {"name": "forged"})
         audit = b.page("/ui/audit", action="server_renamed").by_id("audit-table")
         assert len(audit.find_all("tr", data_record_id=None)) == 1
 
-
-def _csrf(b: Browser) -> str:
-    m = re.search(r'name="csrf" value="([^"]*)"', b.get("/ui/ha").text)
-    assert m
-    return m.group(1)
 
 
 # --- settings: the failover policy and the alert channels ----------------------------------------------
@@ -412,7 +243,7 @@ def test_failover_policy_form(server: Server) -> None:
         r = b.submit("/ui/settings", "failover-form", {
             "ping_interval": "7.5", "ping_iterations": "4", "witness_1": "192.0.2.10", "witness_3": "192.0.2.11:22",
             "gateway": "192.0.2.1", "may_promote": None})
-        page = b.follow(r)
+        page = b.follow_page(r)
         assert "next start" in page.by_id("failover-saved").text()
         fo = load_settings(server.data_dir, env={}).ha.failover
         assert (fo.enabled, fo.ping_interval, fo.ping_iterations, fo.witness_targets, fo.gateway, fo.may_promote) == (
@@ -458,7 +289,7 @@ def test_alert_channels(server: Server) -> None:
 
         r = b.submit("/ui/settings", "syslog-form", {"transport": "tcp", "host": "127.0.0.1", "port": str(dead),
                                                      "timeout": "3"})
-        page = b.follow(r)
+        page = b.follow_page(r)
         assert page.by_id("syslog-saved")
         saved = load_settings(server.data_dir, env={}).alerts.syslog
         assert saved is not None and (saved.transport, saved.port) == ("tcp", dead)
@@ -472,7 +303,7 @@ def test_alert_channels(server: Server) -> None:
 
         # the webhook: the URL is kept when left empty; its test fails clearly (nothing on port 1)
         r = b.submit("/ui/settings", "webhook-form", {"timeout": "2"})
-        b.follow(r)
+        b.follow_page(r)
         hook = load_settings(server.data_dir, env={}).alerts.webhook
         assert hook is not None and hook.url.endswith("path-token-xyz") and hook.timeout == 2
         r = b.submit("/ui/settings", "webhook-test")
@@ -484,7 +315,7 @@ def test_alert_channels(server: Server) -> None:
             no_csrf_refused(b, path, {"host": "192.0.2.50"})
         assert load_settings(server.data_dir, env={}).alerts.syslog is not None
 
-        page = b.follow(b.submit("/ui/settings", "syslog-remove"))
+        page = b.follow_page(b.submit("/ui/settings", "syslog-remove"))
         assert page.by_id("alerts-syslog").attrs["data-configured"] == "false"
         assert load_settings(server.data_dir, env={}).alerts.syslog is None
 

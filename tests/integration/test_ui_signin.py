@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
-import httpx
-
 from tests.support import ADMIN_PASSWORD, Server
-
-
-def browser(server: Server) -> httpx.Client:
-    return httpx.Client(base_url=server.url, verify=server.ssl_context(), timeout=30,
-                        headers={"Accept": "text/html"})
-
-
-def hidden(html: str, name: str) -> str:
-    m = re.search(rf'name="{name}" value="([^"]*)"', html)
-    assert m, f"no hidden {name} field"
-    return m.group(1)
+from tests.ui_client import client, hidden
 
 
 def test_sign_in_and_out(shared_server: Server) -> None:
-    with browser(shared_server) as b:
+    with client(shared_server) as b:
         r = b.get("/")
         assert r.status_code == 303 and r.headers["location"] == "/ui/vault"
         r = b.get("/ui/vault")

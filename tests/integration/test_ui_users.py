@@ -10,14 +10,8 @@ import uuid
 import httpx
 import pyotp
 
-from tests.integration.test_ui_vault import (
-    Browser,
-    assert_strict_page,
-    field_error,
-    input_value,
-    unique,
-)
 from tests.support import Server
+from tests.ui_client import Browser, assert_strict_html, field_error, input_value, unique
 
 
 def user_id_of(location: str) -> str:
@@ -57,7 +51,7 @@ def test_admin_adds_and_manages_a_user(shared_server: Server, admin_token: str) 
         b.sign_in()
         listing = b.get("/ui/users").text
         assert 'id="add-user"' in listing and 'data-username="admin"' in listing
-        assert_strict_page(listing)
+        assert_strict_html(listing)
 
         # bad input: messages next to the fields, what was typed kept (never the password)
         r = b.post("/ui/users", {"username": "bad name!", "full_name": "Olga Ops", "email": "olga@example.org",
@@ -171,7 +165,7 @@ def test_my_account_totp_enrolment_then_sign_in_needs_the_code(shared_server: Se
         b.sign_in(username, password)
         me = b.get("/ui/me").text
         assert shown(me, "me-totp") == "off" and 'id="totp-enrol"' in me
-        assert_strict_page(me)
+        assert_strict_html(me)
         r = b.post("/ui/me/totp", csrf_from="/ui/me")
         assert r.status_code == 200
         secret = shown(r.text, "totp-secret")

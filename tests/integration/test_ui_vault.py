@@ -8,74 +8,8 @@ import re
 import string
 import uuid
 
-import httpx
-
-from tests.support import ADMIN_PASSWORD, Server, seed_account, wait_until
-
-
-class Browser:
-    """An httpx client that behaves like a browser with JavaScript off."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.c = httpx.Client(base_url=server.url, verify=server.ssl_context(), timeout=30,
-                              headers={"Accept": "text/html"})
-
-    def __enter__(self) -> Browser:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.c.close()
-
-    def sign_in(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> None:
-        r = self.c.post("/ui/login", data={"username": username, "password": password})
-        assert r.status_code == 303, r.text
-
-    def get(self, path: str, status: int = 200) -> httpx.Response:
-        r = self.c.get(path)
-        assert r.status_code == status, (path, r.status_code, r.text[:2000])
-        return r
-
-    def post(self, path: str, data: dict[str, str] | None = None, *, csrf_from: str | None = None
-             ) -> httpx.Response:
-        """POST form data; with ``csrf_from`` (a page's path), the CSRF token of that page goes along."""
-        body = dict(data or {})
-        if csrf_from is not None:
-            body["csrf"] = hidden(self.get(csrf_from).text, "csrf")
-        return self.c.post(path, data=body)
-
-    def follow(self, r: httpx.Response) -> httpx.Response:
-        assert r.status_code == 303, (r.status_code, r.text[:2000])
-        return self.get(r.headers["location"])
-
-
-def hidden(page: str, name: str) -> str:
-    m = re.search(rf'name="{name}" value="([^"]*)"', page)
-    assert m, f"no hidden {name} field"
-    return html.unescape(m.group(1))
-
-
-def input_value(page: str, name: str) -> str:
-    """The value of the form field ``name`` (the pages' inputs have the id f-<name>)."""
-    m = re.search(rf'id="f-{name}"[^>]*?value="([^"]*)"', page)
-    assert m, f"no value of the {name} field"
-    return html.unescape(m.group(1))
-
-
-def field_error(page: str, name: str) -> str:
-    m = re.search(rf'<p class="error" id="e-{name}">([^<]*)</p>', page)
-    assert m, f"no message next to the {name} field"
-    return html.unescape(m.group(1))
-
-
-def assert_strict_page(page: str) -> None:
-    """What the content security policy demands of every page: no inline script, style or handlers."""
-    assert "<script>" not in page and "style=" not in page
-    assert not re.search(r"\son[a-z]+=", page)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+from tests.support import Server, seed_account, wait_until
+from tests.ui_client import Browser, assert_strict_html, field_error, input_value, unique
 
 
 def resource_id_of(location: str) -> str:
@@ -98,7 +32,7 @@ def test_resource_account_reveal_edit_delete(shared_server: Server, admin_token:
         listing = b.get("/ui/vault").text
         assert 'type="search"' in listing and "data-search" in listing and 'id="q"' in listing
         assert 'id="add-resource"' in listing
-        assert_strict_page(listing)
+        assert_strict_html(listing)
 
         # bad input: the form comes back with a message next to the field and what was typed
         r = b.post("/ui/vault/resources", {"name": "", "address": "db.example.internal"},
@@ -119,7 +53,7 @@ def test_resource_account_reveal_edit_delete(shared_server: Server, admin_token:
         rid = resource_id_of(r.headers["location"])
         page = b.follow(r).text
         assert name in page and "db.example.internal" in page and 'id="add-account"' in page
-        assert_strict_page(page)
+        assert_strict_html(page)
         # the same name again: a conflict, shown next to the name
         r = b.post("/ui/vault/resources", {"name": name}, csrf_from="/ui/vault/resources/new")
         assert r.status_code == 422 and "already exists" in field_error(r.text, "name")
@@ -168,7 +102,7 @@ def test_resource_account_reveal_edit_delete(shared_server: Server, admin_token:
         assert m and html.unescape(m.group(1)) == secret
         assert 'data-copy-target="#revealed-password" hidden' in r.text and "console only" in r.text
         assert secret not in str(r.url)
-        assert_strict_page(r.text)
+        assert_strict_html(r.text)
 
         # ... audited like the API's retrieval
         with shared_server.client(admin_token) as api:

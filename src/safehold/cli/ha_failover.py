@@ -4,10 +4,8 @@ at the end of cli/ha.py; self-contained so that importing it first works too).""
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -23,44 +21,13 @@ DataDir = Annotated[Path, typer.Option("--data-dir", "-d", help="The server's da
 
 
 def _fail(messages: list[str], code: int) -> None:
+    """Print the messages and exit with ``code`` (nothing when there are none)."""
+    if not messages:
+        return
     for m in messages:
         err.print(f"[bold red]error:[/] {escape(m)}", highlight=False)
     err.print("[dim]nothing was changed[/]", highlight=False)
     raise typer.Exit(code)
-
-
-def _resolve(host: str) -> set[str]:
-    try:
-        return {str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
-    except (OSError, UnicodeError):
-        return set()
-
-
-def own_addresses(settings: Settings, servers: list[Any]) -> dict[str, str]:
-    """The cluster's own hosts and the IP addresses they resolve to, each with what it is."""
-    from safehold.services.runtime import public_url
-
-    named: dict[str, list[str]] = {}
-
-    def add(host: str | None, what: str) -> None:
-        if host and host not in ("0.0.0.0", "::"):  # noqa: S104 - compared, not bound
-            named.setdefault(host, [])
-            if what not in named[host]:
-                named[host].append(what)
-
-    add(settings.ha.primary_db_host, "the primary database")
-    add(urlsplit(public_url(settings)).hostname, "this server")
-    add(settings.http.listen, "this server")
-    if settings.database.mode != "external":
-        add(settings.database.host, "this server's database")
-    for s in servers:
-        for host in (urlsplit(s.url).hostname if s.url else None, s.hostname, getattr(s, "dns_name", "")):
-            add(host, f"server {s.name}")
-    out_map = {h: ", ".join(w) for h, w in named.items()}
-    for host, what in list(named.items()):
-        for ip in _resolve(host):
-            out_map.setdefault(ip, ", ".join(what))
-    return out_map
 
 
 def _registry(data_dir: Path) -> tuple[list[Any], str | None]:
@@ -72,17 +39,6 @@ def _registry(data_dir: Path) -> tuple[list[Any], str | None]:
         return asyncio.run(read_database(load_settings(data_dir))).servers, None
     except Exception as exc:  # noqa: BLE001 - reported as a warning
         return [], f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
-
-
-def _all_parse(targets: list[str]) -> bool:
-    from safehold.ha.probe import parse_target
-
-    try:
-        for t in targets:
-            parse_target(t)
-    except ValueError:
-        return False
-    return True
 
 
 def describe(settings: Settings, section: FailoverSection, default_gateway: str | None) -> list[str]:
@@ -139,13 +95,18 @@ def failover(
     it shows the policy; invalid values are refused and nothing is changed."""
     from safehold.config import load_settings, write_settings
     from safehold.domain import ServerRole
-    from safehold.ha.failover import range_errors, validate_policy, warnings_for
-    from safehold.ha.probe import default_gateway, parse_target, ping_program
+    from safehold.ha.failover import (
+        range_errors,
+        role_problems,
+        validate_policy,
+        warnings_for,
+        witness_addresses,
+        witnesses_checkable,
+    )
+    from safehold.ha.probe import default_gateway, ping_program
 
     current = load_settings(data_dir, env={})  # the file itself: no environment override is written into it
-    errors = range_errors({"ping_interval": ping_interval, "ping_iterations": ping_iterations})
-    if errors:
-        _fail(errors, 2)
+    _fail(range_errors({"ping_interval": ping_interval, "ping_iterations": ping_iterations}), 2)
     fo = current.ha.failover
     changes: dict[str, Any] = {}
     if enable is not None:
@@ -164,23 +125,15 @@ def failover(
     candidate = fo.model_copy(update=changes)  # validated below, with clear messages
     own: dict[str, str] = {}
     resolved: dict[str, set[str]] = {}
-    if changes and candidate.witness_targets and _all_parse(candidate.witness_targets):
+    if changes and witnesses_checkable(candidate):
         servers, problem = _registry(data_dir)
         if problem is not None:
             err.print(f"[yellow]warning:[/] could not read the server registry ({escape(problem)}): the witness "
                       "targets were checked against this server's own settings only", highlight=False)
-        own = own_addresses(current, servers)
-        resolved = {h: _resolve(h) for h in {parse_target(w).host for w in candidate.witness_targets}}
-    errors = validate_policy(candidate, own, resolved)
-    if errors:
-        _fail(errors, 2)
+        own, resolved = witness_addresses(current, candidate, servers)
+    _fail(validate_policy(candidate, own, resolved), 2)
+    _fail([m for _, m in role_problems(current, bool(enable))], 1)
     role = current.server.role
-    if enable and role != ServerRole.READONLY:
-        _fail([f"automatic failover runs on a read-only server only, and this is a {role} server: only a "
-               "read-only server has a replica of the primary database to promote"], 1)
-    if enable and not (current.ha.primary_db_host and current.ha.primary_db_port):
-        _fail(["the primary database is not known (ha.primary_db_host/ha.primary_db_port): join this server "
-               "with 'safehold ha join' first"], 1)
     gw = default_gateway()
     section = FailoverSection.model_validate(candidate.model_dump())
     if changes:

@@ -351,13 +351,26 @@ def cluster_addresses(settings: Settings, servers: Iterable[Any]) -> dict[str, s
     return out
 
 
-def _all_parse(targets: Iterable[str]) -> bool:
+def witnesses_checkable(candidate: FailoverSection) -> bool:
+    """Whether the witness targets are checked against the cluster's own addresses: there are some, and
+    every one of them parses (otherwise their own messages come first)."""
     try:
-        for t in targets:
+        for t in candidate.witness_targets:
             parse_target(t)
     except ValueError:
         return False
-    return True
+    return bool(candidate.witness_targets)
+
+
+def witness_addresses(settings: Settings, candidate: FailoverSection,
+                      servers: Iterable[Any]) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """The ``own_addresses`` and ``resolved`` arguments of :func:`policy_problems` for ``candidate`` on
+    the server of ``settings`` whose cluster registers ``servers`` (both empty unless
+    :func:`witnesses_checkable`); blocking (DNS)."""
+    if not witnesses_checkable(candidate):
+        return {}, {}
+    own = cluster_addresses(settings, servers)
+    return own, {h: resolve_host(h) for h in {parse_target(w).host for w in candidate.witness_targets}}
 
 
 def role_problems(settings: Settings, enabling: bool) -> list[tuple[str, str]]:
@@ -383,10 +396,5 @@ def check_policy(settings: Settings, candidate: FailoverSection, servers: Iterab
     witnesses (also against the cluster's own addresses, resolved), gateway, and whether it may be
     turned on here (``enabling``).  Each message comes with its field (see :func:`policy_problems`).
     Blocking: it resolves host names."""
-    own: dict[str, str] = {}
-    resolved: dict[str, set[str]] = {}
-    if candidate.witness_targets and _all_parse(candidate.witness_targets):
-        own = cluster_addresses(settings, servers)
-        resolved = {h: resolve_host(h) for h in {parse_target(w).host for w in candidate.witness_targets}}
-    problems = policy_problems(candidate, own, resolved)
+    problems = policy_problems(candidate, *witness_addresses(settings, candidate, servers))
     return problems or role_problems(settings, enabling)

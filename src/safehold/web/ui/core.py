@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import Depends, Request
@@ -22,7 +23,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from safehold import __version__
 from safehold.domain import UserRole
-from safehold.errors import AuthenticationFailed, PermissionDenied, SafeholdError
+from safehold.errors import (
+    AuthenticationFailed,
+    Conflict,
+    InvalidInput,
+    PermissionDenied,
+    SafeholdError,
+)
 from safehold.services import auth
 from safehold.services.access import Principal
 from safehold.services.runtime import Runtime
@@ -32,6 +39,9 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]), trim_blocks=True,
                   lstrip_blocks=True)
 CSRF_FIELD = "csrf"
+#: The service's refusals that a form shows next to a field (anything else: the error page).
+FORM_ERRORS: tuple[type[SafeholdError], ...] = (InvalidInput, Conflict)
+T = TypeVar("T")
 
 
 class LoginRequired(Exception):  # noqa: N818 - a redirect, not an error
@@ -92,6 +102,76 @@ class Form:
         else:
             f.message = exc.message
         return f
+
+
+class Fields:
+    """Reads a submitted form: what the user typed (kept for the re-rendered form unless secret) and a
+    message per field that is not acceptable (the API's limits)."""
+
+    def __init__(self, form: Any) -> None:
+        self.form = form
+        self.values: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+
+    def raw(self, name: str) -> str:
+        value = self.form.get(name)
+        return value if isinstance(value, str) else ""
+
+    def text(self, name: str, limit: int, *, label: str = "", required: bool = False, strip: bool = True,
+             secret: bool = False) -> str:
+        value = self.raw(name)
+        if strip:
+            value = value.strip()
+        if not secret:
+            self.values[name] = value
+        label = label or name.replace("_", " ")
+        if "\x00" in value:
+            self.errors[name] = f"{label} must not contain NUL characters"
+        elif required and not value:
+            self.errors[name] = f"{label} is required"
+        elif len(value) > limit:
+            self.errors[name] = f"{label} is too long (at most {limit} characters)"
+        else:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                self.errors[name] = f"{label} must be valid Unicode text"
+        return value
+
+    def flag(self, name: str) -> bool:
+        return self.raw(name) not in ("", "0", "false", "off")
+
+    def result(self, message: str = "") -> Form:
+        return Form(values=self.values, errors=self.errors, message=message)
+
+
+async def read_fields(request: Request, p: Principal) -> Fields:
+    """The submitted form, once its CSRF token is checked."""
+    fields = Fields(await request.form())
+    check_csrf(p, fields.form)
+    return fields
+
+
+async def submit(fields: Fields, call: Callable[[], Awaitable[T]], where: str | Callable[[SafeholdError], str], *,
+                 refusals: tuple[type[SafeholdError], ...] = FORM_ERRORS) -> T | Form:
+    """The service call of a form (``call``), made when every field is acceptable: its result, or else the
+    form to show again, with the fields' messages or the service's refusal (one of ``refusals``; any
+    other error goes on to the error page) next to a field: its own (``exc.field``), else ``where``; or,
+    when ``where`` is a function, the field it names for the refusal."""
+    if fields.errors:
+        return fields.result()
+    try:
+        return await call()
+    except refusals as exc:
+        if callable(where):
+            fields.errors[where(exc)] = exc.message
+            return fields.result()
+        return Form.from_error(fields.values, exc, where)
+
+
+def see_other(url: str) -> RedirectResponse:
+    """Post/redirect/get: the page to show after a change."""
+    return RedirectResponse(url, status_code=303)
 
 
 def mode_banner(request: Request) -> dict[str, Any] | None:

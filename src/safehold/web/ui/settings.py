@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
@@ -40,7 +40,7 @@ from safehold.ha.probe import default_gateway, ping_program
 from safehold.services import access
 from safehold.services.access import Principal
 from safehold.storage import servers as server_store
-from safehold.web.ui.core import Form, UiUser, check_csrf, render, runtime
+from safehold.web.ui.core import Form, UiUser, check_csrf, render, runtime, see_other
 
 router = APIRouter()
 _write_lock = asyncio.Lock()  # one change of safehold.toml at a time (read, change, write)
@@ -121,6 +121,26 @@ def _require_writable(request: Request) -> None:
     if runtime(request).readonly:
         raise PermissionDenied("this server is read-only: its settings are changed on its host "
                                "('safehold ha failover', safehold.toml)")
+
+
+def _channel(name: str) -> str:
+    if name not in CHANNELS:
+        raise NotFound(f"there is no {name!r} alert channel")
+    return name
+
+
+async def _checked_form(request: Request, p: Principal, channel: str | None = None, *, writes: bool = True) -> Any:
+    """The submitted form, once these are checked, in this order: its CSRF token, the user's role, the
+    alert channel's name (``channel``) and, for a form that changes safehold.toml (``writes``), that this
+    server's settings may be changed here."""
+    form = await request.form()
+    check_csrf(p, form)
+    _require(p)
+    if channel is not None:
+        _channel(channel)
+    if writes:
+        _require_writable(request)
+    return form
 
 
 def _file_settings(request: Request) -> Settings:
@@ -317,10 +337,7 @@ async def settings_page(request: Request, p: UiUser) -> Response:
 
 @router.post("/settings/failover", response_class=HTMLResponse)
 async def save_failover(request: Request, p: UiUser) -> Response:
-    form = await request.form()
-    check_csrf(p, form)
-    _require(p)
-    _require_writable(request)
+    form = await _checked_form(request, p)
     rt = runtime(request)
     async with _write_lock:
         current = _file_settings(request)
@@ -345,22 +362,22 @@ async def save_failover(request: Request, p: UiUser) -> Response:
         if errors or section is None:
             return await _page(request, p, status=422, failover=Form(values=values, errors=errors))
         write_settings(current.model_copy(update={"ha": current.ha.model_copy(update={"failover": section})}))
-    return RedirectResponse("/ui/settings?saved=failover#failover", status_code=303)
+    return see_other("/ui/settings?saved=failover#failover")
 
 
-def _channel(name: str) -> str:
-    if name not in CHANNELS:
-        raise NotFound(f"there is no {name!r} alert channel")
-    return name
+def _write_channel(current: Settings, channel: str, section: BaseModel | None) -> None:
+    """safehold.toml with the channel's section replaced (None: removed)."""
+    alerts = current.alerts.model_copy(update={channel: section})
+    write_settings(current.model_copy(update={"alerts": alerts}))
+
+
+def _channel_saved(channel: str) -> Response:
+    return see_other(f"/ui/settings?saved={channel}#alerts-{channel}")
 
 
 @router.post("/settings/alerts/{channel}", response_class=HTMLResponse)
 async def save_channel(request: Request, channel: str, p: UiUser) -> Response:
-    form = await request.form()
-    check_csrf(p, form)
-    _require(p)
-    _channel(channel)
-    _require_writable(request)
+    form = await _checked_form(request, p, channel)
     async with _write_lock:
         current = _file_settings(request)
         section = getattr(current.alerts, channel)
@@ -374,33 +391,23 @@ async def save_channel(request: Request, channel: str, p: UiUser) -> Response:
             errors, general = pydantic_errors(exc, {s.name for s in SPECS[channel]})
             f = Form(values=values, errors=errors, message=general)
             return await _page(request, p, status=422, forms={channel: f})
-        alerts = current.alerts.model_copy(update={channel: new})
-        write_settings(current.model_copy(update={"alerts": alerts}))
-    return RedirectResponse(f"/ui/settings?saved={channel}#alerts-{channel}", status_code=303)
+        _write_channel(current, channel, new)
+    return _channel_saved(channel)
 
 
 @router.post("/settings/alerts/{channel}/remove", response_class=HTMLResponse)
 async def remove_channel(request: Request, channel: str, p: UiUser) -> Response:
-    form = await request.form()
-    check_csrf(p, form)
-    _require(p)
-    _channel(channel)
-    _require_writable(request)
+    await _checked_form(request, p, channel)
     async with _write_lock:
-        current = _file_settings(request)
-        alerts = current.alerts.model_copy(update={channel: None})
-        write_settings(current.model_copy(update={"alerts": alerts}))
-    return RedirectResponse(f"/ui/settings?saved={channel}#alerts-{channel}", status_code=303)
+        _write_channel(_file_settings(request), channel, None)
+    return _channel_saved(channel)
 
 
 @router.post("/settings/alerts/{channel}/test", response_class=HTMLResponse)
 async def test_channel(request: Request, channel: str, p: UiUser) -> Response:
     """Send one test alert with the channel as saved (what the next start uses): the result, or why it
     failed, next to the channel. It changes nothing, so a read-only server may send one too."""
-    form = await request.form()
-    check_csrf(p, form)
-    _require(p)
-    _channel(channel)
+    await _checked_form(request, p, channel, writes=False)
     try:
         settings = load_settings(runtime(request).settings.data_dir)
         result = await asyncio.to_thread(send_test, settings, channel)

@@ -14,16 +14,25 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from safehold.domain import UserRole
-from safehold.errors import Conflict, InvalidInput, ReauthenticationRequired
+from safehold.errors import InvalidInput, ReauthenticationRequired, SafeholdError
 from safehold.ids import parse_id
 from safehold.services import access, auth, users
 from safehold.services.access import Principal
 from safehold.services.users import Actor
-from safehold.web.ui.core import Form, UiUser, check_csrf, render, runtime
-from safehold.web.ui.vault import Fields
+from safehold.web.ui.core import (
+    FORM_ERRORS,
+    Fields,
+    Form,
+    UiUser,
+    check_csrf,
+    read_fields,
+    render,
+    runtime,
+    see_other,
+    submit,
+)
 
 router = APIRouter()
-FORM_ERRORS = (InvalidInput, Conflict)
 ROLES = [(UserRole.USER, "user: the resources shared with them"),
          (UserRole.PASSWORD_ADMINISTRATOR, "password administrator: adds resources"),
          (UserRole.AUDITOR, "auditor: reads the audit log"),
@@ -56,6 +65,15 @@ def _done(done: str) -> str:
     return DONE.get(done, "")
 
 
+async def _admin_form(request: Request, p: Principal) -> tuple[Fields, Actor]:
+    fields = await read_fields(request, p)
+    return fields, _admin(p)
+
+
+def _back(user_id: str, done: str) -> RedirectResponse:
+    return see_other(f"/ui/users/{user_id}?done={done}")
+
+
 def _days(fields: Fields) -> int | None:
     text = fields.text("days", 5)
     if not text:
@@ -64,6 +82,19 @@ def _days(fields: Fields) -> int | None:
         fields.errors["days"] = "expiry must be a whole number of days between 1 and 3650 (or empty: never)"
         return None
     return int(text)
+
+
+async def _new_token(request: Request, fields: Fields, user_id: str, actor: Actor) -> dict[str, str] | Form:
+    """An API token of ``user_id`` from the "New token" form: the token (shown once, in this response
+    only), or the form to show again."""
+    name = fields.text("name", 100, required=True)
+    days = _days(fields)
+    made = await submit(fields, lambda: auth.create_api_token(runtime(request), user_id, name, days=days,
+                                                              actor=actor.name, source_ip=actor.source_ip), "name")
+    if isinstance(made, Form):
+        return made
+    token_id, token = made
+    return {"id": token_id, "name": name, "token": token}
 
 
 # --- the list and adding ------------------------------------------------------
@@ -83,9 +114,7 @@ async def user_new(request: Request, p: UiUser) -> Response:
 
 @router.post("/users", response_class=HTMLResponse)
 async def user_create(request: Request, p: UiUser) -> Response:
-    fields = Fields(await request.form())
-    check_csrf(p, fields.form)
-    actor = _admin(p)
+    fields, actor = await _admin_form(request, p)
     username = fields.text("username", 64, required=True)
     full_name = fields.text("full_name", 200, label="full name")
     email = fields.text("email", 254)
@@ -93,17 +122,12 @@ async def user_create(request: Request, p: UiUser) -> Response:
     password = fields.text("password", 1024, required=True, strip=False, secret=True)
     if role_text not in {r.value for r, _ in ROLES}:
         fields.errors["role"] = "choose one of the roles"
-    if not fields.errors:
-        try:
-            user_id = await users.create_user(runtime(request), actor, username=username, password=password,
-                                              role=UserRole(role_text), full_name=full_name, email=email)
-        except FORM_ERRORS as exc:
-            form = Form.from_error(fields.values, exc, "username")
-        else:
-            return RedirectResponse(f"/ui/users/{user_id}?done=created", status_code=303)
-    else:
-        form = fields.result()
-    return _render(request, "users_new.html", p, form=form, roles=ROLES, status=422)
+    user_id = await submit(fields, lambda: users.create_user(runtime(request), actor, username=username,
+                                                             password=password, role=UserRole(role_text),
+                                                             full_name=full_name, email=email), "username")
+    if isinstance(user_id, Form):
+        return _render(request, "users_new.html", p, form=user_id, roles=ROLES, status=422)
+    return _back(user_id, "created")
 
 
 # --- one user -----------------------------------------------------------------
@@ -125,32 +149,17 @@ async def user_page(request: Request, user_id: str, p: UiUser, done: str = "") -
     return await _user_page(request, p, user_id, done=_done(done))
 
 
-async def _admin_form(request: Request, p: UiUser) -> tuple[Fields, Actor]:
-    fields = Fields(await request.form())
-    check_csrf(p, fields.form)
-    return fields, _admin(p)
-
-
-def _back(user_id: str, done: str) -> RedirectResponse:
-    return RedirectResponse(f"/ui/users/{user_id}?done={done}", status_code=303)
-
-
 @router.post("/users/{user_id}/profile", response_class=HTMLResponse)
 async def user_profile(request: Request, user_id: str, p: UiUser) -> Response:
     fields, actor = await _admin_form(request, p)
     uid = parse_id(user_id, "user")
     full_name = fields.text("full_name", 200, label="full name")
     email = fields.text("email", 254)
-    if not fields.errors:
-        try:
-            await users.update_user(runtime(request), actor, uid, full_name=full_name, email=email)
-        except FORM_ERRORS as exc:
-            form = Form.from_error(fields.values, exc, "full_name")
-        else:
-            return _back(uid, "profile")
-    else:
-        form = fields.result()
-    return await _user_page(request, p, uid, status=422, profile_form=form)
+    form = await submit(fields, lambda: users.update_user(runtime(request), actor, uid, full_name=full_name,
+                                                          email=email), "full_name")
+    if isinstance(form, Form):
+        return await _user_page(request, p, uid, status=422, profile_form=form)
+    return _back(uid, "profile")
 
 
 @router.post("/users/{user_id}/role", response_class=HTMLResponse)
@@ -191,17 +200,11 @@ async def user_enable(request: Request, user_id: str, p: UiUser) -> Response:
 async def user_password(request: Request, user_id: str, p: UiUser) -> Response:
     fields, actor = await _admin_form(request, p)
     uid = parse_id(user_id, "user")
-    password = fields.text("password", 1024, required=True, strip=False, secret=True)
-    if not fields.errors:
-        try:
-            await users.set_password(runtime(request), actor, uid, password)
-        except FORM_ERRORS as exc:
-            form = Form.from_error({}, exc, "password")
-        else:
-            return _back(uid, "password")
-    else:
-        form = fields.result()
-    return await _user_page(request, p, uid, status=422, password_form=form)
+    password = fields.text("password", 1024, required=True, strip=False, secret=True)  # never shown again
+    form = await submit(fields, lambda: users.set_password(runtime(request), actor, uid, password), "password")
+    if isinstance(form, Form):
+        return await _user_page(request, p, uid, status=422, password_form=form)
+    return _back(uid, "password")
 
 
 @router.post("/users/{user_id}/unlock")
@@ -228,7 +231,7 @@ async def user_delete(request: Request, user_id: str, p: UiUser) -> Response:
         await users.delete_user(runtime(request), actor, uid)
     except FORM_ERRORS as exc:
         return await _user_page(request, p, uid, status=422, status_error=exc.message)
-    return RedirectResponse("/ui/users?done=deleted", status_code=303)
+    return see_other("/ui/users?done=deleted")
 
 
 @router.post("/users/{user_id}/tokens", response_class=HTMLResponse)
@@ -236,19 +239,10 @@ async def user_token_create(request: Request, user_id: str, p: UiUser) -> Respon
     """An API token for this user (automation accounts): shown once, in this response only."""
     fields, actor = await _admin_form(request, p)
     uid = parse_id(user_id, "user")
-    name = fields.text("name", 100, required=True)
-    days = _days(fields)
-    if not fields.errors:
-        try:
-            token_id, token = await auth.create_api_token(runtime(request), uid, name, days=days, actor=actor.name,
-                                                          source_ip=actor.source_ip)
-        except FORM_ERRORS as exc:
-            form = Form.from_error(fields.values, exc, "name")
-        else:
-            return await _user_page(request, p, uid, new_token={"id": token_id, "name": name, "token": token})
-    else:
-        form = fields.result()
-    return await _user_page(request, p, uid, status=422, token_form=form)
+    made = await _new_token(request, fields, uid, actor)
+    if isinstance(made, Form):
+        return await _user_page(request, p, uid, status=422, token_form=made)
+    return await _user_page(request, p, uid, new_token=made)
 
 
 @router.post("/users/{user_id}/tokens/{token_id}/revoke")
@@ -281,8 +275,7 @@ async def me_page(request: Request, p: UiUser, done: str = "") -> Response:
 
 @router.post("/me/password", response_class=HTMLResponse)
 async def me_password(request: Request, p: UiUser) -> Response:
-    fields = Fields(await request.form())
-    check_csrf(p, fields.form)
+    fields = await read_fields(request, p)
     rt = runtime(request)
     current = fields.text("current_password", 1024, label="current password", required=True, strip=False,
                           secret=True)
@@ -301,18 +294,21 @@ async def me_password(request: Request, p: UiUser) -> Response:
             fields.errors["new_password"] = exc.message
     if me.totp_enabled and not code:
         fields.errors["totp"] = "enter the code from your authenticator app"
-    if not fields.errors:
-        try:
-            await auth.reauthenticate(rt, p, current, code or None)
-            await users.set_password(rt, Actor(p.username, p.source_ip), p.user_id, new, own=True)
-        except ReauthenticationRequired as exc:
-            fields.errors["totp" if me.totp_enabled and "TOTP" in exc.message else "current_password"] = exc.message
-        except FORM_ERRORS as exc:
-            fields.errors["new_password"] = exc.message
-        else:
-            # every session of the user ended with the change, this one too: sign in with the new password
-            return RedirectResponse("/ui/login?next=/ui/me", status_code=303)
-    return await _me_page(request, p, status=422, password_form=fields.result())
+
+    async def change() -> None:
+        await auth.reauthenticate(rt, p, current, code or None)
+        await users.set_password(rt, Actor(p.username, p.source_ip), p.user_id, new, own=True)
+
+    def where(exc: SafeholdError) -> str:
+        if isinstance(exc, ReauthenticationRequired):
+            return "totp" if me.totp_enabled and "TOTP" in exc.message else "current_password"
+        return "new_password"
+
+    form = await submit(fields, change, where, refusals=(ReauthenticationRequired, *FORM_ERRORS))
+    if isinstance(form, Form):
+        return await _me_page(request, p, status=422, password_form=form)
+    # every session of the user ended with the change, this one too: sign in with the new password
+    return see_other("/ui/login?next=/ui/me")
 
 
 @router.post("/me/totp", response_class=HTMLResponse)
@@ -328,43 +324,28 @@ async def me_totp_enrol(request: Request, p: UiUser) -> Response:
 
 @router.post("/me/totp/confirm", response_class=HTMLResponse)
 async def me_totp_confirm(request: Request, p: UiUser) -> Response:
-    fields = Fields(await request.form())
-    check_csrf(p, fields.form)
+    fields = await read_fields(request, p)
     code = fields.text("code", 16, required=True).replace(" ", "")
     if not fields.errors and not code.isdigit():
         fields.errors["code"] = "enter the 6-digit code from your authenticator app"
-    if not fields.errors:
-        try:
-            await auth.totp_confirm(runtime(request), p, code)
-        except InvalidInput as exc:
-            fields.errors["code"] = exc.message
-        else:
-            return RedirectResponse("/ui/me?done=totp_enabled", status_code=303)
-    return await _me_page(request, p, status=422, totp_form=fields.result())
+    form = await submit(fields, lambda: auth.totp_confirm(runtime(request), p, code), "code", refusals=(InvalidInput,))
+    if isinstance(form, Form):
+        return await _me_page(request, p, status=422, totp_form=form)
+    return see_other("/ui/me?done=totp_enabled")
 
 
 @router.post("/me/tokens", response_class=HTMLResponse)
 async def me_token_create(request: Request, p: UiUser) -> Response:
     """A personal API token: shown once, in this response only."""
-    fields = Fields(await request.form())
-    check_csrf(p, fields.form)
-    name = fields.text("name", 100, required=True)
-    days = _days(fields)
-    if not fields.errors:
-        try:
-            token_id, token = await auth.create_api_token(runtime(request), p.user_id, name, days=days,
-                                                          actor=p.username, source_ip=p.source_ip)
-        except FORM_ERRORS as exc:
-            form = Form.from_error(fields.values, exc, "name")
-        else:
-            return await _me_page(request, p, new_token={"id": token_id, "name": name, "token": token})
-    else:
-        form = fields.result()
-    return await _me_page(request, p, status=422, token_form=form)
+    fields = await read_fields(request, p)
+    made = await _new_token(request, fields, p.user_id, Actor(p.username, p.source_ip))
+    if isinstance(made, Form):
+        return await _me_page(request, p, status=422, token_form=made)
+    return await _me_page(request, p, new_token=made)
 
 
 @router.post("/me/tokens/{token_id}/revoke")
 async def me_token_revoke(request: Request, token_id: str, p: UiUser) -> Response:
     check_csrf(p, await request.form())
     await auth.revoke_api_token(runtime(request), p, parse_id(token_id, "token"))
-    return RedirectResponse("/ui/me?done=revoked#tokens", status_code=303)
+    return see_other("/ui/me?done=revoked#tokens")

@@ -10,61 +10,30 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
 from safehold.domain import Permission
-from safehold.errors import Conflict, InvalidInput, NotFound
+from safehold.errors import InvalidInput, NotFound
 from safehold.services import access, users, vault
 from safehold.services.access import Principal
 from safehold.services.passwords import PasswordPolicy, generate
 from safehold.services.vault import ResourceInput
-from safehold.web.ui.core import Form, UiUser, check_csrf, render, runtime
+from safehold.web.ui.core import (
+    FORM_ERRORS,
+    Fields,
+    Form,
+    UiUser,
+    check_csrf,
+    read_fields,
+    render,
+    runtime,
+    see_other,
+    submit,
+)
 
 router = APIRouter()
 PAGE = 50
 POLICY_FLAGS = ("lowercase", "uppercase", "digits", "symbols", "exclude_ambiguous")
-FORM_ERRORS = (InvalidInput, Conflict)
-
-
-class Fields:
-    """Reads a submitted form: what the user typed (kept for the re-rendered form unless secret) and a
-    message per field that is not acceptable (the API's limits)."""
-
-    def __init__(self, form: Any) -> None:
-        self.form = form
-        self.values: dict[str, str] = {}
-        self.errors: dict[str, str] = {}
-
-    def raw(self, name: str) -> str:
-        value = self.form.get(name)
-        return value if isinstance(value, str) else ""
-
-    def text(self, name: str, limit: int, *, label: str = "", required: bool = False, strip: bool = True,
-             secret: bool = False) -> str:
-        value = self.raw(name)
-        if strip:
-            value = value.strip()
-        if not secret:
-            self.values[name] = value
-        label = label or name.replace("_", " ")
-        if "\x00" in value:
-            self.errors[name] = f"{label} must not contain NUL characters"
-        elif required and not value:
-            self.errors[name] = f"{label} is required"
-        elif len(value) > limit:
-            self.errors[name] = f"{label} is too long (at most {limit} characters)"
-        else:
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                self.errors[name] = f"{label} must be valid Unicode text"
-        return value
-
-    def flag(self, name: str) -> bool:
-        return self.raw(name) not in ("", "0", "false", "off")
-
-    def result(self, message: str = "") -> Form:
-        return Form(values=self.values, errors=self.errors, message=message)
 
 
 def _write_allowed(request: Request) -> bool:
@@ -117,19 +86,12 @@ async def resource_new(request: Request, p: UiUser) -> Response:
 
 @router.post("/vault/resources", response_class=HTMLResponse)
 async def resource_create(request: Request, p: UiUser) -> Response:
-    fields = Fields(await request.form())
-    check_csrf(p, fields.form)
+    fields = await read_fields(request, p)
     data = _resource_input(fields)
-    if not fields.errors:
-        try:
-            row = await vault.create_resource(runtime(request), p, data)
-        except FORM_ERRORS as exc:
-            form = Form.from_error(fields.values, exc, "name")
-        else:
-            return RedirectResponse(f"/ui/vault/resources/{row['id']}", status_code=303)
-    else:
-        form = fields.result()
-    return render(request, "vault_resource_form.html", p, form=form, resource=None, status=422)
+    row = await submit(fields, lambda: vault.create_resource(runtime(request), p, data), "name")
+    if isinstance(row, Form):
+        return render(request, "vault_resource_form.html", p, form=row, resource=None, status=422)
+    return see_other(f"/ui/vault/resources/{row['id']}")
 
 
 async def _resource_page(request: Request, p: Principal, resource_id: str, *, status: int = 200,
@@ -157,40 +119,36 @@ async def resource_edit(request: Request, resource_id: str, p: UiUser) -> Respon
 
 @router.post("/vault/resources/{resource_id}/edit", response_class=HTMLResponse)
 async def resource_update(request: Request, resource_id: str, p: UiUser) -> Response:
-    fields = Fields(await request.form())
-    check_csrf(p, fields.form)
+    fields = await read_fields(request, p)
     rt = runtime(request)
     res = await vault.get_resource(rt, p, resource_id)
     data = _resource_input(fields)
-    if not fields.errors:
+
+    async def update() -> None:
         wanted = {"name": data.name, "type": data.type, "address": data.address, "description": data.description,
                   "tags": list(data.tags)}
         changes = {k: v for k, v in wanted.items() if v != (list(res[k] or []) if k == "tags" else res[k])}
-        try:
-            if changes:  # only what changed (the audit record names the fields)
-                await vault.update_resource(rt, p, resource_id, changes)
-        except FORM_ERRORS as exc:
-            form = Form.from_error(fields.values, exc, "name")
-        else:
-            return RedirectResponse(f"/ui/vault/resources/{res['id']}", status_code=303)
-    else:
-        form = fields.result()
-    return render(request, "vault_resource_form.html", p, form=form, resource=res, status=422)
+        if changes:  # only what changed (the audit record names the fields)
+            await vault.update_resource(rt, p, resource_id, changes)
+
+    form = await submit(fields, update, "name")
+    if isinstance(form, Form):
+        return render(request, "vault_resource_form.html", p, form=form, resource=res, status=422)
+    return see_other(f"/ui/vault/resources/{res['id']}")
 
 
 @router.post("/vault/resources/{resource_id}/delete")
 async def resource_delete(request: Request, resource_id: str, p: UiUser) -> Response:
     check_csrf(p, await request.form())
     await vault.delete_resource(runtime(request), p, resource_id)
-    return RedirectResponse("/ui/vault", status_code=303)
+    return see_other("/ui/vault")
 
 
 # --- sharing ------------------------------------------------------------------
 
 @router.post("/vault/resources/{resource_id}/shares", response_class=HTMLResponse)
 async def share_add(request: Request, resource_id: str, p: UiUser) -> Response:
-    fields = Fields(await request.form())
-    check_csrf(p, fields.form)
+    fields = await read_fields(request, p)
     rt = runtime(request)
     res = await vault.get_resource(rt, p, resource_id)
     access.require(access.can_manage_share(p, res["owner_id"]), "only the owner or an administrator can share")
@@ -198,25 +156,22 @@ async def share_add(request: Request, resource_id: str, p: UiUser) -> Response:
     perm_text = fields.text("permission", 16)
     if perm_text not in (Permission.VIEW.value, Permission.MODIFY.value):
         fields.errors["permission"] = "choose view or modify"
-    if not fields.errors:
-        try:
-            user = await users.find_user(rt, username)
-            await vault.share(rt, p, res["id"], user.id, Permission(perm_text))
-        except NotFound as exc:
-            fields.errors["username"] = exc.message
-        except FORM_ERRORS as exc:
-            return await _resource_page(request, p, res["id"], status=422,
-                                        share_form=Form.from_error(fields.values, exc, "username"))
-        else:
-            return RedirectResponse(f"/ui/vault/resources/{res['id']}#sharing", status_code=303)
-    return await _resource_page(request, p, res["id"], status=422, share_form=fields.result())
+
+    async def share() -> None:
+        user = await users.find_user(rt, username)
+        await vault.share(rt, p, res["id"], user.id, Permission(perm_text))
+
+    form = await submit(fields, share, "username", refusals=(NotFound, *FORM_ERRORS))
+    if isinstance(form, Form):
+        return await _resource_page(request, p, res["id"], status=422, share_form=form)
+    return see_other(f"/ui/vault/resources/{res['id']}#sharing")
 
 
 @router.post("/vault/resources/{resource_id}/shares/{user_id}/delete")
 async def share_remove(request: Request, resource_id: str, user_id: str, p: UiUser) -> Response:
     check_csrf(p, await request.form())
     await vault.unshare(runtime(request), p, resource_id, user_id)
-    return RedirectResponse(f"/ui/vault/resources/{resource_id}#sharing", status_code=303)
+    return see_other(f"/ui/vault/resources/{resource_id}#sharing")
 
 
 # --- accounts -----------------------------------------------------------------
@@ -255,6 +210,28 @@ def _account_fields(fields: Fields, *, new: bool) -> tuple[str, str, str]:
     return username, password, notes
 
 
+def _clear_notes(fields: Fields) -> bool:
+    """The edit form's "clear the notes" box (kept checked in the form shown again)."""
+    clear = fields.flag("clear_notes")
+    fields.values["clear_notes"] = "1" if clear else ""
+    return clear
+
+
+def _with_generated(request: Request, p: Principal, fields: Fields, *, resource: dict[str, Any],
+                    account: dict[str, Any] | None) -> Response:
+    """The account form again, as typed, with a generated password: only the generator's settings are
+    checked now."""
+    fields.text("username", 200)
+    fields.text("notes", 4096, strip=False)
+    if account is not None:
+        _clear_notes(fields)
+    policy = _policy(fields)
+    fields.errors.clear()
+    generated = _generate(fields, policy)
+    return _account_form(request, p, resource=resource, account=account, form=fields.result(), policy=policy,
+                         generated=generated, status=200 if generated else 422)
+
+
 @router.get("/vault/resources/{resource_id}/accounts/new", response_class=HTMLResponse)
 async def account_new(request: Request, resource_id: str, p: UiUser) -> Response:
     res = _modify(await vault.get_resource(runtime(request), p, resource_id), "resource")
@@ -263,35 +240,22 @@ async def account_new(request: Request, resource_id: str, p: UiUser) -> Response
 
 @router.post("/vault/resources/{resource_id}/accounts/generate", response_class=HTMLResponse)
 async def account_new_generate(request: Request, resource_id: str, p: UiUser) -> Response:
-    fields = Fields(await request.form())
-    check_csrf(p, fields.form)
+    fields = await read_fields(request, p)
     res = await vault.get_resource(runtime(request), p, resource_id)
-    fields.text("username", 200)
-    fields.text("notes", 4096, strip=False)
-    policy = _policy(fields)
-    fields.errors.clear()  # only the generator's settings are checked now
-    generated = _generate(fields, policy)
-    return _account_form(request, p, resource=res, account=None, form=fields.result(), policy=policy,
-                         generated=generated, status=200 if generated else 422)
+    return _with_generated(request, p, fields, resource=res, account=None)
 
 
 @router.post("/vault/resources/{resource_id}/accounts", response_class=HTMLResponse)
 async def account_create(request: Request, resource_id: str, p: UiUser) -> Response:
-    fields = Fields(await request.form())
-    check_csrf(p, fields.form)
+    fields = await read_fields(request, p)
     rt = runtime(request)
     res = await vault.get_resource(rt, p, resource_id)
     username, password, notes = _account_fields(fields, new=True)
-    if not fields.errors:
-        try:
-            await vault.create_account(rt, p, res["id"], username, password, notes or None)
-        except FORM_ERRORS as exc:
-            form = Form.from_error(fields.values, exc, "username")
-        else:
-            return RedirectResponse(f"/ui/vault/resources/{res['id']}", status_code=303)
-    else:
-        form = fields.result()
-    return _account_form(request, p, resource=res, account=None, form=form, policy=_policy(fields), status=422)
+    form = await submit(fields, lambda: vault.create_account(rt, p, res["id"], username, password, notes or None),
+                        "username")
+    if isinstance(form, Form):
+        return _account_form(request, p, resource=res, account=None, form=form, policy=_policy(fields), status=422)
+    return see_other(f"/ui/vault/resources/{res['id']}")
 
 
 async def _account_and_resource(request: Request, p: Principal, account_id: str
@@ -311,40 +275,26 @@ async def account_edit(request: Request, account_id: str, p: UiUser) -> Response
 
 @router.post("/vault/accounts/{account_id}/edit/generate", response_class=HTMLResponse)
 async def account_edit_generate(request: Request, account_id: str, p: UiUser) -> Response:
-    fields = Fields(await request.form())
-    check_csrf(p, fields.form)
+    fields = await read_fields(request, p)
     account, res = await _account_and_resource(request, p, account_id)
-    fields.text("username", 200)
-    fields.text("notes", 4096, strip=False)
-    fields.values["clear_notes"] = "1" if fields.flag("clear_notes") else ""
-    policy = _policy(fields)
-    fields.errors.clear()
-    generated = _generate(fields, policy)
-    return _account_form(request, p, resource=res, account=account, form=fields.result(), policy=policy,
-                         generated=generated, status=200 if generated else 422)
+    return _with_generated(request, p, fields, resource=res, account=account)
 
 
 @router.post("/vault/accounts/{account_id}/edit", response_class=HTMLResponse)
 async def account_update(request: Request, account_id: str, p: UiUser) -> Response:
-    fields = Fields(await request.form())
-    check_csrf(p, fields.form)
+    fields = await read_fields(request, p)
     rt = runtime(request)
     account, res = await _account_and_resource(request, p, account_id)
     username, password, notes = _account_fields(fields, new=False)
-    clear_notes = fields.flag("clear_notes")
-    fields.values["clear_notes"] = "1" if clear_notes else ""
-    if not fields.errors:
-        try:
-            await vault.update_account(rt, p, account["id"], username=username, password=password or None,
-                                       notes="" if clear_notes else (notes or None))
-        except FORM_ERRORS as exc:
-            form = Form.from_error(fields.values, exc, "username")
-        else:
-            return RedirectResponse(f"/ui/vault/resources/{res['id']}", status_code=303)
-    else:
-        form = fields.result()
-    return _account_form(request, p, resource=res, account=account, form=form, policy=_policy(fields),
-                         status=422)
+    clear_notes = _clear_notes(fields)
+    form = await submit(fields, lambda: vault.update_account(rt, p, account["id"], username=username,
+                                                             password=password or None,
+                                                             notes="" if clear_notes else (notes or None)),
+                        "username")
+    if isinstance(form, Form):
+        return _account_form(request, p, resource=res, account=account, form=form, policy=_policy(fields),
+                             status=422)
+    return see_other(f"/ui/vault/resources/{res['id']}")
 
 
 @router.post("/vault/accounts/{account_id}/delete")
@@ -353,7 +303,7 @@ async def account_delete(request: Request, account_id: str, p: UiUser) -> Respon
     rt = runtime(request)
     account = await vault.get_account(rt, p, account_id)
     await vault.delete_account(rt, p, account["id"])
-    return RedirectResponse(f"/ui/vault/resources/{account['resource_id']}", status_code=303)
+    return see_other(f"/ui/vault/resources/{account['resource_id']}")
 
 
 @router.post("/vault/accounts/{account_id}/reveal", response_class=HTMLResponse)
