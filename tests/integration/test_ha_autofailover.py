@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_ha_failover import kill_app, kill_database, local
-from tests.support import Server, run_cli, running_pair, wait_until
+from tests.support import Server, app_connect, make_readonly, run_cli, running_pair, wait_until
+
+
+def names(data_dir: Path) -> set[str]:
+    with app_connect(data_dir) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM resources")}
 
 
 class Listener:
@@ -91,6 +96,19 @@ def test_promotes_itself_after_the_failed_pings(watched: tuple[Server, Server, L
     failover = [e for e in events if e["kind"] == "Failover"]
     assert len(failover) == 1 and "automatic failover after 3 failed pings" in failover[0]["message"], events
     assert failover[0]["args"] == ["readonly", "primary"]
+
+    # the new primary has no CA key file (packs never carry it) and still takes a new read-only server:
+    # it unwraps the CA key from its keyring with the key file
+    assert not (readonly.data_dir / "tls" / "ca.key").exists()
+    spare = make_readonly(readonly, readonly.data_dir.with_name("spare"), name="spare")
+    try:
+        spare.start()
+        wait_until(lambda: local(spare)["data_age_seconds"] == 0, timeout=60, what="the new replica to stream")
+        with readonly.client(readonly.login()) as c:
+            assert c.post("/resources", json={"name": "after-spare"}).status_code == 201
+        wait_until(lambda: "after-spare" in names(spare.data_dir), timeout=30, what="the new replica to follow")
+    finally:
+        spare.cleanup()
 
 
 def test_does_not_promote_when_its_own_side_is_cut_off(

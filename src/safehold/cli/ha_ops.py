@@ -66,7 +66,7 @@ def rejoin(
     if not pack.exists() and not source.startswith("https://"):
         raise typer.BadParameter("--from must be the acting primary's https:// URL or an existing setup pack")
     settings, master = load(data_dir)
-    refuse_if_serving(settings, "rejoining it (stop it; start it again afterwards)")
+    refuse_if_serving(settings, "rejoining it; start it again afterwards")
     passphrase = read_passphrase(passphrase_file) if pack.exists() else ""
     if not yes:
         if not sys.stdin.isatty():

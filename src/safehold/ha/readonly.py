@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import ipaddress
 import os
@@ -69,6 +70,7 @@ from safehold.crypto.certs import fingerprint, make_server_cert
 from safehold.crypto.keyfile import MasterKey, load_key_file
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, DatabaseError, KeyFileError, SafeholdError
+from safehold.ha.ca import cluster_ca_key
 from safehold.ha.setupfile import (
     Manifest,
     SetupFileError,
@@ -350,9 +352,9 @@ def _plan(settings: Settings, *, readonly_host: str, out: Path, name: str | None
                           f"{readonly_host} could not reach it",
                           hint="set database.host to an address the read-only host can reach (then restart), "
                                "or give it with --db-host")
-    ca_path, ca_key_path = settings.path(settings.http.tls_ca), settings.data_dir / "tls" / "ca.key"
+    ca_path = settings.path(settings.http.tls_ca)
     try:
-        ca_pem, ca_key_pem = ca_path.read_bytes(), ca_key_path.read_bytes()
+        ca_pem = ca_path.read_bytes()
         primary_names = _cert_names(settings.path(settings.http.tls_cert).read_bytes())
     except OSError as exc:
         raise ConfigError(f"cannot read the cluster CA or certificate: {exc.filename}: {exc.strerror}",
@@ -371,7 +373,7 @@ def _plan(settings: Settings, *, readonly_host: str, out: Path, name: str | None
                                    "scram-sha-256")
             for a in addresses if not ipaddress.ip_address(a).is_loopback]
     return _Plan(out=out, readonly_host=readonly_host, addresses=addresses, local_host=local_host,
-                 primary_host=primary_host, ca_path=ca_path, ca_pem=ca_pem, ca_key_pem=ca_key_pem,
+                 primary_host=primary_host, ca_path=ca_path, ca_pem=ca_pem, ca_key_pem=b"",
                  server_id=server_id, server_name=(name or readonly_host)[:100], name_given=bool(name), role=role,
                  slot=f"ro_{short}", hba=hba)
 
@@ -387,6 +389,7 @@ def create_pack(settings: Settings, master: MasterKey, pg: PgManager, *, readonl
     if not passphrase:
         raise ConfigError("the passphrase of the pack must not be empty")
     plan = _plan(settings, readonly_host=readonly_host, out=out, name=name, primary_db_host=primary_db_host)
+    plan = dataclasses.replace(plan, ca_key_pem=cluster_ca_key(settings, master))
     cluster = _cluster_row(settings, master)
     db = settings.database
     su = owner_target(settings, dbname="postgres")

@@ -43,6 +43,7 @@ from safehold.crypto.certs import make_server_cert
 from safehold.crypto.keyfile import MasterKey, load_key_file
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, DatabaseError, KeyFileError, SafeholdError
+from safehold.ha.ca import cluster_ca_key
 from safehold.ha.setupfile import (
     Manifest,
     SetupFileError,
@@ -132,10 +133,7 @@ def add_secondary(
     if not out.parent.is_dir():
         raise ConfigError(f"the directory {out.parent} does not exist")
     ca_cert_path = settings.path(settings.http.tls_ca)
-    ca_key_path = ca_cert_path.with_name("ca.key")
-    if not ca_key_path.is_file():
-        raise ConfigError(f"the cluster CA key {ca_key_path} is missing; only the primary that ran "
-                          "'safehold init' can add servers")
+    ca_key_pem = cluster_ca_key(settings, master)
     addresses = host_addresses(host)
     db_host = db_host or conf.connect_host(settings.database.host)
     _warn_about_reach(settings, host, addresses, db_host, say)
@@ -161,7 +159,7 @@ def add_secondary(
 
         ca_pem = ca_cert_path.read_bytes()
         say(f"issuing the secondary's HTTPS certificate for {host}")
-        cert_pem, key_pem = make_server_cert(ca_pem, ca_key_path.read_bytes(),
+        cert_pem, key_pem = make_server_cert(ca_pem, ca_key_pem,
                                              [host, *addresses, "localhost", "127.0.0.1"])
         manifest = Manifest(
             kind=KIND, cluster_id=cluster_id, key_check=master.check_value.hex(), key_id=master.key_id,

@@ -169,6 +169,9 @@ async def _bootstrap(settings: Settings, master: MasterKey, opts: InitOptions) -
                 raise ConfigError("the database already holds a Safehold cluster",
                                   hint="point database.url at an empty database")
             await bootstrap_cluster(conn, master)
+            from safehold.ha.ca import ca_key_path, store_ca_key
+
+            await store_ca_key(conn, master, ca_key_path(settings).read_bytes())
     finally:
         await engine.dispose()
     password = opts.admin_password or _generate_admin_password()
