@@ -101,7 +101,7 @@ class HaAgent:
             if self.rt.settings.ha.failover.enabled:
                 self._tasks.append(loop.create_task(self._failover_watch().run_forever(), name="ha-failover"))
         else:
-            self._tasks.append(loop.create_task(self._every(self.heartbeat), name="ha-heartbeat"))
+            self._tasks.append(loop.create_task(self._every(self.heartbeat, retry=0.5), name="ha-heartbeat"))
             # schedules (the HA monitor) run on exactly one primary/secondary: the lease holder
             self.lease = ScheduleLease(self.rt.engine, server_id=self.rt.identity.id, role=self.rt.identity.role,
                                        poll_interval=self.interval)
@@ -160,18 +160,30 @@ class HaAgent:
         if self._primary_db is not None:
             await self._primary_db.dispose()
 
-    async def _every(self, step) -> None:  # type: ignore[no-untyped-def]
+    async def _every(self, step, *, retry: float | None = None) -> None:  # type: ignore[no-untyped-def]
+        """Run ``step`` every check interval; after a failure, again after ``retry`` seconds if given (the
+        heartbeat: a primary whose database went away notices at once what it came back as).  The same
+        failure is logged once per half minute, not every cycle."""
+        loop = asyncio.get_running_loop()
+        said, said_at = "", 0.0
         while True:
+            failed = False
             try:
                 await step()
             except ModeChanged:
-                asyncio.get_running_loop().create_task(self._restart(), name="ha-restart")
+                loop.create_task(self._restart(), name="ha-restart")
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reconcile next cycle; never die
-                log.warning("%s: %s", step.__name__, exc if isinstance(exc, SafeholdError) else type(exc).__name__)
-            await asyncio.sleep(self.interval)
+                failed = True
+                text = str(exc) if isinstance(exc, SafeholdError) else type(exc).__name__
+                if text != said or loop.time() - said_at > 30:
+                    log.warning("%s: %s", step.__name__, text)
+                    said, said_at = text, loop.time()
+            else:
+                said = ""
+            await asyncio.sleep(retry if failed and retry is not None else self.interval)
 
     # --- primary / secondary ------------------------------------------------------------
 
