@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 from pathlib import Path
 
-from tests.support import Server, app_connect, run_cli, wait_until
+from tests.support import Server, app_connect, run_cli, running_topology, wait_until
 
 
 def kill_database(server: Server) -> None:
@@ -126,3 +127,23 @@ def test_rejoin_a_lost_readonly_server_from_a_pack(primary_and_readonly: tuple[S
         assert c.post("/resources", json={"name": "after-rejoin"}).status_code == 201
     wait_until(lambda: resources(readonly.data_dir) == resources(primary.data_dir), timeout=30,
                what="the data to converge")
+
+
+def test_a_secondary_follows_the_new_primary_after_rejoin(server_root: Path) -> None:
+    with running_topology(Path(tempfile.mkdtemp(dir=server_root))) as (primary, secondary, readonly):
+        token = primary.login()
+        with primary.client(token) as c:
+            assert c.post("/resources", json={"name": "before"}).status_code == 201
+        wait_until(lambda: "before" in resources(readonly.data_dir), what="the replica to have it")
+        kill_database(primary)
+        kill_app(primary)
+        run_cli("ha", "promote", "--data-dir", str(readonly.data_dir))
+        wait_until(lambda: local(readonly)["role"] == "primary", timeout=30, what="the take-over")
+        secondary.stop()
+        out = run_cli("ha", "rejoin", "--data-dir", str(secondary.data_dir), "--from", readonly.url, "--yes")
+        assert "rejoined as a secondary" in out.stdout, out.stdout + out.stderr
+        secondary.start()
+        with secondary.client(secondary.login()) as c:
+            assert c.post("/resources", json={"name": "via-secondary"}).status_code == 201
+        assert "via-secondary" in resources(readonly.data_dir)
+        assert local(secondary)["generation"] == 2 and local(secondary)["mode"] == "read-write"

@@ -73,6 +73,13 @@ def rejoin(
             raise typer.BadParameter("no terminal to confirm on: add --yes")
         typer.confirm(f"{settings.server.name}'s database will become a replica of the acting primary; changes "
                       "only it has are exported first. Go on?", abort=True)
+    if settings.database.mode == "remote" and not pack.exists():  # a secondary: it has no database of its own
+        from safehold.ha.rejoin import rejoin_secondary
+
+        rejoin_secondary(settings, master, source, say=_say)
+        out.print(f"[green]✓[/] {settings.server.name} rejoined as a secondary of the acting primary; start it "
+                  f"with: safehold serve --data-dir {settings.data_dir}", highlight=False)
+        return
     if pack.exists():
         r = rejoin_from_pack(settings, master, pack.resolve(), passphrase, say=_say)
     else:

@@ -106,6 +106,39 @@ def attach_replica(settings: Settings, *, cluster_id: str, key_check: bytes, gen
                         settings.database.port, cluster_id, key_check.hex(), generation, settings.server.name)
 
 
+@dataclass(frozen=True)
+class SecondaryGrant:
+    db_host: str
+    db_port: int
+    cluster_id: str
+    key_check: str
+    generation: int
+    primary_name: str
+
+
+def attach_secondary(settings: Settings, *, cluster_id: str, key_check: bytes, generation: int, host: str,
+                     db_user: str) -> SecondaryGrant:
+    """Let a secondary of this cluster use this (acting primary's) bundled database: its login exists here
+    already (roles replicate with the rest of the catalog); it needs the pg_hba.conf lines for its host."""
+    from safehold.ha.readonly import _add_hba_lines
+    from safehold.ha.secondary import hba_lines_for, host_addresses
+    from safehold.services.database import manager
+
+    if settings.database.mode != "bundled" or settings.server.role != ServerRole.PRIMARY:
+        raise ConfigError("only the acting primary, with its bundled database, can take a secondary")
+    with _connect(owner_target(settings, dbname="postgres")) as conn:
+        row = conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER') FROM pg_roles WHERE rolname = %s",
+                           (db_user, settings.database.user, db_user)).fetchone()
+    if row is None or not row[0]:
+        raise ConfigError(f"{db_user} is not a secondary's database login of this cluster",
+                          hint="add the server again with 'safehold ha add-secondary'")
+    addresses = [a for a in host_addresses(host) if not ipaddress.ip_address(a).is_loopback]
+    if addresses:
+        _add_hba_lines(manager(settings), hba_lines_for(settings.database.name, db_user, addresses))
+    return SecondaryGrant(conf.connect_host(settings.database.host), settings.database.port, cluster_id,
+                          key_check.hex(), generation, settings.server.name)
+
+
 # --- the rejoining side ----------------------------------------------------------------------------
 
 
@@ -113,29 +146,10 @@ def request_replica(settings: Settings, master: MasterKey, source_url: str, say:
     """Ask the acting primary at ``source_url`` for replication credentials (a signed request)."""
     from safehold.services.runtime import public_url
 
-    body = json.dumps({"server_id": settings.server.id, "server_name": settings.server.name,
-                       "host": _host_of(public_url(settings)), "url": public_url(settings),
-                       "port": settings.http.port}).encode()
-    headers = {"Content-Type": "application/json",
-               peerauth.HEADER: peerauth.sign(master.peer_key(), "POST", PEER_REPLICAS, body)}
-    url = source_url.rstrip("/") + PEER_REPLICAS
     say(f"asking {source_url} for a replication slot of this server's own")
-    try:
-        ctx = ssl.create_default_context(cafile=str(settings.path(settings.http.tls_ca)))
-        with httpx.Client(verify=ctx, timeout=60) as client:
-            r = client.post(url, content=body, headers=headers)
-    except (httpx.HTTPError, OSError) as exc:
-        raise SafeholdError(f"cannot reach the acting primary at {source_url} ({type(exc).__name__})",
-                            hint="check the URL, and that the server there runs and its certificate is from this "
-                                 "cluster's CA") from None
-    if r.status_code != 200:
-        try:
-            err = r.json()["error"]
-            message, hint = err.get("message", ""), err.get("hint")
-        except (ValueError, KeyError, TypeError):
-            message, hint = r.text[:200], None
-        raise SafeholdError(f"the acting primary refused ({r.status_code}): {message}", hint=hint)
-    d = r.json()
+    d = _signed_post(settings, master, source_url, PEER_REPLICAS, {
+        "server_id": settings.server.id, "server_name": settings.server.name,
+        "host": _host_of(public_url(settings)), "url": public_url(settings), "port": settings.http.port})
     return ReplicaGrant(d["replication_role"], d["replication_password"], d["slot"], d["primary_db_host"],
                         int(d["primary_db_port"]), d["cluster_id"], d["key_check"], int(d["generation"]),
                         d.get("primary_name", ""))
@@ -219,6 +233,55 @@ class PackSource:
     key_pem: bytes
     base_tar: Path
     wal_tar: Path
+
+
+def _signed_post(settings: Settings, master: MasterKey, source_url: str, path: str, body: dict[str, Any]) -> Any:
+    raw = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", peerauth.HEADER: peerauth.sign(master.peer_key(), "POST", path, raw)}
+    try:
+        ctx = ssl.create_default_context(cafile=str(settings.path(settings.http.tls_ca)))
+        with httpx.Client(verify=ctx, timeout=60) as client:
+            r = client.post(source_url.rstrip("/") + path, content=raw, headers=headers)
+    except (httpx.HTTPError, OSError) as exc:
+        raise SafeholdError(f"cannot reach the acting primary at {source_url} ({type(exc).__name__})",
+                            hint="check the URL, and that the server there runs and its certificate is from this "
+                                 "cluster's CA") from None
+    if r.status_code != 200:
+        try:
+            err = r.json()["error"]
+            message, hint = err.get("message", ""), err.get("hint")
+        except (ValueError, KeyError, TypeError):
+            message, hint = r.text[:200], None
+        raise SafeholdError(f"the acting primary refused ({r.status_code}): {message}", hint=hint)
+    return r.json()
+
+
+PEER_SECONDARIES = "/api/v1/ha/peer/secondaries"
+
+
+def rejoin_secondary(settings: Settings, master: MasterKey, source_url: str, *, say: Say) -> Settings:
+    """A secondary (no database of its own) follows the acting primary: its login exists there already; the
+    acting primary lets it in from its host, and its settings point at that database from now on."""
+    from safehold.services.runtime import public_url
+
+    say(f"asking {source_url} to let this secondary use its database")
+    d = _signed_post(settings, master, source_url, PEER_SECONDARIES, {
+        "server_id": settings.server.id, "server_name": settings.server.name,
+        "host": _host_of(public_url(settings)), "url": public_url(settings), "port": settings.http.port,
+        "db_user": settings.database.user})
+    if d["key_check"] != master.check_value.hex():
+        raise ConfigError("the key file does not match the acting primary's cluster; nothing was changed")
+    if settings.ha.cluster_id and d["cluster_id"] != settings.ha.cluster_id:
+        raise ConfigError(f"{source_url} serves another cluster ({d['cluster_id']}); nothing was changed")
+    current = load_settings(settings.data_dir, env={})
+    new = current.model_copy(update={
+        "database": current.database.model_copy(update={"host": d["db_host"], "port": int(d["db_port"])}),
+        "ha": current.ha.model_copy(update={"cluster_id": d["cluster_id"]}),
+    })
+    write_settings(new)
+    say(f"this secondary now uses the database of {d['primary_name']} at {d['db_host']}:{d['db_port']} "
+        f"(generation {d['generation']})")
+    return load_settings(settings.data_dir)
 
 
 def rejoin(settings: Settings, master: MasterKey, source_url: str, *, say: Say,

@@ -16,8 +16,9 @@ from safehold.crypto.peerauth import HEADER, PeerVerifier
 from safehold.domain import ServerRole
 from safehold.errors import AuthenticationFailed, Conflict, InvalidInput
 from safehold.ha.policy import EventKind
-from safehold.ha.rejoin import attach_replica, register_readonly
+from safehold.ha.rejoin import attach_replica, attach_secondary, register_readonly
 from safehold.services.runtime import public_url
+from safehold.storage import servers as server_store
 from safehold.web.api.common import errors
 from safehold.web.deps import RuntimeDep
 
@@ -85,3 +86,26 @@ async def replicas(body: ReplicaRequest, _: Peer, rt: RuntimeDep) -> dict[str, A
             "slot": grant.slot, "primary_db_host": grant.primary_db_host, "primary_db_port": grant.primary_db_port,
             "cluster_id": grant.cluster_id, "key_check": grant.key_check, "generation": grant.generation,
             "primary_name": grant.primary_name}
+
+
+class SecondaryRequest(ReplicaRequest):
+    db_user: str = Field(pattern="^[a-z_][a-z0-9_]{0,62}$")
+
+
+@router.post("/secondaries", responses=errors(401, 409, 422, 503))
+async def secondaries(body: SecondaryRequest, _: Peer, rt: RuntimeDep) -> dict[str, Any]:
+    """Let a secondary of this cluster (back) in after a failover: the hba lines for its existing login."""
+    if rt.readonly or rt.identity.role != ServerRole.PRIMARY:
+        raise Conflict("this server is not the acting primary", hint="ask the acting primary")
+    async with rt.read() as conn:
+        from safehold.storage import cluster as cluster_store
+
+        row = await cluster_store.get(conn)
+    assert row is not None
+    grant = await asyncio.to_thread(attach_secondary, rt.settings, cluster_id=row.cluster_id, key_check=row.key_check,
+                                    generation=row.generation, host=body.host, db_user=body.db_user)
+    async with rt.write() as conn:
+        await server_store.register(conn, id=body.server_id, name=body.server_name, role=ServerRole.SECONDARY.value,
+                                    hostname=body.host, url=body.url, port=body.port)
+    return {"db_host": grant.db_host, "db_port": grant.db_port, "cluster_id": grant.cluster_id,
+            "key_check": grant.key_check, "generation": grant.generation, "primary_name": grant.primary_name}
