@@ -67,3 +67,4 @@ class AuditAction(StrEnum):
     SERVER_STARTED = "server_started"
     SERVER_STOPPED = "server_stopped"
     SERVER_RENAMED = "server_renamed"
+    ALERT_TESTED = "alert_tested"

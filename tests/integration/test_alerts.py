@@ -655,6 +655,8 @@ def test_api_lists_channels_and_sends_test_alerts(receivers: Receivers, alerting
         assert r.status_code == 200, r.text
         assert r.json()["result"].startswith("webhook delivered to")
         assert receivers.webhook.requests[-1]["body"]["event"] == "Test"
+        audited = c.get("/audit", params={"action": "alert_tested"}).json()["items"]
+        assert any(r["target_name"] == "webhook" and r["result"] == "success" for r in audited), audited
 
         r = c.post("/ha/alerts/test", json={"channel": "pager"})
         assert r.status_code == 422

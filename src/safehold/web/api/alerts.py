@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 
-from safehold.alerts.dispatch import build_channels, send_test
+from safehold.alerts.dispatch import build_channels
 from safehold.errors import InvalidInput, SafeholdError
 from safehold.services import access
+from safehold.services.alerting import test_channel
 from safehold.web.api.common import AUTH_ERRORS, errors
 from safehold.web.deps import CurrentUser, RuntimeDep
 from safehold.web.errors import error_response
@@ -45,7 +45,7 @@ async def test(body: TestRequest, p: CurrentUser, rt: RuntimeDep) -> Any:
         raise InvalidInput(f"the {body.channel} alert channel is not configured on this server",
                            field="channel", hint=f"add an [alerts.{body.channel}] section to safehold.toml")
     try:
-        result = await asyncio.to_thread(send_test, rt.settings, body.channel)
+        result = await test_channel(rt, p, rt.settings, body.channel)
     except SafeholdError as exc:
         return error_response(502, FAILED, exc.message, field="channel", hint=exc.hint)
     return {"channel": body.channel, "result": result}

@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
-from safehold.alerts.dispatch import build_channels, send_test
+from safehold.alerts.dispatch import build_channels
 from safehold.alerts.settings import (
     CHANNELS,
     SYSLOG_FACILITIES,
@@ -37,7 +37,7 @@ from safehold.domain import ServerRole
 from safehold.errors import NotFound, PermissionDenied, SafeholdError
 from safehold.ha.failover import MAX_WITNESSES, check_policy, warnings_for
 from safehold.ha.probe import default_gateway, ping_program
-from safehold.services import access
+from safehold.services import access, alerting
 from safehold.services.access import Principal
 from safehold.storage import servers as server_store
 from safehold.web.ui.core import Form, UiUser, check_csrf, render, runtime, see_other
@@ -410,7 +410,7 @@ async def test_channel(request: Request, channel: str, p: UiUser) -> Response:
     await _checked_form(request, p, channel, writes=False)
     try:
         settings = load_settings(runtime(request).settings.data_dir)
-        result = await asyncio.to_thread(send_test, settings, channel)
+        result = await alerting.test_channel(runtime(request), p, settings, channel)
     except SafeholdError as exc:
         text = exc.message + (f" ({exc.hint})" if exc.hint else "")
         return await _page(request, p, status=502, results={channel: (False, text)})
