@@ -208,3 +208,74 @@ def busy_since(before: tuple[float, float, float]) -> str:
     if total <= 0:
         return "n/a"
     return f"{busy / total * 100:.0f}% busy, {steal / total * 100:.0f}% stolen ({os.cpu_count()} cores)"
+
+
+@dataclass
+class Timed:
+    """A command run by :func:`run_timed`."""
+
+    start: float  # time.perf_counter() when it was started
+    wall: float  # seconds it took
+    phases: dict[str, float]  # mark -> seconds from the start to the first output line holding its needle
+    output: str
+
+
+def run_timed(args: list[str], marks: dict[str, str], timeout: float) -> Timed:
+    """Run ``safehold ARGS``, noting when each needle of ``marks`` (needle -> name) first shows in its output;
+    killed after ``timeout`` seconds.  Raises RuntimeError with the output's tail if it fails."""
+    import subprocess
+    import threading
+    import time
+
+    from tests.support import SAFEHOLD
+
+    phases: dict[str, float] = {}
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([*SAFEHOLD, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            now = time.perf_counter() - t0
+            lines.append(line.rstrip())
+            for needle, name in marks.items():
+                if needle in line and name not in phases:
+                    phases[name] = now
+        code = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        killer.cancel()
+    wall = time.perf_counter() - t0
+    if code != 0:
+        raise RuntimeError(f"safehold {' '.join(args[:2])} failed ({code}):\n" + "\n".join(lines[-20:]))
+    return Timed(t0, wall, phases, "\n".join(lines))
+
+
+def start_pair(root: Path, prefix: str, servers: list[Stoppable], *, name: str = "readonly",
+               configure: Callable[[Server], None] | None = None) -> tuple[Server, Server]:
+    """A primary and a read-only server joined from its pack, both serving (detached); both go into
+    ``servers`` as soon as they exist, so the run's clean-up stops them.  ``configure`` runs on the read-only
+    server's data directory before it starts."""
+    from tests.support import Server, make_readonly
+
+    primary = Server(root / f"{prefix}-primary", detached=True)
+    servers.append(primary)
+    log(f"[{prefix}] initialising the primary")
+    primary.init()
+    primary.start(timeout=90)
+    readonly = Server(root / f"{prefix}-readonly", detached=True)
+    servers.append(readonly)
+    log(f"[{prefix}] taking a setup pack and joining a read-only server")
+    joined = make_readonly(primary, readonly.data_dir, name=name)
+    readonly.port, readonly.db_port = joined.port, joined.db_port
+    if configure is not None:
+        configure(readonly)
+    readonly.start(timeout=90)
+    return primary, readonly

@@ -49,7 +49,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import threading
@@ -61,8 +60,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench._common import Api, Stoppable, bench_run, busy_since, log, system_cpu  # noqa: E402
-from tests.support import ADMIN_PASSWORD, Server, app_connect, make_readonly, run_cli, wait_until  # noqa: E402
+from bench._common import Api, Stoppable, bench_run, busy_since, log, start_pair, system_cpu  # noqa: E402
+from tests.support import (  # noqa: E402
+    ADMIN_PASSWORD,
+    Listener,
+    Server,
+    app_connect,
+    run_cli,
+    wait_until,
+)
 
 TARGET_SECONDS = 10.0
 WITNESS_HOST, GATEWAY_HOST = "127.0.0.2", "127.0.0.3"
@@ -74,34 +80,6 @@ LOG_MARKS = {
     "acting primary": re.compile(r"this server is now the acting primary"),
 }
 ASCTIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-
-
-class Listener:
-    """A TCP port on a loopback address that accepts and closes connections: a witness (or gateway)
-    that is up until it is closed."""
-
-    def __init__(self, host: str) -> None:
-        self.sock = socket.socket()
-        self.sock.bind((host, 0))
-        self.sock.listen(16)
-        self.address = f"{host}:{self.sock.getsockname()[1]}"
-        self.thread = threading.Thread(target=self._serve, name=f"listener-{host}", daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.close()
-
-    def close(self) -> None:
-        # shutdown wakes the thread blocked in accept(); a bare close() would leave the port listening
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.thread.join(timeout=5)
 
 
 # --- one round -------------------------------------------------------------------------------------------
@@ -181,22 +159,16 @@ def watch_role(readonly: Server, t_kill: float, stop: threading.Event, out: list
 
 def run_round(run_root: Path, n: int, args: argparse.Namespace, servers: list[Stoppable],
               witness: Listener, gateway: Listener, rng: random.Random) -> Round:
-    primary = Server(run_root / f"r{n}-primary", detached=True)
-    servers.append(primary)
-    log(f"[#{n}] initialising the primary")
-    primary.init()
-    primary.start(timeout=90)
-    readonly = Server(run_root / f"r{n}-readonly", detached=True)
-    servers.append(readonly)
-    log(f"[#{n}] taking a setup pack and joining a read-only server; automatic failover on")
-    joined = make_readonly(primary, readonly.data_dir)
-    readonly.port, readonly.db_port = joined.port, joined.db_port
-    out = run_cli("ha", "failover", "--data-dir", str(readonly.data_dir), "--enable",
-                  "--ping-interval", f"{args.ping_interval:g}", "--ping-iterations", str(args.ping_iterations),
-                  "--witness", witness.address, "--gateway", gateway.address)
-    if "enabled" not in out.stdout.lower():
-        raise RuntimeError(f"'safehold ha failover --enable' did not say enabled:\n{out.stdout}\n{out.stderr}")
-    readonly.start(timeout=90)
+
+    def enable_failover(readonly: Server) -> None:
+        out = run_cli("ha", "failover", "--data-dir", str(readonly.data_dir), "--enable",
+                      "--ping-interval", f"{args.ping_interval:g}", "--ping-iterations", str(args.ping_iterations),
+                      "--witness", witness.address, "--gateway", gateway.address)
+        if "enabled" not in out.stdout.lower():
+            raise RuntimeError(f"'safehold ha failover --enable' did not say enabled:\n{out.stdout}\n{out.stderr}")
+
+    log(f"[#{n}] a primary and a read-only server with automatic failover on")
+    primary, readonly = start_pair(run_root, f"r{n}", servers, configure=enable_failover)
 
     setup = Api(primary, primary.login("admin", ADMIN_PASSWORD))
     token = setup.call("POST", "/me/tokens", {"name": "bench-failover"}, expect=201)["token"]

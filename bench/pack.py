@@ -36,9 +36,7 @@ and the writer saw no error.
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
-import subprocess
 import sys
 import threading
 import time
@@ -49,8 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench._common import HOST, Api, bench_run, busy_since, log, percentile, system_cpu  # noqa: E402
-from tests.support import ADMIN_PASSWORD, SAFEHOLD, Server, superuser_connect  # noqa: E402
+from bench._common import HOST, Api, bench_run, busy_since, log, percentile, run_timed, system_cpu  # noqa: E402
+from tests.support import ADMIN_PASSWORD, Server, superuser_connect  # noqa: E402
 
 MB = 1024 * 1024
 PAD_REPEAT = 60  # 60 x 32 hex characters = 1,920 bytes of text per row: 4 rows per 8 KB page
@@ -140,34 +138,9 @@ def run_pack(server: Server, out: Path, passphrase_file: Path, timeout: float) -
     """Run 'safehold ha pack'; returns (wall seconds, phase name -> seconds from the start, output)."""
     marks = {"taking an online base backup": "backup started", "base backup done": "backup done",
              "sealing the pack": "sealing started"}
-    phases: dict[str, float] = {}
-    lines: list[str] = []
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([*SAFEHOLD, "ha", "pack", "--data-dir", str(server.data_dir), "--readonly-host", HOST,
-                             "--out", str(out), "--passphrase-file", str(passphrase_file), "--name", "bench-ro"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
-    killer = threading.Timer(timeout, proc.kill)
-    killer.start()
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            now = time.perf_counter() - t0
-            lines.append(line.rstrip())
-            for needle, name in marks.items():
-                if needle in line and name not in phases:
-                    phases[name] = now
-        code = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        killer.cancel()
-    wall = time.perf_counter() - t0
-    if code != 0:
-        raise RuntimeError(f"safehold ha pack failed ({code}):\n" + "\n".join(lines[-20:]))
-    return wall, phases, "\n".join(lines)
+    t = run_timed(["ha", "pack", "--data-dir", str(server.data_dir), "--readonly-host", HOST, "--out", str(out),
+                   "--passphrase-file", str(passphrase_file), "--name", "bench-ro"], marks, timeout)
+    return t.wall, t.phases, t.output
 
 
 # --- main ----------------------------------------------------------------------------------------------

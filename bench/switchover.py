@@ -40,11 +40,9 @@ import argparse
 import contextlib
 import http.client
 import json
-import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -55,8 +53,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench._common import Api, Stoppable, bench_run, busy_since, log, system_cpu  # noqa: E402
-from tests.support import ADMIN_PASSWORD, SAFEHOLD, Server, app_connect, make_readonly, wait_until  # noqa: E402
+from bench._common import (  # noqa: E402
+    Api,
+    Stoppable,
+    bench_run,
+    busy_since,
+    log,
+    run_timed,
+    start_pair,
+    system_cpu,
+)
+from tests.support import ADMIN_PASSWORD, Server, app_connect, wait_until  # noqa: E402
 
 TARGET_SECONDS = 5.0
 READONLY_NAME = "readonly"
@@ -135,35 +142,9 @@ def run_switchover(primary: Server, to: str, timeout: float) -> tuple[float, flo
                                                                       str]:
     """Run 'safehold ha switchover'; returns (start as time.perf_counter(), wall seconds, phase -> seconds from
     the start, the unavailability it printed, its output)."""
-    phases: dict[str, float] = {}
-    lines: list[str] = []
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([*SAFEHOLD, "ha", "switchover", "--data-dir", str(primary.data_dir), "--to", to],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
-    killer = threading.Timer(timeout, proc.kill)
-    killer.start()
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            now = time.perf_counter() - t0
-            lines.append(line.rstrip())
-            for needle, name in PHASES.items():
-                if needle in line and name not in phases:
-                    phases[name] = now
-        code = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        killer.cancel()
-    wall = time.perf_counter() - t0
-    output = "\n".join(lines)
-    if code != 0:
-        raise RuntimeError(f"safehold ha switchover failed ({code}):\n" + "\n".join(lines[-20:]))
-    m = UNAVAILABLE.search(output)
-    return t0, wall, phases, float(m.group(1)) if m else None, output
+    t = run_timed(["ha", "switchover", "--data-dir", str(primary.data_dir), "--to", to], PHASES, timeout)
+    m = UNAVAILABLE.search(t.output)
+    return t.start, t.wall, t.phases, float(m.group(1)) if m else None, t.output
 
 
 # --- one round ------------------------------------------------------------------------------------------------
@@ -208,17 +189,7 @@ def local(server: Server) -> dict[str, object]:
 
 
 def run_round(run_root: Path, n: int, args: argparse.Namespace, servers: list[Stoppable]) -> Round:
-    primary = Server(run_root / f"r{n}-primary", detached=True)
-    servers.append(primary)
-    log(f"[#{n}] initialising the primary")
-    primary.init()
-    primary.start(timeout=90)
-    readonly = Server(run_root / f"r{n}-readonly", detached=True)
-    servers.append(readonly)
-    log(f"[#{n}] taking a setup pack and joining a read-only server")
-    joined = make_readonly(primary, readonly.data_dir, name=READONLY_NAME)
-    readonly.port, readonly.db_port = joined.port, joined.db_port
-    readonly.start(timeout=90)
+    primary, readonly = start_pair(run_root, f"r{n}", servers, name=READONLY_NAME)
     wait_until(lambda: local(readonly).get("data_age_seconds") == 0, timeout=60,
                what="the read-only server's replica to stream")
 

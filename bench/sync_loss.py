@@ -54,12 +54,20 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench._common import Api, Stoppable, bench_run, busy_since, log, percentile, system_cpu  # noqa: E402
+from bench._common import (  # noqa: E402
+    Api,
+    Stoppable,
+    bench_run,
+    busy_since,
+    log,
+    percentile,
+    start_pair,
+    system_cpu,
+)
 from tests.support import (  # noqa: E402
     ADMIN_PASSWORD,
     Server,
     app_connect,
-    make_readonly,
     superuser_connect,
     wait_until,
 )
@@ -132,17 +140,7 @@ def sync_state(primary: Server, readonly: Server) -> tuple[str, str] | None:
 
 def run_round(root: Path, n: int, mode: str, args: argparse.Namespace, servers: list[Stoppable],
               rng: random.Random) -> Round:
-    primary = Server(root / f"{mode}{n}-primary", detached=True)
-    servers.append(primary)
-    log(f"[{mode} #{n}] initialising the primary")
-    primary.init()
-    primary.start(timeout=90)
-    readonly = Server(root / f"{mode}{n}-readonly", detached=True)
-    servers.append(readonly)
-    log(f"[{mode} #{n}] taking a setup pack and joining a read-only server")
-    joined = make_readonly(primary, readonly.data_dir)
-    readonly.port, readonly.db_port = joined.port, joined.db_port
-    readonly.start(timeout=90)
+    primary, readonly = start_pair(root, f"{mode}{n}", servers)
     if mode == "sync":
         primary.cli("ha", "sync", "--on")
         wait_until(lambda: (sync_state(primary, readonly) or ("", ""))[1] in ("sync", "quorum"), timeout=60,

@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -327,3 +328,37 @@ def running_topology(base: Path) -> Iterator[tuple[Server, Server, Server]]:
         finally:
             for s in reversed(started):
                 s.cleanup()
+
+
+class Listener:
+    """A TCP port on a loopback address that accepts and closes connections: a witness (or gateway) of the
+    automatic failover that is up until it is closed."""
+
+    def __init__(self, host: str, port: int = 0) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(16)
+        self.host, self.port = host, int(self.sock.getsockname()[1])
+        self.address = f"{host}:{self.port}"
+        self.thread = threading.Thread(target=self._serve, name=f"listener-{host}", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.close()
+
+    def close(self) -> None:
+        # shutdown wakes the thread blocked in accept(); a bare close() would leave the port listening
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+    def reopen(self) -> Listener:
+        """The same address listening again."""
+        return Listener(self.host, self.port)

@@ -3,62 +3,21 @@ pings of the primary — and does not when its witnesses and gateway are unreach
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_ha_failover import kill_app, kill_database, local
-from tests.support import Server, app_connect, make_readonly, run_cli, running_pair, wait_until
-
-
-def names(data_dir: Path) -> set[str]:
-    with app_connect(data_dir) as conn:
-        return {r[0] for r in conn.execute("SELECT name FROM resources")}
-
-
-class Listener:
-    """A TCP port on a loopback address that accepts and closes connections: a witness that is up
-    until it is closed."""
-
-    def __init__(self, host: str) -> None:
-        self.sock = socket.socket()
-        self.sock.bind((host, 0))
-        self.sock.listen(16)
-        self.address = f"{host}:{self.sock.getsockname()[1]}"
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.close()
-
-    def close(self) -> None:
-        # shutdown wakes the thread blocked in accept(); a bare close() would leave the port listening
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.thread.join(timeout=5)
-
-    def reopen(self) -> Listener:
-        host, port = self.address.rsplit(":", 1)
-        again = Listener.__new__(Listener)
-        again.sock = socket.socket()
-        again.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        again.sock.bind((host, int(port)))
-        again.sock.listen(16)
-        again.address = self.address
-        again.thread = threading.Thread(target=again._serve, daemon=True)
-        again.thread.start()
-        return again
+from tests.integration.test_ha_failover import kill_app, kill_database, local, resources
+from tests.support import (
+    Listener,
+    Server,
+    make_readonly,
+    run_cli,
+    running_pair,
+    wait_until,
+)
 
 
 @pytest.fixture()
@@ -106,7 +65,7 @@ def test_promotes_itself_after_the_failed_pings(watched: tuple[Server, Server, L
         wait_until(lambda: local(spare)["data_age_seconds"] == 0, timeout=60, what="the new replica to stream")
         with readonly.client(readonly.login()) as c:
             assert c.post("/resources", json={"name": "after-spare"}).status_code == 201
-        wait_until(lambda: "after-spare" in names(spare.data_dir), timeout=30, what="the new replica to follow")
+        wait_until(lambda: "after-spare" in resources(spare.data_dir), timeout=30, what="the new replica to follow")
     finally:
         spare.cleanup()
 

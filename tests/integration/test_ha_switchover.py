@@ -5,11 +5,11 @@ from __future__ import annotations
 import ssl
 import threading
 import time
-from pathlib import Path
 
 import httpx
 
-from tests.support import Server, app_connect, run_cli, wait_until
+from tests.integration.test_ha_failover import resources
+from tests.support import Server, run_cli, wait_until
 
 
 class Writer(threading.Thread):
@@ -51,11 +51,6 @@ class Writer(threading.Thread):
         return max((b - a for a, b in zip(self.ack_times, self.ack_times[1:], strict=False)), default=0.0)
 
 
-def names(data_dir: Path) -> set[str]:
-    with app_connect(data_dir) as conn:
-        return {r[0] for r in conn.execute("SELECT name FROM resources")}
-
-
 def test_switchover_under_a_writer_loses_no_acknowledged_write(primary_and_readonly: tuple[Server, Server]) -> None:
     primary, readonly = primary_and_readonly
     token = primary.login()
@@ -74,7 +69,7 @@ def test_switchover_under_a_writer_loses_no_acknowledged_write(primary_and_reado
         writer.stop_flag.set()
         writer.join(timeout=30)
     acked = set(writer.acked)
-    on_new_primary = names(readonly.data_dir)
+    on_new_primary = resources(readonly.data_dir)
     assert acked <= on_new_primary, f"lost acknowledged writes: {sorted(acked - on_new_primary)[:10]}"
     assert writer.url == readonly.url  # the old primary sent the writer on to the new one
     with readonly.client(readonly.login()) as c:
@@ -86,7 +81,7 @@ def test_switchover_under_a_writer_loses_no_acknowledged_write(primary_and_reado
     # the old primary is now the new primary's replica, and it follows it
     wait_until(lambda: primary.client().get("/ha/local").json()["role"] == "readonly", timeout=30,
                what="the old primary to carry on as a read-only server")
-    wait_until(lambda: names(primary.data_dir) == names(readonly.data_dir), timeout=30,
+    wait_until(lambda: resources(primary.data_dir) == resources(readonly.data_dir), timeout=30,
                what="the old primary's replica to converge")
     print(f"switchover: {len(acked)} acknowledged writes, longest gap between acknowledgements "
           f"{writer.longest_gap():.2f} s, {writer.failures} refused/failed attempts")

@@ -23,14 +23,12 @@ import dataclasses
 import datetime as dt
 import logging
 import ssl
-from collections.abc import Sequence
 from typing import Any
 
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from safehold.audit.chain import ChainedRecord
 from safehold.audit.spool import ship
 from safehold.config import CONFIG_NAME, load_settings
 from safehold.domain import ServerRole
@@ -230,7 +228,7 @@ class HaAgent:
         if row is None:
             return
         self.rt.generation = row.generation
-        fence = await find_newer_primary(self.rt.settings, row.cluster_id, row.generation, urls)
+        fence = await find_newer_primary(self.rt.settings, row.cluster_id, row.generation, urls, self._http)
         if fence is None:
             return
         await self.rt.become_fenced(fence)
@@ -275,7 +273,8 @@ class HaAgent:
         ok = await self._healthy(fence.acting_primary_url) if fence.acting_primary_url else False
         self.redirect = (PeerObservation(fence.acting_primary_id, fence.acting_primary_name, ServerRole.PRIMARY,
                                          fence.acting_primary_url, True) if ok else None)
-        reports = await peer_reports(self.rt.settings, [fence.acting_primary_url] if fence.acting_primary_url else [])
+        reports = await peer_reports(self.rt.settings, [fence.acting_primary_url] if fence.acting_primary_url else [],
+                                     self._http)
         newer = superseded_by(self.rt.cluster_id, fence.generation, reports)
         if newer is not None:
             await self.rt.become_fenced(newer)
@@ -390,15 +389,11 @@ class HaAgent:
                                                    pool_pre_ping=True, connect_args={"connect_timeout": 5})
         return self._primary_db
 
-    async def _send(self, records: Sequence[ChainedRecord]) -> None:
-        async with self._primary_engine().begin() as conn:
-            await audit_store.insert_shipped(conn, records)
-
     async def ship_audit(self) -> None:
         if self.rt.fence is not None or self.rt.spool is None or not self.rt.spool.backlog().pending:
             return
         try:
-            shipped = await ship(self.rt.spool, self._send)
+            shipped = await ship(self.rt.spool, audit_store.shipper(self._primary_engine()))
         except SafeholdError:
             raise
         except Exception as exc:  # noqa: BLE001 - the primary database is down: keep the backlog

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from safehold import __version__
-from safehold.audit.chain import ChainedRecord
 from safehold.config import Settings, load_settings, write_settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import ServerRole
@@ -237,9 +236,4 @@ async def replay_spool(settings: Settings, audit_key: bytes, engine: AsyncEngine
     async with engine.connect() as conn:
         head = await audit_store.head(conn, settings.server.id) or (0, GENESIS)
     spool = AuditSpool(directory, audit_key, settings.server.id, ServerRole.READONLY, head=head)
-
-    async def send(records: Sequence[ChainedRecord]) -> None:
-        async with engine.begin() as conn:
-            await audit_store.insert_shipped(conn, records)
-
-    return await ship(spool, send)
+    return await ship(spool, audit_store.shipper(engine))

@@ -185,40 +185,6 @@ def _bindable(host: str) -> bool:
     return True
 
 
-# --- pg_hba.conf ---------------------------------------------------------------------------------------
-
-
-def _hba_rules(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-
-
-_BASE_HBA = set(_hba_rules(conf.render_hba([])))
-
-
-def _extra_hba_lines(pg: PgManager) -> list[str]:
-    """The lines of the cluster's pg_hba.conf beyond Safehold's base lines, in order."""
-    try:
-        text = (pg.data_dir / "pg_hba.conf").read_text()
-    except OSError as exc:
-        raise PgError(f"cannot read {pg.data_dir / 'pg_hba.conf'}: {exc.strerror}") from None
-    return [line for line in _hba_rules(text) if line not in _BASE_HBA]
-
-
-def _add_hba_lines(pg: PgManager, lines: list[str]) -> list[str]:
-    """Add `lines` (those not present yet) and reload; returns the ones added."""
-    current = _extra_hba_lines(pg)
-    added = [line for line in dict.fromkeys(lines) if line not in current]
-    if added:
-        pg.write_hba([*current, *added])
-    return added
-
-
-def _remove_hba_lines(pg: PgManager, lines: list[str]) -> None:
-    """Remove exactly `lines`, keeping whatever else was added meanwhile (re-read, not restored)."""
-    if lines:
-        pg.write_hba([line for line in _extra_hba_lines(pg) if line not in set(lines)])
-
-
 def _wait_replication_allowed(host: str, port: int, role: str, password: str, ca: Path,
                               timeout: float = 15) -> None:
     """Poll until the reloaded pg_hba.conf lets `role` open a replication connection (a reload is
@@ -403,7 +369,7 @@ def create_pack(settings: Settings, master: MasterKey, pg: PgManager, *, readonl
             raise DatabaseError(f"a replication slot {plan.slot} exists already; try again")
         made["slot"] = plan.slot
         say(f"allowing {plan.role} to stream from {', '.join(plan.addresses)}")
-        made["hba"] = _add_hba_lines(pg, plan.hba)
+        made["hba"] = pg.add_hba_lines(plan.hba)
         _wait_replication_allowed(plan.local_host, db.port, plan.role, repl_password, plan.ca_path)
         admin.grant_monitoring(su, db.user)
         cert_pem = _backup_and_seal(settings, master, pg, plan, cluster.cluster_id, repl_password, passphrase,
@@ -477,7 +443,7 @@ def _undo_pack(su: DbTarget, pg: PgManager, role: str | None, slot: str | None, 
     """Best effort: each step is tried even when an earlier one fails."""
     steps: list[Callable[[], object]] = []
     if hba:
-        steps.append(lambda: _remove_hba_lines(pg, hba))
+        steps.append(lambda: pg.remove_hba_lines(hba))
     if role is not None:
         steps.append(lambda: admin.drop_replication_role(su, role))
     if slot is not None:

@@ -38,7 +38,6 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from safehold import __version__
 from safehold.config import Settings, load_settings, write_settings
 from safehold.crypto import peerauth
 from safehold.crypto.keyfile import MasterKey
@@ -80,7 +79,7 @@ def attach_replica(settings: Settings, *, cluster_id: str, key_check: bytes, gen
                    host: str, db_host: str | None = None) -> ReplicaGrant:
     """Make a replication role and slot for server ``server_id`` at ``host`` on this (acting primary's)
     bundled database and let it stream (and be rewound) from there.  Idempotent per server id."""
-    from safehold.ha.readonly import _add_hba_lines, resolve_addresses
+    from safehold.ha.readonly import resolve_addresses
     from safehold.services.database import manager
 
     if settings.database.mode != "bundled" or settings.server.role != ServerRole.PRIMARY:
@@ -101,7 +100,7 @@ def attach_replica(settings: Settings, *, cluster_id: str, key_check: bytes, gen
             lines.append(conf.validate_hba_line(f"hostssl postgres {role} {a}/{bits} scram-sha-256"))
             lines.append(conf.validate_hba_line(
                 f"hostssl {settings.database.name} {settings.database.user} {a}/{bits} scram-sha-256"))
-    _add_hba_lines(pg, lines)
+    pg.add_hba_lines(lines)
     return ReplicaGrant(role, password, slot, db_host or conf.connect_host(settings.database.host),
                         settings.database.port, cluster_id, key_check.hex(), generation, settings.server.name)
 
@@ -120,7 +119,6 @@ def attach_secondary(settings: Settings, *, cluster_id: str, key_check: bytes, g
                      db_user: str) -> SecondaryGrant:
     """Let a secondary of this cluster use this (acting primary's) bundled database: its login exists here
     already (roles replicate with the rest of the catalog); it needs the pg_hba.conf lines for its host."""
-    from safehold.ha.readonly import _add_hba_lines
     from safehold.ha.secondary import hba_lines_for, host_addresses
     from safehold.services.database import manager
 
@@ -134,7 +132,7 @@ def attach_secondary(settings: Settings, *, cluster_id: str, key_check: bytes, g
                           hint="add the server again with 'safehold ha add-secondary'")
     addresses = [a for a in host_addresses(host) if not ipaddress.ip_address(a).is_loopback]
     if addresses:
-        _add_hba_lines(manager(settings), hba_lines_for(settings.database.name, db_user, addresses))
+        manager(settings).add_hba_lines(hba_lines_for(settings.database.name, db_user, addresses))
     return SecondaryGrant(conf.connect_host(settings.database.host), settings.database.port, cluster_id,
                           key_check.hex(), generation, settings.server.name)
 
@@ -477,10 +475,3 @@ def _write_readonly_settings(settings: Settings, grant: ReplicaGrant, *, server_
     })
     write_settings(new)
     return load_settings(settings.data_dir)
-
-
-async def register_readonly(conn: Any, *, server_id: str, name: str, url: str, port: int, hostname: str) -> None:
-    from safehold.storage import servers as server_store
-
-    await server_store.register(conn, id=server_id, name=name, role=ServerRole.READONLY.value, hostname=hostname,
-                                url=url, port=port, version=__version__)

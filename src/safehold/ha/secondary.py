@@ -154,8 +154,8 @@ def add_secondary(
         create_login(superuser, role, password, like=settings.database.user)
         undo.append(lambda: drop_login(superuser, role))
         say(f"allowing {role} from {', '.join(addresses)} in pg_hba.conf")
-        added = add_hba_lines(pg, lines)
-        undo.append(lambda: remove_hba_lines(pg, added))
+        added = pg.add_hba_lines(lines)
+        undo.append(lambda: pg.remove_hba_lines(added))
 
         ca_pem = ca_cert_path.read_bytes()
         say(f"issuing the secondary's HTTPS certificate for {host}")
@@ -304,34 +304,6 @@ def drop_login(superuser: DbTarget, role: str) -> None:
         conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
                      "WHERE usename = %s AND pid <> pg_backend_pid()", (role,))
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-
-
-# This belongs in PgManager (a read-modify-write of pg_hba.conf under a lock).
-
-def extra_hba_lines(pg: PgManager) -> list[str]:
-    """The lines of pg_hba.conf beyond Safehold's loopback base lines, in order."""
-    base = set(conf.render_hba([]).splitlines())
-    try:
-        text = (pg.data_dir / "pg_hba.conf").read_text()
-    except OSError as exc:
-        raise DatabaseError(f"cannot read {pg.data_dir / 'pg_hba.conf'}: {exc.strerror}") from None
-    return [line.strip() for line in text.splitlines()
-            if line.strip() and not line.lstrip().startswith("#") and line not in base]
-
-
-def add_hba_lines(pg: PgManager, lines: list[str]) -> list[str]:
-    """Append the lines not there yet (and reload); returns those it added."""
-    current = extra_hba_lines(pg)
-    added = [line for line in dict.fromkeys(lines) if line not in current]
-    if added:
-        pg.write_hba([*current, *added])
-    return added
-
-
-def remove_hba_lines(pg: PgManager, lines: list[str]) -> None:
-    """Take exactly these lines out again (others added meanwhile stay)."""
-    if lines:
-        pg.write_hba([line for line in extra_hba_lines(pg) if line not in set(lines)])
 
 
 # --- on the secondary -------------------------------------------------------------------

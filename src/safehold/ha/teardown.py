@@ -360,7 +360,6 @@ def drop_replication_role(superuser: DbTarget, role: str) -> bool:
 def read_inventory(settings: Settings, pg: PgManager | None, *, superuser: bool) -> Inventory:
     """Read what the server's own database holds (the registry as the app login, roles and slots
     as the superuser when it may)."""
-    from safehold.ha.secondary import extra_hba_lines
 
     try:
         roles: tuple[RoleInfo, ...] = ()
@@ -377,7 +376,7 @@ def read_inventory(settings: Settings, pg: PgManager | None, *, superuser: bool)
             row = conn.execute("SELECT cluster_id::text FROM cluster WHERE id = 1").fetchone()
     except psycopg.Error as exc:
         raise DatabaseError(f"cannot read this server's database ({_reason(exc)})") from None
-    extra = tuple(extra_hba_lines(pg)) if pg is not None else ()
+    extra = tuple(pg.extra_hba_lines()) if pg is not None else ()
     return Inventory(roles=roles, slots=slots, registry=registry, extra_hba=extra,
                      cluster_id=str(row[0]) if row else None)
 

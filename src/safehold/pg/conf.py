@@ -204,6 +204,12 @@ def _looks_like_ipv4(text: str) -> bool:
     return bool(re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", text))
 
 
+def extra_hba_rules(text: str) -> list[str]:
+    """The rules of a pg_hba.conf text beyond Safehold's base lines (comments and blanks left out)."""
+    rules = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [line for line in rules if line not in _BASE_HBA]
+
+
 def render_hba(extra_lines: Iterable[str] = ()) -> str:
     """pg_hba.conf: the loopback base lines, then the validated extra lines."""
     extra = [validate_hba_line(line) for line in extra_lines]

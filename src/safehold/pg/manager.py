@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import math
 import os
@@ -529,6 +530,40 @@ class PgManager:
         self._write("pg_hba.conf", conf.render_hba(extra_lines).encode())
         if self._alive_pid() is not None:
             self.reload()
+
+    @contextlib.contextmanager
+    def _hba_lock(self) -> Iterator[None]:
+        """One read-modify-write of pg_hba.conf at a time (a pack and an add-secondary may run together)."""
+        lock = self.data_dir.with_name(self.data_dir.name + ".hba.lock")
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def extra_hba_lines(self) -> list[str]:
+        """The lines of pg_hba.conf beyond Safehold's base lines, in order."""
+        try:
+            text = self._path("pg_hba.conf").read_text()
+        except OSError as exc:
+            raise PgError(f"cannot read {self._path('pg_hba.conf')}: {exc.strerror}") from None
+        return conf.extra_hba_rules(text)
+
+    def add_hba_lines(self, lines: list[str]) -> list[str]:
+        """Add `lines` (those not present yet) and reload; returns the ones added."""
+        with self._hba_lock():
+            current = self.extra_hba_lines()
+            added = [line for line in dict.fromkeys(lines) if line not in current]
+            if added:
+                self.write_hba([*current, *added])
+            return added
+
+    def remove_hba_lines(self, lines: list[str]) -> None:
+        """Remove exactly `lines`, keeping whatever else was added meanwhile (re-read, not restored)."""
+        if lines:
+            with self._hba_lock():
+                self.write_hba([line for line in self.extra_hba_lines() if line not in set(lines)])
 
     # --- the postmaster ---------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import psycopg
 
 from safehold.config import Settings
 from safehold.errors import SafeholdError
+from safehold.services.ha_status import fetch_local
 from safehold.services.runtime import Fence
 from safehold.storage.db import DbTarget, owner_target
 
@@ -52,32 +53,23 @@ def superseded_by(cluster_id: str, generation: int, reports: Iterable[Mapping[st
     return best
 
 
-async def peer_reports(settings: Settings, urls: Sequence[str]) -> list[dict[str, Any]]:
-    """``GET /api/v1/ha/local`` of every URL (TLS verified against the cluster CA); unreachable ones
-    are left out."""
+async def peer_reports(settings: Settings, urls: Sequence[str], client: httpx.AsyncClient | None = None
+                       ) -> list[dict[str, Any]]:
+    """``GET /api/v1/ha/local`` of every URL (TLS verified against the cluster CA), with ``client`` when the
+    caller keeps one; unreachable ones are left out."""
     if not urls:
         return []
-    ctx = ssl.create_default_context(cafile=str(settings.path(settings.http.tls_ca)))
-
-    async def one(client: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
-        try:
-            r = await client.get(f"{url.rstrip('/')}/api/v1/ha/local")
-            body = r.json() if r.status_code == 200 else None
-        except (httpx.HTTPError, ssl.SSLError, OSError, ValueError):
-            return None
-        if isinstance(body, dict):
-            body.setdefault("url", url)
-            return body
-        return None
-
-    async with httpx.AsyncClient(verify=ctx, timeout=settings.ha.peer_timeout) as client:
-        got = await asyncio.gather(*(one(client, u) for u in urls))
-    return [g for g in got if g is not None]
+    if client is None:
+        ctx = ssl.create_default_context(cafile=str(settings.path(settings.http.tls_ca)))
+        async with httpx.AsyncClient(verify=ctx, timeout=settings.ha.peer_timeout) as own:
+            return await peer_reports(settings, urls, own)
+    got = await asyncio.gather(*(fetch_local(client, u) for u in urls))
+    return [{"url": u, **g} for u, g in zip(urls, got, strict=True) if g is not None]  # its own url wins
 
 
-async def find_newer_primary(settings: Settings, cluster_id: str, generation: int,
-                             peer_urls: Sequence[str]) -> Fence | None:
-    return superseded_by(cluster_id, generation, await peer_reports(settings, peer_urls))
+async def find_newer_primary(settings: Settings, cluster_id: str, generation: int, peer_urls: Sequence[str],
+                             client: httpx.AsyncClient | None = None) -> Fence | None:
+    return superseded_by(cluster_id, generation, await peer_reports(settings, peer_urls, client))
 
 
 def _set_read_only(target: DbTarget, on: bool) -> None:

@@ -62,7 +62,8 @@ def _overall(statuses: list[Health]) -> str:
     return (Health.ALIVE if statuses and Health.FAILED not in statuses else Health.FAILED).value
 
 
-async def _fetch_local(client: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
+async def fetch_local(client: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
+    """A peer's ``GET /api/v1/ha/local``, or None when it does not answer it."""
     try:
         r = await client.get(f"{url.rstrip('/')}/api/v1/ha/local")
         return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
@@ -82,7 +83,7 @@ async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = No
         primary = None if rt.readonly else await replication.primary_view(conn)
     ctx = ssl.create_default_context(cafile=str(s.path(s.http.tls_ca)))
     async with httpx.AsyncClient(verify=ctx, timeout=s.ha.peer_timeout) as client:
-        reports = await asyncio.gather(*(_fetch_local(client, r.url) if r.role == ServerRole.READONLY
+        reports = await asyncio.gather(*(fetch_local(client, r.url) if r.role == ServerRole.READONLY
                                          and r.url else asyncio.sleep(0, None) for r in rows))
     servers = []
     for r, report in zip(rows, reports, strict=True):

@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
@@ -19,7 +19,7 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from safehold import __version__
-from safehold.audit.chain import GENESIS, AuditEvent, ChainedRecord
+from safehold.audit.chain import GENESIS, AuditEvent
 from safehold.audit.spool import AuditSpool
 from safehold.audit.writer import AuditWriter
 from safehold.config import Settings
@@ -238,13 +238,7 @@ class Runtime:
 
         replayed = 0
         if self.spool is not None:
-            spool = self.spool
-
-            async def send(records: Sequence[ChainedRecord]) -> None:
-                async with self.engine.begin() as conn:
-                    await audit_store.insert_shipped(conn, records)
-
-            replayed = await ship(spool, send)
+            replayed = await ship(self.spool, audit_store.shipper(self.engine))
         self.settings = settings
         self.identity = ServerIdentity(self.identity.id, settings.server.name, ServerRole.PRIMARY)
         self.generation = generation

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from safehold.audit.chain import GENESIS, AuditEvent, ChainedRecord, StoredRecord, extend
 from safehold.storage.rows import AnyRow
@@ -136,3 +136,13 @@ async def insert_shipped(conn: AsyncConnection, records: Sequence[ChainedRecord]
     await conn.execute(head.on_conflict_do_update(
         index_elements=["server_id"], set_={"seq": head.excluded.seq, "mac": head.excluded.mac},
         where=audit_heads.c.seq < head.excluded.seq))
+
+
+def shipper(engine: AsyncEngine) -> Callable[[Sequence[ChainedRecord]], Awaitable[None]]:
+    """``send`` for :func:`safehold.audit.spool.ship`: each batch stored in one transaction on ``engine``."""
+
+    async def send(records: Sequence[ChainedRecord]) -> None:
+        async with engine.begin() as conn:
+            await insert_shipped(conn, records)
+
+    return send

@@ -7,17 +7,20 @@ host, and only a holder of the cluster's master key can.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
+from safehold import __version__
 from safehold.crypto.peerauth import HEADER, PeerVerifier
 from safehold.domain import ServerRole
 from safehold.errors import AuthenticationFailed, Conflict, InvalidInput
 from safehold.ha.policy import EventKind
-from safehold.ha.rejoin import attach_replica, attach_secondary, register_readonly
-from safehold.services.runtime import public_url
+from safehold.ha.rejoin import attach_replica, attach_secondary
+from safehold.services.runtime import Runtime, public_url
+from safehold.storage import cluster as cluster_store
 from safehold.storage import servers as server_store
 from safehold.web.api.common import errors
 from safehold.web.deps import RuntimeDep
@@ -64,28 +67,32 @@ class ReplicaRequest(BaseModel):
     port: int = Field(ge=1, le=65535)
 
 
+async def _acting_primary_cluster(rt: Runtime) -> cluster_store.ClusterRow:
+    if rt.readonly or rt.identity.role != ServerRole.PRIMARY:
+        raise Conflict("this server is not the acting primary", hint="ask the acting primary")
+    async with rt.read() as conn:
+        row = await cluster_store.get(conn)
+    assert row is not None  # open_runtime checked it
+    return row
+
+
+async def _register(rt: Runtime, body: ReplicaRequest, role: ServerRole) -> None:
+    async with rt.write() as conn:
+        await server_store.register(conn, id=body.server_id, name=body.server_name, role=role.value,
+                                    hostname=body.host, url=body.url, port=body.port, version=__version__)
+
+
 @router.post("/replicas", responses=errors(401, 409, 422, 503))
 async def replicas(body: ReplicaRequest, _: Peer, rt: RuntimeDep) -> dict[str, Any]:
     """Let a server (re)join as a read-only replica of this acting primary: its own replication role and
     slot, the hba lines for its host, its registry entry.  Returns the replication credentials."""
-    if rt.readonly or rt.identity.role != ServerRole.PRIMARY:
-        raise Conflict("this server is not the acting primary", hint="ask the acting primary")
+    row = await _acting_primary_cluster(rt)
     if body.server_id == rt.identity.id:
         raise InvalidInput("a server cannot be its own replica", field="server_id")
-    async with rt.read() as conn:
-        from safehold.storage import cluster as cluster_store
-
-        row = await cluster_store.get(conn)
-    assert row is not None
     grant = await asyncio.to_thread(attach_replica, rt.settings, cluster_id=row.cluster_id, key_check=row.key_check,
                                     generation=row.generation, server_id=body.server_id, host=body.host)
-    async with rt.write() as conn:
-        await register_readonly(conn, server_id=body.server_id, name=body.server_name, url=body.url, port=body.port,
-                                hostname=body.host)
-    return {"replication_role": grant.replication_role, "replication_password": grant.replication_password,
-            "slot": grant.slot, "primary_db_host": grant.primary_db_host, "primary_db_port": grant.primary_db_port,
-            "cluster_id": grant.cluster_id, "key_check": grant.key_check, "generation": grant.generation,
-            "primary_name": grant.primary_name}
+    await _register(rt, body, ServerRole.READONLY)
+    return dataclasses.asdict(grant)
 
 
 class SecondaryRequest(ReplicaRequest):
@@ -95,17 +102,8 @@ class SecondaryRequest(ReplicaRequest):
 @router.post("/secondaries", responses=errors(401, 409, 422, 503))
 async def secondaries(body: SecondaryRequest, _: Peer, rt: RuntimeDep) -> dict[str, Any]:
     """Let a secondary of this cluster (back) in after a failover: the hba lines for its existing login."""
-    if rt.readonly or rt.identity.role != ServerRole.PRIMARY:
-        raise Conflict("this server is not the acting primary", hint="ask the acting primary")
-    async with rt.read() as conn:
-        from safehold.storage import cluster as cluster_store
-
-        row = await cluster_store.get(conn)
-    assert row is not None
+    row = await _acting_primary_cluster(rt)
     grant = await asyncio.to_thread(attach_secondary, rt.settings, cluster_id=row.cluster_id, key_check=row.key_check,
                                     generation=row.generation, host=body.host, db_user=body.db_user)
-    async with rt.write() as conn:
-        await server_store.register(conn, id=body.server_id, name=body.server_name, role=ServerRole.SECONDARY.value,
-                                    hostname=body.host, url=body.url, port=body.port)
-    return {"db_host": grant.db_host, "db_port": grant.db_port, "cluster_id": grant.cluster_id,
-            "key_check": grant.key_check, "generation": grant.generation, "primary_name": grant.primary_name}
+    await _register(rt, body, ServerRole.SECONDARY)
+    return dataclasses.asdict(grant)
