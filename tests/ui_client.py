@@ -116,8 +116,12 @@ class Browser:
         self.c.close()
 
     def sign_in(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> None:
-        r = self.c.post("/ui/login", data={"username": username, "password": password})
+        r = self.c.post("/ui/login", data={"username": username, "password": password, **self.signin_token()})
         assert r.status_code == 303, r.text
+
+    def signin_token(self) -> dict[str, str]:
+        """The sign-in page's pre-session token (its cookie is kept by the client), as a form field."""
+        return {"signin_token": hidden(self.get("/ui/login").text, "signin_token")}
 
     def get(self, path: str, status: int = 200, **params: str) -> httpx.Response:
         r = self.c.get(path, params=params or None)

@@ -51,6 +51,8 @@ class HttpSection(_Section):
     tls_ca: Path = Path("tls/ca.crt")
     public_url: str | None = None
     workers: int = Field(default=1, ge=1, le=64)
+    # the largest request body accepted (the CSV import has its own, larger limit); refused before reading
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
 
 
 class DatabaseSection(_Section):

@@ -180,9 +180,10 @@ def test_my_account_totp_enrolment_then_sign_in_needs_the_code(shared_server: Se
         assert shown(b.follow(r).text, "me-totp") == "on"
 
     with Browser(shared_server) as b:
-        r = b.c.post("/ui/login", data={"username": username, "password": password})
+        token = b.signin_token()
+        r = b.c.post("/ui/login", data={"username": username, "password": password, **token})
         assert r.status_code == 200 and 'id="totp-form"' in r.text  # the second step
-        r = b.c.post("/ui/login/totp", data={"totp": next_code(secret, used)})
+        r = b.c.post("/ui/login/totp", data={"totp": next_code(secret, used), **token})
         assert r.status_code == 303 and r.headers["location"] == "/ui/vault"
         assert shown(b.get("/ui/me").text, "me-username") == username
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import datetime as dt
 import hashlib
+import hmac
 import secrets
 import uuid
 from dataclasses import dataclass, replace
@@ -16,7 +17,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from safehold.audit.chain import AuditEvent
 from safehold.crypto.envelope import aad_for
-from safehold.domain import USERNAME_RE, AuditAction, AuditResult, UserRole
+from safehold.domain import AuditAction, AuditResult, UserRole
 from safehold.errors import (
     AccountLocked,
     AuthenticationFailed,
@@ -37,6 +38,8 @@ API_PREFIX = "sht_"
 TOUCH_EVERY = dt.timedelta(seconds=60)
 REAUTH_VALID = dt.timedelta(minutes=5)
 MIN_PASSWORD_LEN = 12
+UNKNOWN_USER = "(unknown user)"  # the actor of a failed sign-in whose name is no user's
+NAME_FINGERPRINT = "login name fingerprint"
 
 
 def now() -> dt.datetime:
@@ -88,10 +91,25 @@ def _event(actor: str, action: str, result: str, source_ip: str, user_id: str = 
                       target_id=user_id, target_name=actor, detail=dict(detail))
 
 
-def _attempted_name(username: str) -> str:
-    """The name an unknown user tried, for the audit — unless it cannot be a username (a password typed
-    into the wrong field must not end up in the audit trail)."""
-    return username if USERNAME_RE.fullmatch(username) else "(not a valid username)"
+def derived_key(rt: Runtime, label: str) -> bytes:
+    """A 32-byte key for one purpose, derived one-way from the cluster's audit key (the same on every
+    server of the cluster, so what one server makes with it another can check)."""
+    return hmac.new(rt.keys.audit_key, b"safehold derive v1:" + label.encode(), hashlib.sha256).digest()
+
+
+def name_fingerprint(key: bytes, name: str) -> str:
+    """A keyed fingerprint of a name typed at sign-in: equal for equal names, so repeated attempts can be
+    told apart and correlated, but the text itself (perhaps a password typed into the wrong field)
+    cannot be read back or guessed without the key."""
+    return hmac.new(key, name.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:16]
+
+
+def _unknown_user(rt: Runtime, username: str, source_ip: str) -> AuditEvent:
+    """The audit record of a sign-in with a name that is no user's: none of the typed text, only a
+    fixed marker and the name's keyed fingerprint."""
+    fingerprint = name_fingerprint(derived_key(rt, NAME_FINGERPRINT), username)
+    return _event(UNKNOWN_USER, AuditAction.LOGIN_FAILED, AuditResult.FAILURE, source_ip, reason="unknown user",
+                  name_fingerprint=fingerprint)
 
 
 async def login(rt: Runtime, username: str, password: str, totp: str | None, source_ip: str) -> LoginResult:
@@ -104,8 +122,7 @@ async def login(rt: Runtime, username: str, password: str, totp: str | None, sou
         user = await user_store.by_username(conn, username, for_update=True)
         if user is None:
             await _verify(_DUMMY_HASH, password)
-            await rt.append_audit(conn, _event(_attempted_name(username), AuditAction.LOGIN_FAILED,
-                                               AuditResult.FAILURE, source_ip, reason="unknown user"))
+            await rt.append_audit(conn, _unknown_user(rt, username, source_ip))
             failure = AuthenticationFailed("invalid username or password")
         elif user.locked_until is not None and user.locked_until > now():
             minutes = max(1, int((user.locked_until - now()).total_seconds() // 60) + 1)
@@ -167,8 +184,9 @@ async def _login_readonly(rt: Runtime, username: str, password: str, totp: str |
 
     if user is None:
         await _verify(_DUMMY_HASH, password)
-        raise await fail(AuthenticationFailed("invalid username or password"), _attempted_name(username),
-                         reason="unknown user")
+        await rt.record_audit(_unknown_user(rt, username, source_ip))
+        rt.metrics.logins.labels("failure").inc()
+        raise AuthenticationFailed("invalid username or password")
     locked = max([x for x in (user.locked_until, local.locked_until.get(user.id)) if x is not None], default=None)
     if locked is not None and locked > t:
         raise await fail(AccountLocked("this account is locked after repeated failed logins; try again later"),

@@ -27,6 +27,7 @@ from safehold.services import auth as auth_service
 from safehold.services.runtime import FencedMode, Runtime, open_runtime, system_event
 from safehold.web import errors, ui
 from safehold.web.api import alerts, audit, auth, ha, ha_checks, ha_peer, system, users, vault
+from safehold.web.limits import BodyLimit
 from safehold.web.ui.core import LoginRequired, login_redirect
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: under no-referrer a browser sends "Origin: null" with our own forms,
+    # and the sign-in checks the Origin (login CSRF); other sites still get no referrer
+    "Referrer-Policy": "same-origin",
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
@@ -184,7 +187,8 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
     for module in (system, auth, users, vault, audit, ha, ha_peer, alerts, ha_checks):
         app.include_router(module.router, prefix=API)
 
-    app.add_middleware(Observe)
+    app.add_middleware(BodyLimit, default=settings.http.max_body_bytes, routes={f"{API}/import": vault.MAX_IMPORT})
+    app.add_middleware(Observe)  # outside the body limit: its refusals get the headers and are counted
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:

@@ -28,7 +28,7 @@ STATUS = {
     e.DatabaseError: 503,
 }
 CODES = {400: "bad_request", 401: "authentication_failed", 403: "forbidden", 404: "not_found",
-         405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+         405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
          422: "invalid_input", 429: "too_many_requests", 503: "unavailable"}
 
 
@@ -40,6 +40,38 @@ def error_response(status: int, code: str, message: str, *, field: str | None = 
     if hint:
         body["hint"] = hint
     return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def size_text(n: int) -> str:
+    """A byte count as people write it: 1 MiB, 64 KiB, 1500 bytes."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A request body over its limit (raised while it is received, see ``web/limits.py``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(413, f"the request body is larger than this server accepts here "
+                              f"(at most {size_text(limit)}, {limit} bytes)")
+
+
+async def payload_too_large(request: Request, limit: int) -> Response:
+    """The answer to a body over its limit, in the shape of the page or API asked for; the connection is
+    closed after it (the rest of the body is never read)."""
+    exc = BodyTooLarge(limit)
+    hint = "send less at once: split the file or the list into several requests"
+    if request.url.path.startswith("/ui/"):
+        from safehold.web.ui.core import error_page
+
+        response = await error_page(request, 413, e.SafeholdError(exc.detail, hint=hint))
+    else:
+        response = error_response(413, CODES[413], exc.detail, hint=hint)
+    response.headers["Connection"] = "close"
+    return response
 
 
 def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -75,6 +107,10 @@ def install(app: FastAPI) -> None:
         msg = str(first.get("msg", "invalid request"))
         # Never echo the rejected input: it may be a password.
         return error_response(422, "invalid_input", f"{field}: {msg}" if field else msg, field=field)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> Response:
+        return await payload_too_large(request, exc.limit)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from safehold.errors import PermissionDenied
 from safehold.ids import parse_id
 from safehold.services import auth, users
 from safehold.services.users import Actor
+from safehold.web import crossorigin
 from safehold.web.api.common import AUTH_ERRORS, errors
 from safehold.web.deps import SESSION_COOKIE, CurrentUser, RuntimeDep, client_ip
 from safehold.web.schemas import (
@@ -24,9 +26,13 @@ from safehold.web.schemas import (
 router = APIRouter(tags=["auth"])
 
 
-@router.post("/auth/login", response_model=LoginOut, responses=errors(401, 422, 423, 503))
+@router.post("/auth/login", response_model=LoginOut, responses=errors(401, 403, 422, 423, 503))
 async def login(body: LoginIn, request: Request, response: Response, rt: RuntimeDep) -> LoginOut:
-    """Sign in; returns a session token (also set as an HttpOnly cookie)."""
+    """Sign in; returns a session token (also set as an HttpOnly cookie).  Refused (403) when a browser
+    sends it for another site (its Origin or Sec-Fetch-Site says so)."""
+    if crossorigin.refusal(request, rt.settings.http.public_url) is not None:
+        raise PermissionDenied("a sign-in sent by a browser from another site is refused",
+                               hint="sign in on this server's own page, or from a script (no Origin header)")
     result = await auth.login(rt, body.username, body.password, body.totp, client_ip(request))
     max_age = rt.settings.security.session_idle_minutes * 60
     response.set_cookie(SESSION_COOKIE, result.token, max_age=rt.settings.security.session_max_hours * 3600,
