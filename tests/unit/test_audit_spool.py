@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import errno
+import logging
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
-from safehold.audit.chain import AuditEvent, ChainedRecord, StoredRecord, verify
-from safehold.audit.spool import RECORDS, AuditSpool, ship
+from safehold.audit.chain import (
+    GENESIS,
+    AuditEvent,
+    ChainConflict,
+    ChainedRecord,
+    StoredRecord,
+    verify,
+)
+from safehold.audit.spool import RECORDS, SHIPPED, AuditSpool, SpoolDamaged, ship
 from safehold.errors import AuditUnavailable
 
 KEY = b"k" * 32
@@ -21,7 +31,8 @@ def ev(n: int) -> AuditEvent:
 
 
 class FakeDatabase:
-    """Stores records by (server, seq) like the audit table's unique constraint; can be made to fail."""
+    """Stores records by (server, seq) like the audit table's unique constraint (a record already stored
+    counts only if it is the same record, as storage.audit.insert_shipped); can be made to fail."""
 
     def __init__(self) -> None:
         self.rows: dict[tuple[str, int], ChainedRecord] = {}
@@ -32,6 +43,10 @@ class FakeDatabase:
         self.calls += 1
         if self.fail:
             raise ConnectionError("primary database unreachable")
+        for r in records:
+            have = self.rows.get((r.server_id, r.seq))
+            if have is not None and have.mac != r.mac:
+                raise ChainConflict(r.server_id, r.seq, "the database holds a different record there")
         for r in records:
             self.rows.setdefault((r.server_id, r.seq), r)
 
@@ -109,3 +124,210 @@ def test_a_new_spool_continues_the_chain_the_database_holds(tmp_path: Path) -> N
     r = spool.append(ev(1))
     assert (r.seq, r.prev_mac) == (42, b"m" * 32)
     assert spool.backlog().shipped == 41
+
+
+# --- appends are all or nothing -----------------------------------------------------------------------
+
+
+def _raise(code: int) -> Callable[..., int]:
+    def fail(*_: object) -> int:
+        raise OSError(code, os.strerror(code))
+    return fail
+
+
+def _short_then(code: int | None) -> Callable[[int, bytes], int]:
+    """A full tmpfs: the first write stores half the bytes; the next one fails (or stores nothing)."""
+    calls = []
+
+    def write(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return os.write(fd, bytes(data[: len(data) // 2]))
+        if code is None:
+            return 0
+        raise OSError(code, os.strerror(code))
+    return write
+
+
+class Alarms:
+    def __init__(self) -> None:
+        self.raised: list[str] = []
+        self.cleared = 0
+
+    def failure(self, message: str) -> None:
+        self.raised.append(message)
+
+    def recovered(self) -> None:
+        self.cleared += 1
+
+
+@pytest.mark.parametrize(("fault", "write", "fsync", "reason"), [
+    ("short write, then the disk is full", _short_then(errno.ENOSPC), os.fsync, "no space left on device"),
+    ("short write, then nothing written", _short_then(None), os.fsync, "no space left on device"),
+    ("disk full", _raise(errno.ENOSPC), os.fsync, "no space left on device"),
+    ("I/O error on write", _raise(errno.EIO), os.fsync, "input/output error"),
+    ("I/O error on fsync", os.write, _raise(errno.EIO), "input/output error"),
+    ("read-only file system", _raise(errno.EROFS), os.fsync, "read-only file system"),
+])
+def test_an_append_that_cannot_be_made_whole_leaves_nothing_and_fails_closed(
+        tmp_path: Path, fault: str, write: Callable[[int, bytes], int], fsync: Callable[[int], None],
+        reason: str) -> None:
+    alarms = Alarms()
+    spool = AuditSpool(tmp_path, KEY, SERVER, "readonly", on_failure=alarms.failure, on_recovered=alarms.recovered)
+    first = spool.append(ev(1))
+    before = (tmp_path / RECORDS).read_bytes()
+
+    spool._write, spool._fsync = write, fsync
+    with pytest.raises(AuditUnavailable) as refused:
+        spool.append(ev(2))
+    assert reason in refused.value.message and "not carried out" in refused.value.message, fault
+    assert (tmp_path / RECORDS).read_bytes() == before, f"{fault}: the file was cut back to the last record"
+    assert spool.backlog().pending == 1 and spool.last_error is not None
+    assert len(alarms.raised) == 1 and str(tmp_path / RECORDS) in alarms.raised[0]
+    with pytest.raises(AuditUnavailable):
+        spool.append(ev(3))
+    assert len(alarms.raised) == 1, "the same failure raises its alarm once"
+
+    spool._write, spool._fsync = os.write, os.fsync  # space freed
+    nxt = spool.append(ev(4))
+    assert (nxt.seq, nxt.prev_mac) == (2, first.mac), "the head did not move on the failures"
+    assert spool.last_error is None and alarms.cleared == 1
+    reopened = AuditSpool(tmp_path, KEY, SERVER, "readonly")
+    assert [r.seq for r in reopened.pending()] == [1, 2]
+
+
+def test_bytes_a_failed_append_could_not_cut_back_are_overwritten(tmp_path: Path) -> None:
+    spool = AuditSpool(tmp_path, KEY, SERVER, "readonly")
+    spool.append(ev(1))
+    with open(tmp_path / RECORDS, "ab") as f:
+        f.write(b'{"server_id": "torn')  # the truncate after a failed write failed too
+    spool.append(ev(2))
+    assert [r.seq for r in AuditSpool(tmp_path, KEY, SERVER, "readonly").pending()] == [1, 2]
+
+
+# --- start-up recovery --------------------------------------------------------------------------------
+
+
+def _spool_lines(tmp_path: Path, n: int) -> list[bytes]:
+    spool = AuditSpool(tmp_path, KEY, SERVER, "readonly")
+    for i in range(n):
+        spool.append(ev(i))
+    return (tmp_path / RECORDS).read_bytes().splitlines(keepends=True)
+
+
+def _altered(line: bytes) -> bytes:
+    return line.replace(b'"actor":"user', b'"actor":"mallory')
+
+
+@pytest.mark.parametrize(("case", "damage", "kept"), [
+    ("a torn tail (no newline)", lambda ls: [*ls, ls[0][:40]], 3),
+    ("a torn tail that is a newline short", lambda ls: [*ls[:2], ls[2][:-1]], 2),
+    ("a last line that does not decode", lambda ls: [*ls, b"\x00\x00\x00\n"], 3),
+    ("a last line that does not verify", lambda ls: [*ls[:2], _altered(ls[2])], 2),
+    ("a last line that does not link", lambda ls: [*ls[:2], ls[1]], 2),
+])
+def test_a_torn_tail_is_cut_off_at_start_up_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str,
+        damage: Callable[[list[bytes]], list[bytes]], kept: int) -> None:
+    lines = _spool_lines(tmp_path, 3)
+    (tmp_path / RECORDS).write_bytes(b"".join(damage(lines)))
+    with caplog.at_level(logging.WARNING):
+        spool = AuditSpool(tmp_path, KEY, SERVER, "readonly")
+    assert [r.seq for r in spool.pending()] == list(range(1, kept + 1)), case
+    assert (tmp_path / RECORDS).read_bytes() == b"".join(lines[:kept]), f"{case}: the file was cut"
+    assert "torn" in caplog.text
+    assert spool.append(ev(9)).seq == kept + 1
+
+
+@pytest.mark.parametrize(("case", "damage", "line"), [
+    ("a line that does not decode", lambda ls: [ls[0], b"garbage\n", *ls[1:]], 2),
+    ("a record altered", lambda ls: [ls[0], _altered(ls[1]), *ls[2:]], 2),
+    ("a record repeated", lambda ls: [ls[0], ls[1], ls[1], *ls[2:]], 3),
+    ("records swapped", lambda ls: [ls[0], ls[2], ls[1], ls[3]], 3),
+    # what the old append left on a full disk: a torn record with the next one written after it
+    ("a torn record, then more", lambda ls: [ls[0], ls[1][:30] + ls[2], ls[3]], 2),
+])
+def test_a_damaged_record_before_the_last_one_is_named_not_dropped(
+        tmp_path: Path, case: str, damage: Callable[[list[bytes]], list[bytes]], line: int) -> None:
+    lines = _spool_lines(tmp_path, 4)
+    damaged = b"".join(damage(lines))
+    (tmp_path / RECORDS).write_bytes(damaged)
+    with pytest.raises(SpoolDamaged) as refused:
+        AuditSpool(tmp_path, KEY, SERVER, "readonly")
+    assert f"{tmp_path / RECORDS} is damaged at line {line}" in refused.value.message, case
+    assert (tmp_path / RECORDS).read_bytes() == damaged, "nothing is dropped"
+
+
+# --- the chain continues from its true head -----------------------------------------------------------
+
+
+def _file_with(tmp_path: Path, n: int, shipped: int) -> list[ChainedRecord]:
+    spool = AuditSpool(tmp_path, KEY, SERVER, "readonly")
+    records = [spool.append(ev(i)) for i in range(n)]
+    if shipped:
+        spool.mark_shipped(shipped)
+    return records
+
+
+DB_MAC = b"d" * 32
+
+
+@pytest.mark.parametrize(("case", "n", "shipped", "db_seq", "next_seq", "pending"), [
+    ("a new spool on the database's chain", 0, 0, 41, 42, 0),
+    ("the file is ahead of a lagging replica", 5, 2, 3, 6, 3),
+    ("the file is ahead of an empty database", 5, 0, 0, 6, 5),
+    # a once-promoted server is read-only again: the database went on after its old spool
+    ("the database went on after the file (all shipped)", 5, 5, 20, 21, 0),
+    # ... records it may hold already stay pending until the shipper confirmed they are the same
+    ("the database went on after the file (some pending)", 5, 3, 20, 21, 2),
+])
+def test_the_chain_continues_from_the_higher_of_the_database_and_the_file(
+        tmp_path: Path, case: str, n: int, shipped: int, db_seq: int, next_seq: int, pending: int) -> None:
+    records = _file_with(tmp_path, n, shipped)
+    db_mac = records[db_seq - 1].mac if 0 < db_seq <= n else DB_MAC if db_seq else GENESIS
+    spool = AuditSpool(tmp_path, KEY, SERVER, "readonly", head=(db_seq, db_mac))
+    assert spool.backlog().pending == pending, case
+    nxt = spool.append(ev(99))
+    expected_prev = records[-1].mac if next_seq == n + 1 else db_mac
+    assert (nxt.seq, nxt.prev_mac) == (next_seq, expected_prev), case
+    again = AuditSpool(tmp_path, KEY, SERVER, "readonly")  # a jump in seq reopens fine
+    assert again.append(ev(100)).seq == next_seq + 1
+
+
+def test_the_same_seq_with_another_mac_is_a_fork_that_refuses_appends(tmp_path: Path) -> None:
+    _file_with(tmp_path, 5, 5)
+    alarms = Alarms()
+    spool = AuditSpool(tmp_path, KEY, SERVER, "readonly", head=(5, DB_MAC), on_failure=alarms.failure)
+    assert spool.last_error is not None and "diverged at seq 5" in spool.last_error
+    assert alarms.raised == [spool.last_error]
+    with pytest.raises(AuditUnavailable, match="conflicts"):
+        spool.append(ev(6))
+    assert (tmp_path / RECORDS).read_bytes().count(b"\n") == 5
+
+
+def test_a_conflicting_record_stays_pending_and_raises_an_alarm(tmp_path: Path) -> None:
+    db = FakeDatabase()
+    records = _file_with(tmp_path, 3, 0)
+    # the database holds another record at seq 2 (the old bug: a chain restarted from a stale head)
+    db.rows[(SERVER, 2)] = ChainedRecord(SERVER, "primary", 2, ev(7), records[0].mac, b"x" * 32)
+    alarms = Alarms()
+    spool = AuditSpool(tmp_path, KEY, SERVER, "readonly", on_failure=alarms.failure, on_recovered=alarms.recovered)
+    with pytest.raises(ChainConflict, match="diverged at seq 2"):
+        asyncio.run(ship(spool, db.send))
+    assert spool.backlog().pending == 3 and spool.backlog().error is not None
+    assert len(alarms.raised) == 1 and "diverged at seq 2" in alarms.raised[0]
+    assert not (tmp_path / SHIPPED).exists()
+
+    del db.rows[(SERVER, 2)]  # an operator resolved it
+    assert asyncio.run(ship(spool, db.send)) == 3
+    assert spool.last_error is None and alarms.cleared == 1
+
+
+def test_the_same_record_shipped_again_counts_as_shipped(tmp_path: Path) -> None:
+    db = FakeDatabase()
+    records = _file_with(tmp_path, 4, 0)
+    for r in records[:3]:
+        db.rows[(SERVER, r.seq)] = r
+    spool = AuditSpool(tmp_path, KEY, SERVER, "readonly", head=(3, records[2].mac))
+    assert asyncio.run(ship(spool, db.send)) == 4
+    assert spool.backlog().pending == 0 and len(db.rows) == 4

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from safehold.errors import SafeholdError
+
 GENESIS = b"\x00" * 32
 
 
@@ -79,6 +81,17 @@ def extend(
         out.append(ChainedRecord(server_id, server_role, seq, e, prev, mac))
         prev = mac
     return out
+
+
+class ChainConflict(SafeholdError):
+    """Two different records claim the same place in one server's chain: the chains diverged."""
+
+    def __init__(self, server_id: str, seq: int, what: str) -> None:
+        super().__init__(f"the audit chains of server {server_id} diverged at seq {seq}: {what}; the spooled "
+                         "record is kept and not shipped",
+                         hint="compare the spool with the database's records ('safehold audit verify'); nothing "
+                              "is dropped until an operator decides")
+        self.server_id, self.seq = server_id, seq
 
 
 @dataclass(frozen=True)

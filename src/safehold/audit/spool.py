@@ -12,13 +12,36 @@ Files in the spool directory::
 
     audit.jsonl   one chained record per line, oldest first
     shipped       the highest seq known to be in the primary database
+
+What can go wrong, and what the spool does:
+
+1. An append is all or nothing.  The record goes in at the end of the last
+   whole record; a short write (a full tmpfs returns one instead of failing),
+   ENOSPC, EIO, EROFS or any other error cuts the file back to that end,
+   fsyncs, and raises :class:`AuditUnavailable`: the action fails closed, the
+   chain's head does not move, and ``on_failure`` is told (an alarm).
+2. At start-up a torn tail (a crash or power loss in the middle of an append:
+   never acknowledged) is cut off with a warning.  A damaged record *before*
+   the last one is not a torn write: the spool refuses to open
+   (:class:`SpoolDamaged`), naming the file and the line.
+3. The chain continues from its true head: the higher of the database's head
+   (``head``, passed in by whoever opens the spool) and the file's last
+   record, whatever roles the server went through.  The same seq with a
+   different MAC is a fork: appends fail closed and ``on_failure`` is told.
+4. Records the database may already hold stay pending until the shipper has
+   confirmed them: it counts a record as stored only if the database holds
+   the same record (same MAC), else :class:`ChainConflict` (an alarm).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
+import errno
+import hmac
 import json
+import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,11 +49,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safehold.audit.chain import GENESIS, AuditEvent, ChainedRecord, extend
-from safehold.errors import AuditUnavailable
+from safehold.audit.chain import GENESIS, AuditEvent, ChainConflict, ChainedRecord, extend, mac_of
+from safehold.errors import AuditUnavailable, SafeholdError
+
+log = logging.getLogger(__name__)
 
 RECORDS = "audit.jsonl"
 SHIPPED = "shipped"
+
+Writer = Callable[[int, bytes], int]
+
+
+class SpoolDamaged(SafeholdError):
+    """A record before the spool's last one cannot be read or does not verify: not a torn write."""
 
 
 def _encode(r: ChainedRecord) -> str:
@@ -50,7 +81,11 @@ def _decode(line: str) -> ChainedRecord:
                        target_type=d["target_type"], target_id=d["target_id"], target_name=d["target_name"],
                        detail=d["detail"], at=dt.datetime.fromisoformat(d["at"]))
     return ChainedRecord(d["server_id"], d["server_role"], int(d["seq"]), event,
-                         base64.b64decode(d["prev_mac"]), base64.b64decode(d["mac"]))
+                         base64.b64decode(d["prev_mac"], validate=True), base64.b64decode(d["mac"], validate=True))
+
+
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or (errno.errorcode.get(exc.errno, "") if exc.errno else "") or "I/O error"
 
 
 @dataclass(frozen=True)
@@ -58,38 +93,89 @@ class Backlog:
     pending: int
     shipped: int
     oldest_pending: dt.datetime | None
+    error: str | None = None  # why the spool cannot be written or shipped right now
 
     def as_dict(self) -> dict[str, object]:
         return {"pending": self.pending, "shipped": self.shipped,
-                "oldest_pending": self.oldest_pending.isoformat() if self.oldest_pending else None}
+                "oldest_pending": self.oldest_pending.isoformat() if self.oldest_pending else None,
+                "error": self.error}
 
 
 class AuditSpool:
-    """Append-only, fsync'ed, chained; thread-safe (appends come from the event loop's threads)."""
+    """Append-only, fsync'ed, chained; thread-safe (appends come from the event loop's threads).
+
+    ``on_failure(message)`` is called when the spool starts failing (an append that could not be made
+    whole, a fork with the database's chain, a conflict found by the shipper) and whenever the reason
+    changes; ``on_recovered()`` once everything works again.  Both may also be set as attributes after
+    construction; ``last_error`` then tells whether a failure was already found while opening.
+    ``write`` and ``fsync`` are seams for tests (``os.write``, ``os.fsync``)."""
 
     def __init__(self, directory: Path, key: bytes, server_id: str, server_role: str,
-                 *, head: tuple[int, bytes] = (0, GENESIS)) -> None:
+                 *, head: tuple[int, bytes] = (0, GENESIS),
+                 on_failure: Callable[[str], None] | None = None,
+                 on_recovered: Callable[[], None] | None = None,
+                 write: Writer = os.write, fsync: Callable[[int], None] = os.fsync) -> None:
         self.dir, self._key, self.server_id, self.server_role = directory, key, server_id, server_role
+        self.on_failure, self.on_recovered = on_failure, on_recovered
+        self._write, self._fsync = write, fsync
         self._lock = threading.Lock()
+        self._errors: dict[str, str] = {}  # what is failing ("write", "fork", "ship") -> why
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._path = directory / RECORDS
-        self._records = self._load()
+        self._records, self._size = self._load()
         self._shipped = self._load_shipped()
-        last = self._records[-1] if self._records else None
-        self._head = (last.seq, last.mac) if last else head
-        if last is None and head[0] > self._shipped:
-            self._shipped = head[0]  # everything before this spool existed is in the database
+        self._head = self._true_head(head)
 
-    def _load(self) -> list[ChainedRecord]:
-        if not self._path.exists():
-            return []
-        records = []
-        with open(self._path, encoding="utf-8") as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    break  # a torn last line: it was never acknowledged, so it never happened
-                records.append(_decode(line))
-        return records
+    # --- opening -------------------------------------------------------------------------------
+
+    def _load(self) -> tuple[list[ChainedRecord], int]:
+        """The whole records of the file and their length in bytes; a torn tail is cut off."""
+        try:
+            data = self._path.read_bytes()
+        except FileNotFoundError:
+            return [], 0
+        lines = data.split(b"\n")
+        tail = lines.pop()  # what follows the last newline: empty unless the last write was torn
+        records: list[ChainedRecord] = []
+        size = 0
+        for number, raw in enumerate(lines, 1):
+            record, problem = self._verified(raw, records[-1] if records else None)
+            if record is None:
+                if number == len(lines) and not tail:
+                    tail = raw  # the last record does not verify: a torn write, never acknowledged
+                    break
+                raise SpoolDamaged(
+                    f"the audit spool {self._path} is damaged at line {number} ({problem}); records after it "
+                    "cannot be trusted, so the server does not start on it",
+                    hint="keep a copy of the file for the audit trail; move the spool directory aside to start "
+                         "without it (its records that were not shipped are then only in that copy)")
+            records.append(record)
+            size += len(raw) + 1
+        if size != len(data):
+            log.warning("audit spool %s: cut off a torn last record (%d bytes, never acknowledged) left by an "
+                        "interrupted write", self._path, len(data) - size)
+            fd = os.open(self._path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return records, size
+
+    def _verified(self, raw: bytes, prev: ChainedRecord | None) -> tuple[ChainedRecord | None, str]:
+        """The record of a line if it is whole, verifies and may follow ``prev``; else None and why."""
+        try:
+            r = _decode(raw.decode())
+            expected = mac_of(self._key, r.prev_mac, r.server_id, r.server_role, r.seq, r.event) if self._key else b""
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            return None, "not a complete record"
+        if self._key and not hmac.compare_digest(r.mac, expected):
+            return None, f"record {r.seq} does not verify (MAC mismatch)"
+        if prev is not None and r.seq <= prev.seq:
+            return None, f"record {r.seq} follows record {prev.seq}"
+        if prev is not None and r.seq == prev.seq + 1 and r.prev_mac != prev.mac:
+            return None, f"record {r.seq} does not link to record {prev.seq}"
+        return r, ""  # a jump in seq is a chain continued from the database's (higher) head
 
     def _load_shipped(self) -> int:
         try:
@@ -97,23 +183,103 @@ class AuditSpool:
         except FileNotFoundError:
             return 0
 
+    def _true_head(self, db_head: tuple[int, bytes]) -> tuple[int, bytes]:
+        """The higher of the database's head and the file's last record.  Records the database may hold
+        already (seq up to its head) stay pending until the shipper confirmed they are the same."""
+        last = self._records[-1] if self._records else None
+        if last is None or db_head[0] > last.seq:
+            if not any(self._shipped < r.seq <= db_head[0] for r in self._records):
+                self._shipped = max(self._shipped, db_head[0])  # everything before is in the database
+            return db_head
+        if last.seq == db_head[0] and last.mac != db_head[1]:
+            self._fail("fork", f"the audit spool {self._path} and the database disagree on record {last.seq} of "
+                               f"server {self.server_id}: the chains diverged at seq {last.seq}; audited actions "
+                               "are refused until an operator resolves it")
+        return (last.seq, last.mac)
+
+    # --- appending -----------------------------------------------------------------------------
+
     def append(self, event: AuditEvent) -> ChainedRecord:
-        """Chain the event and make it durable; raises AuditUnavailable if it cannot be."""
+        """Chain the event and make it durable, whole or not at all; raises AuditUnavailable if it cannot be."""
         with self._lock:
+            if "fork" in self._errors:
+                raise AuditUnavailable("this server's audit chain conflicts with the database's, so the action "
+                                       "was not carried out", hint="an administrator must resolve the audit "
+                                       "spool conflict (see the server log)")
             (record,) = extend(self._key, self.server_id, self.server_role, *self._head, [event])
+            data = (_encode(record) + "\n").encode()
             try:
-                fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    os.write(fd, (_encode(record) + "\n").encode())
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                self._write_whole(data)
             except OSError as exc:
-                raise AuditUnavailable(f"the local audit spool cannot be written ({exc.strerror}); "
-                                       "the action was not carried out") from None
+                reason = _strerror(exc)
+                self._fail("write", f"the audit spool {self._path} cannot be written ({reason}); audited "
+                                    "actions on this server are refused until it can")
+                raise AuditUnavailable(f"the audit record could not be written ({reason.lower()}), so the action "
+                                       "was not carried out",
+                                       hint="an administrator must free space on (or repair) the disk of this "
+                                            "server's audit spool") from None
             self._records.append(record)
+            self._size += len(data)
             self._head = (record.seq, record.mac)
+            self._clear("write")
             return record
+
+    def _write_whole(self, data: bytes) -> None:
+        """Write ``data`` after the last whole record and fsync; on any failure cut the file back."""
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            try:
+                if os.fstat(fd).st_size != self._size:
+                    os.ftruncate(fd, self._size)  # bytes of an earlier failed append that could not be cut
+                os.lseek(fd, self._size, os.SEEK_SET)
+                view = memoryview(data)
+                while view:
+                    n = self._write(fd, view)  # type: ignore[arg-type]
+                    if n <= 0:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    view = view[n:]
+                self._fsync(fd)
+            except OSError:
+                try:
+                    os.ftruncate(fd, self._size)
+                    os.fsync(fd)
+                except OSError as exc:
+                    log.error("audit spool %s: could not cut a failed append back (%s); the next append "
+                              "tries again", self._path, _strerror(exc))
+                raise
+        finally:
+            os.close(fd)
+
+    # --- failures ------------------------------------------------------------------------------
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the spool cannot be written or shipped right now (None when it works)."""
+        return next(reversed(self._errors.values()), None)
+
+    def _fail(self, kind: str, message: str) -> None:
+        if self._errors.get(kind) == message:
+            return
+        self._errors.pop(kind, None)
+        self._errors[kind] = message
+        log.error("%s", message)
+        if self.on_failure is not None:
+            try:
+                self.on_failure(message)
+            except Exception:  # noqa: BLE001 - an alarm that cannot be raised must not change the outcome
+                log.exception("audit spool: the failure hook failed")
+
+    def _clear(self, kind: str) -> None:
+        if self._errors.pop(kind, None) is None:
+            return
+        log.warning("audit spool %s works again", self._path)
+        if not self._errors and self.on_recovered is not None:
+            try:
+                self.on_recovered()
+            except Exception:  # noqa: BLE001 - see _fail
+                log.exception("audit spool: the recovery hook failed")
+
+    # --- shipping ------------------------------------------------------------------------------
 
     def pending(self, limit: int = 500) -> list[ChainedRecord]:
         with self._lock:
@@ -137,26 +303,40 @@ class AuditSpool:
         if self._records and self._records[-1].seq <= self._shipped and len(self._records) > 1000:
             last = self._records[-1]
             tmp = self.dir / (RECORDS + ".tmp")
-            with open(tmp, "w") as f:
-                f.write(_encode(last) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self._path)
+            line = _encode(last) + "\n"
+            try:
+                with open(tmp, "w") as f:
+                    f.write(line)
+                    f.flush()
+                    os.fsync(f.fileno())
+                tmp.replace(self._path)
+            except OSError as exc:  # the records stay, already shipped; compacted another time
+                log.warning("audit spool %s not compacted (%s)", self._path, _strerror(exc))
+                tmp.unlink(missing_ok=True)
+                return
             self._records = [last]
+            self._size = len(line.encode())
 
     def backlog(self) -> Backlog:
         with self._lock:
             pending = [r for r in self._records if r.seq > self._shipped]
-            return Backlog(len(pending), self._shipped, pending[0].event.at if pending else None)
+            return Backlog(len(pending), self._shipped, pending[0].event.at if pending else None, self.last_error)
 
 
 async def ship(spool: AuditSpool, send: Callable[[Sequence[ChainedRecord]], Awaitable[None]], *,
                batch: int = 500) -> int:
     """Send pending records in order until none is left; returns how many were shipped.
-    ``send`` must store a batch atomically and idempotently (and raise if it cannot)."""
+    ``send`` must store a batch atomically and idempotently (and raise if it cannot); it raises
+    :class:`ChainConflict` for a record the database holds differently, which keeps it pending and
+    tells the spool's ``on_failure``."""
     total = 0
     while records := spool.pending(batch):
-        await send(records)
+        try:
+            await send(records)
+        except ChainConflict as exc:
+            spool._fail("ship", exc.message)
+            raise
         spool.mark_shipped(records[-1].seq)
+        spool._clear("ship")
         total += len(records)
     return total

@@ -318,6 +318,8 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
 
         log.error("FENCED at start-up: %s", fence.message())
         await asyncio.to_thread(fence_database, settings)
+    if register:
+        await ship_leftover_spool(rt)
     rt.metrics.info.labels(identity.id, identity.name, identity.role.value, __version__).set(1)
     return rt
 
@@ -354,3 +356,36 @@ def public_url(settings: Settings) -> str:
 def system_event(action: str, *, detail: dict[str, object] | None = None) -> AuditEvent:
     return AuditEvent(actor="system", action=action, result=AuditResult.SUCCESS, target_type="server",
                       detail=dict(detail or {}))
+
+async def ship_leftover_spool(rt: Runtime) -> int:
+    """A primary or secondary that starts with audit records still pending in its spool (it was a read-only
+    or fenced server and was stopped before they were shipped; then 'safehold ha promote' ran while it was
+    stopped, or it was stopped in the middle of a promotion) ships them into its database before its audit
+    writer starts, so new records never take their sequence numbers.  If they cannot be shipped (a record
+    the database holds differently, a damaged spool, the database gone) the server does not start: the
+    runtime is closed and the error says why.  Returns how many records were shipped."""
+    from safehold.audit.spool import RECORDS, ship
+    from safehold.errors import SafeholdError
+
+    directory = rt.settings.data_dir / "spool"
+    if rt.readonly or not (directory / RECORDS).is_file():
+        return 0
+    try:
+        async with rt.read() as conn:
+            head = await audit_store.head(conn, rt.identity.id) or (0, GENESIS)
+        spool = AuditSpool(directory, rt.keys.audit_key, rt.identity.id, rt.identity.role, head=head)
+        if not spool.backlog().pending:
+            return 0
+        try:
+            shipped = await ship(spool, audit_store.shipper(rt.engine))
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"the audit records left in {directory} could not be shipped into the database "
+                                f"({type(exc).__name__})") from None
+        except OSError as exc:
+            raise SafeholdError(f"the audit spool {directory} cannot be updated ({exc.strerror})") from None
+    except BaseException:
+        await rt.close()
+        raise
+    log.warning("shipped %d audit record(s) left in the spool %s into the database before starting",
+                shipped, directory)
+    return shipped

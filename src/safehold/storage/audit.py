@@ -10,7 +10,14 @@ from sqlalchemy import ColumnElement, Select, and_, func, insert, literal, selec
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from safehold.audit.chain import GENESIS, AuditEvent, ChainedRecord, StoredRecord, extend
+from safehold.audit.chain import (
+    GENESIS,
+    AuditEvent,
+    ChainConflict,
+    ChainedRecord,
+    StoredRecord,
+    extend,
+)
 from safehold.storage.rows import AnyRow
 from safehold.storage.schema import audit_heads, audit_log, servers
 
@@ -125,17 +132,43 @@ async def chain_page(conn: AsyncConnection, server_id: str, after_seq: int, limi
 
 
 async def insert_shipped(conn: AsyncConnection, records: Sequence[ChainedRecord]) -> None:
-    """Store records chained elsewhere (a read-only server's spool): a record already stored is
-    skipped, so shipping the same batch twice stores it once; the head only moves forward."""
+    """Store records chained elsewhere (a read-only server's spool), in the caller's transaction.
+
+    A record already stored counts as stored only if it is the same record (same MAC), so shipping
+    the same batch twice stores it once; a different record at that (server, seq), or a record that
+    does not link to the stored one before it, raises :class:`ChainConflict` (nothing of the batch is
+    stored, the spool keeps it pending).  The head only moves forward."""
     if not records:
         return
-    stmt = pg_insert(audit_log).on_conflict_do_nothing(index_elements=["server_id", "seq"])
-    await conn.execute(stmt, [r.row() for r in records])
-    last = records[-1]
-    head = pg_insert(audit_heads).values(server_id=last.server_id, seq=last.seq, mac=last.mac)
-    await conn.execute(head.on_conflict_do_update(
-        index_elements=["server_id"], set_={"seq": head.excluded.seq, "mac": head.excluded.mac},
-        where=audit_heads.c.seq < head.excluded.seq))
+    by_server: dict[str, list[ChainedRecord]] = {}
+    for r in records:
+        by_server.setdefault(r.server_id, []).append(r)
+    for server_id, batch in by_server.items():
+        wanted = {r.seq for r in batch} | {r.seq - 1 for r in batch}
+        stored = {row.seq: bytes(row.mac) for row in await conn.execute(
+            select(audit_log.c.seq, audit_log.c.mac).where(audit_log.c.server_id == server_id,
+                                                          audit_log.c.seq.in_(wanted)))}
+        fresh = []
+        for r in batch:
+            have = stored.get(r.seq)
+            if have is not None:
+                if have != r.mac:
+                    raise ChainConflict(server_id, r.seq, "the database holds a different record there")
+                continue
+            before = stored.get(r.seq - 1)
+            if before is not None and before != r.prev_mac:
+                raise ChainConflict(server_id, r.seq,
+                                    f"it does not link to the record {r.seq - 1} the database holds")
+            fresh.append(r)
+            stored[r.seq] = r.mac
+        if not fresh:
+            continue
+        await conn.execute(insert(audit_log), [r.row() for r in fresh])
+        last = fresh[-1]
+        head = pg_insert(audit_heads).values(server_id=server_id, seq=last.seq, mac=last.mac)
+        await conn.execute(head.on_conflict_do_update(
+            index_elements=["server_id"], set_={"seq": head.excluded.seq, "mac": head.excluded.mac},
+            where=audit_heads.c.seq < head.excluded.seq))
 
 
 def shipper(engine: AsyncEngine) -> Callable[[Sequence[ChainedRecord]], Awaitable[None]]:
