@@ -49,6 +49,12 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class PreconditionFailed(ServiceError):
+    """An ``If-Match`` precondition failed: the row changed since the client read it."""
+
+    code = "precondition_failed"
+
+
 class InvalidInput(ServiceError):
     code = "invalid_input"
 

@@ -1,4 +1,10 @@
-"""User administration (administrators only, or the CLI on the server itself)."""
+"""User administration (administrators only, or the CLI on the server itself).
+
+A change of a user is made in one transaction: (1) a change that may remove an active
+administrator first takes the administrator-set lock, so the "not the last one" check cannot be
+raced; (2) the user's row is locked; (3) the caller's ``If-Match`` is checked against its version;
+(4) only the named fields are written.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from typing import Any
 from safehold.audit.chain import AuditEvent
 from safehold.domain import USERNAME_RE, AuditAction, AuditResult, UserRole
 from safehold.errors import Conflict, InvalidInput, NotFound
+from safehold.services import access
+from safehold.services.access import IfMatch
 from safehold.services.auth import check_password_strength, hash_password, now
 from safehold.services.runtime import Runtime
 from safehold.storage import users as user_store
@@ -76,12 +84,16 @@ async def list_users(rt: Runtime, *, limit: int = 100, offset: int = 0) -> tuple
 
 async def update_user(
     rt: Runtime, actor: Actor, user_id: str, *, role: UserRole | None = None, disabled: bool | None = None,
-    full_name: str | None = None, email: str | None = None,
-) -> None:
+    full_name: str | None = None, email: str | None = None, if_match: IfMatch | None = None,
+) -> Any:
+    """Change the named fields; returns the user as it is now (with its new version)."""
     async with rt.write() as conn:
+        if role is not None or disabled:
+            await user_store.lock_admin_set(conn)
         user = await user_store.by_id(conn, user_id, for_update=True)
         if user is None:
             raise NotFound("user not found")
+        access.require_match(if_match, user.version, "user")
         values: dict[str, Any] = {}
         if role is not None:
             values["role"] = role.value
@@ -97,19 +109,22 @@ async def update_user(
         if demoting and await user_store.count_admins(conn) <= 1:
             raise Conflict("this is the last active administrator; add another one first")
         if not values:
-            return
+            return user
         await user_store.update_user(conn, user_id, **values)
         if disabled:
             await user_store.delete_user_sessions(conn, user_id)
         changed = {k: v for k, v in values.items() if k in ("role", "disabled")}
         await rt.append_audit(conn, _audit(actor, AuditAction.USER_UPDATED, user_id, user.username, **changed))
+        return await user_store.by_id(conn, user_id)
 
 
-async def delete_user(rt: Runtime, actor: Actor, user_id: str) -> None:
+async def delete_user(rt: Runtime, actor: Actor, user_id: str, *, if_match: IfMatch | None = None) -> None:
     async with rt.write() as conn:
+        await user_store.lock_admin_set(conn)
         user = await user_store.by_id(conn, user_id, for_update=True)
         if user is None:
             raise NotFound("user not found")
+        access.require_match(if_match, user.version, "user")
         if user.role == UserRole.ADMINISTRATOR and await user_store.count_admins(conn) <= 1:
             raise Conflict("this is the last active administrator; it cannot be deleted")
         await user_store.delete_user(conn, user_id)

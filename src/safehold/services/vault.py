@@ -1,4 +1,11 @@
-"""Resources, accounts, password retrieval and change, history, sharing, import/export."""
+"""Resources, accounts, password retrieval and change, history, sharing, import/export.
+
+A change is made in one transaction under the row lock of what it changes: (1) read the row
+``FOR UPDATE`` with the caller's permission on it; (2) check the caller's ``If-Match`` against the
+row's version; (3) write only the fields the caller named.  Concurrent changes of different fields
+therefore all land, and a conditional change of a row that changed meanwhile fails with nothing
+written.  Every result carries the row's ``version`` (the API's ETag).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +23,7 @@ from safehold.domain import AuditAction, AuditResult, Permission
 from safehold.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from safehold.ids import parse_id
 from safehold.services import access
-from safehold.services.access import Principal
-from safehold.services.auth import now
+from safehold.services.access import IfMatch, Principal
 from safehold.services.runtime import Runtime
 from safehold.storage import users as user_store
 from safehold.storage import vault as store
@@ -90,8 +96,8 @@ async def create_resource(rt: Runtime, p: Principal, data: ResourceInput) -> dic
 
 
 async def _resource_for(rt: Runtime, conn: Any, p: Principal, resource_id: str,
-                        need: Permission = Permission.VIEW) -> tuple[Any, Permission]:
-    row = await store.resource(conn, parse_id(resource_id, "resource"))
+                        need: Permission = Permission.VIEW, *, lock: bool = False) -> tuple[Any, Permission]:
+    row = await store.resource(conn, parse_id(resource_id, "resource"), for_update=lock)
     if row is None:
         raise NotFound("resource not found")
     share = None if p.is_admin else await store.share_permission(conn, row.id, p.user_id)
@@ -118,29 +124,40 @@ async def get_resource(rt: Runtime, p: Principal, resource_id: str) -> dict[str,
     return dict(row._mapping) | {"permission": perm.value, "accounts": [dict(a._mapping) for a in accounts]}
 
 
-async def update_resource(rt: Runtime, p: Principal, resource_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+RESOURCE_FIELDS = ("name", "type", "address", "description", "tags")
+
+
+async def update_resource(rt: Runtime, p: Principal, resource_id: str, changes: dict[str, Any], *,
+                          if_match: IfMatch | None = None) -> dict[str, Any]:
+    """Change the named fields only, under the resource's row lock (see the module's steps)."""
+    unknown = set(changes) - set(RESOURCE_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
     try:
         async with rt.write() as conn:
-            row, perm = await _resource_for(rt, conn, p, resource_id, Permission.MODIFY)
+            row, perm = await _resource_for(rt, conn, p, resource_id, Permission.MODIFY, lock=True)
+            access.require_match(if_match, row.version, "resource")
             merged = ResourceInput(
                 name=changes.get("name", row.name), type=changes.get("type", row.type),
                 address=changes.get("address", row.address),
                 description=changes.get("description", row.description),
                 tags=tuple(changes.get("tags", row.tags)),
             ).clean()
-            await store.update_resource(conn, row.id, name=merged.name, type=merged.type, address=merged.address,
-                                        description=merged.description, tags=list(merged.tags))
-            await rt.append_audit(conn, _ev(p, AuditAction.RESOURCE_UPDATED, "resource", row.id, merged.name,
-                                            fields=sorted(changes)))
+            if changes:
+                values = {k: list(merged.tags) if k == "tags" else getattr(merged, k) for k in changes}
+                await store.update_resource(conn, row.id, **values)
+                await rt.append_audit(conn, _ev(p, AuditAction.RESOURCE_UPDATED, "resource", row.id, merged.name,
+                                                fields=sorted(changes)))
             new = await store.resource(conn, row.id)
     except IntegrityError:
         raise Conflict("another resource already has that name") from None
     return dict(present(new)._mapping) | {"permission": perm.value}
 
 
-async def delete_resource(rt: Runtime, p: Principal, resource_id: str) -> None:
+async def delete_resource(rt: Runtime, p: Principal, resource_id: str, *, if_match: IfMatch | None = None) -> None:
     async with rt.write() as conn:
-        row, _ = await _resource_for(rt, conn, p, resource_id, Permission.MODIFY)
+        row, _ = await _resource_for(rt, conn, p, resource_id, Permission.MODIFY, lock=True)
+        access.require_match(if_match, row.version, "resource")
         access.require(access.can_manage_share(p, row.owner_id), "only the owner or an administrator can delete "
                                                                  "a resource")
         await store.delete_resource(conn, row.id)
@@ -176,8 +193,8 @@ async def create_account(rt: Runtime, p: Principal, resource_id: str, username: 
 
 
 async def _account_for(rt: Runtime, conn: Any, p: Principal, account_id: str,
-                       need: Permission = Permission.VIEW) -> tuple[Any, Permission]:
-    row = await store.account_with_access(conn, parse_id(account_id, "account"), p.user_id)
+                       need: Permission = Permission.VIEW, *, lock: bool = False) -> tuple[Any, Permission]:
+    row = await store.account_with_access(conn, parse_id(account_id, "account"), p.user_id, for_update=lock)
     if row is None:
         raise NotFound("account not found")
     perm = access.resource_permission(p, row.owner_id, row.share_permission)
@@ -189,7 +206,8 @@ async def _account_for(rt: Runtime, conn: Any, p: Principal, account_id: str,
 
 
 def _account_public(row: Any, perm: Permission) -> dict[str, Any]:
-    keys = ("id", "resource_id", "username", "created_at", "updated_at", "password_changed_at", "resource_name")
+    keys = ("id", "resource_id", "username", "created_at", "updated_at", "password_changed_at", "resource_name",
+            "version")
     return {k: getattr(row, k) for k in keys} | {"permission": perm.value}
 
 
@@ -213,8 +231,10 @@ async def retrieve_password(rt: Runtime, p: Principal, account_id: str, *, reaso
 
 
 async def update_account(rt: Runtime, p: Principal, account_id: str, *, username: str | None = None,
-                         password: str | None = None, notes: str | None = None) -> dict[str, Any]:
-    """Change an account; a password change keeps the old one (encrypted) in the history."""
+                         password: str | None = None, notes: str | None = None,
+                         if_match: IfMatch | None = None) -> dict[str, Any]:
+    """Change the named fields of an account under its row lock; a password change keeps the old one
+    (encrypted) in the history, retired at the moment the new one is set."""
     if password is not None:
         if not password:
             raise InvalidInput("password must not be empty", field="password")
@@ -223,8 +243,8 @@ async def update_account(rt: Runtime, p: Principal, account_id: str, *, username
         _check_secret(notes, "notes")
     try:
         async with rt.write() as conn:
-            row, perm = await _account_for(rt, conn, p, account_id, Permission.MODIFY)
-            locked = await store.lock_account(conn, row.id)
+            row, perm = await _account_for(rt, conn, p, account_id, Permission.MODIFY, lock=True)
+            access.require_match(if_match, row.version, "account")
             values: dict[str, Any] = {}
             if username is not None:
                 if not username.strip() or len(username) > 200:
@@ -232,28 +252,39 @@ async def update_account(rt: Runtime, p: Principal, account_id: str, *, username
                 values["username"] = username.strip()
             if notes is not None:
                 values["notes_enc"] = rt.keyring.seal_str(notes, notes_aad(row.id)) if notes else None
+            fields = sorted(k.removesuffix("_enc") for k in values)
             if password is not None:
-                hid = str(uuid.uuid4())
-                old = rt.keyring.open_str(bytes(present(locked).password_enc), password_aad(row.id))
-                await store.add_history(conn, id=hid, account_id=row.id, changed_by=p.username,
-                                        password_enc=rt.keyring.seal_str(old, history_aad(hid)))
-                values["password_enc"] = rt.keyring.seal_str(password, password_aad(row.id))
-                values["password_changed_at"] = now()
-            if values:
+                await _retire_and_set(rt, conn, p, row.id, bytes(row.password_enc), password, **values)
+                fields = sorted([*fields, "password"])
+            elif values:
                 await store.update_account(conn, row.id, **values)
+            if fields:
                 action = AuditAction.PASSWORD_CHANGED if password is not None else AuditAction.ACCOUNT_UPDATED
                 await rt.append_audit(conn, _ev(p, action, "account", row.id,
                                                 f"{row.resource_name}/{values.get('username', row.username)}",
-                                                fields=sorted(k.removesuffix("_enc") for k in values)))
+                                                fields=fields))
             row, perm = await _account_for(rt, conn, p, account_id)
     except IntegrityError:
         raise Conflict("the resource already has an account with that username") from None
     return _account_public(row, perm)
 
 
-async def delete_account(rt: Runtime, p: Principal, account_id: str) -> None:
+async def _retire_and_set(rt: Runtime, conn: Any, p: Principal, account_id: str, old_enc: bytes,
+                          password: str, **values: Any) -> None:
+    """Under the account's row lock: set the new password, then keep the old one in the history, retired
+    at the new one's set time (taken now, after the lock wait; never before the old one's set time)."""
+    set_at = await store.change_password(conn, account_id, rt.keyring.seal_str(password, password_aad(account_id)),
+                                         **values)
+    hid = str(uuid.uuid4())
+    old = rt.keyring.open_str(old_enc, password_aad(account_id))
+    await store.add_history(conn, id=hid, account_id=account_id, changed_by=p.username, retired_at=set_at,
+                            password_enc=rt.keyring.seal_str(old, history_aad(hid)))
+
+
+async def delete_account(rt: Runtime, p: Principal, account_id: str, *, if_match: IfMatch | None = None) -> None:
     async with rt.write() as conn:
-        row, _ = await _account_for(rt, conn, p, account_id, Permission.MODIFY)
+        row, _ = await _account_for(rt, conn, p, account_id, Permission.MODIFY, lock=True)
+        access.require_match(if_match, row.version, "account")
         await store.delete_account(conn, row.id)
         await rt.append_audit(conn, _ev(p, AuditAction.ACCOUNT_DELETED, "account", row.id,
                                         f"{row.resource_name}/{row.username}"))
@@ -282,24 +313,45 @@ async def list_shares(rt: Runtime, p: Principal, resource_id: str) -> list[dict[
         return [dict(s._mapping) for s in await store.shares_of(conn, row.id)]
 
 
-async def share(rt: Runtime, p: Principal, resource_id: str, user_id: str, permission: Permission) -> None:
+async def get_share(rt: Runtime, p: Principal, resource_id: str, user_id: str) -> dict[str, Any]:
+    async with rt.read() as conn:
+        row, _ = await _resource_for(rt, conn, p, resource_id)
+        found = await store.share_of(conn, row.id, parse_id(user_id, "user"))
+    if found is None:
+        raise NotFound("the resource is not shared with that user")
+    return dict(found._mapping)
+
+
+async def share(rt: Runtime, p: Principal, resource_id: str, user_id: str, permission: Permission, *,
+                if_match: IfMatch | None = None) -> str:
+    """Share a resource with a user, or change the permission; returns the share's new version.
+    With ``If-Match`` the share must exist and be unchanged (``*``: exist)."""
     async with rt.write() as conn:
         row, _ = await _resource_for(rt, conn, p, resource_id)
         access.require(access.can_manage_share(p, row.owner_id), "only the owner or an administrator can share")
         user = await user_store.by_id(conn, parse_id(user_id, "user"))
         if user is None:
             raise NotFound("user not found")
-        await store.put_share(conn, row.id, user.id, permission.value)
+        if if_match is not None:
+            current = await store.share_of(conn, row.id, user.id, for_update=True)
+            access.require_match(if_match, current.version if current is not None else None, "share")
+        version = await store.put_share(conn, row.id, user.id, permission.value)
         await rt.append_audit(conn, _ev(p, AuditAction.SHARED, "resource", row.id, row.name,
                                         user=user.username, permission=permission.value))
+    return version
 
 
-async def unshare(rt: Runtime, p: Principal, resource_id: str, user_id: str) -> None:
+async def unshare(rt: Runtime, p: Principal, resource_id: str, user_id: str, *,
+                  if_match: IfMatch | None = None) -> None:
     async with rt.write() as conn:
         row, _ = await _resource_for(rt, conn, p, resource_id)
         access.require(access.can_manage_share(p, row.owner_id), "only the owner or an administrator can unshare")
-        if await store.delete_share(conn, row.id, parse_id(user_id, "user")) == 0:
+        uid = parse_id(user_id, "user")
+        current = await store.share_of(conn, row.id, uid, for_update=True)
+        if current is None:
             raise NotFound("the resource is not shared with that user")
+        access.require_match(if_match, current.version, "share")
+        await store.delete_share(conn, row.id, uid)
         await rt.append_audit(conn, _ev(p, AuditAction.UNSHARED, "resource", row.id, row.name, user_id=user_id))
 
 
@@ -377,15 +429,10 @@ async def import_csv(rt: Runtime, p: Principal, text: str) -> ImportReport:
                                            notes_enc=rt.keyring.seal_str(notes, notes_aad(aid)) if notes else None)
                 report.accounts_created += 1
             else:
-                locked = await store.lock_account(conn, existing.id)
-                old = rt.keyring.open_str(bytes(present(locked).password_enc), password_aad(existing.id))
+                locked = present(await store.lock_account(conn, existing.id))
+                old = rt.keyring.open_str(bytes(locked.password_enc), password_aad(existing.id))
                 if old != password:
-                    hid = str(uuid.uuid4())
-                    await store.add_history(conn, id=hid, account_id=existing.id, changed_by=p.username,
-                                            password_enc=rt.keyring.seal_str(old, history_aad(hid)))
-                    await store.update_account(conn, existing.id,
-                                               password_enc=rt.keyring.seal_str(password, password_aad(existing.id)),
-                                               password_changed_at=now())
+                    await _retire_and_set(rt, conn, p, existing.id, bytes(locked.password_enc), password)
                     report.accounts_updated += 1
         await rt.append_audit(conn, _ev(p, AuditAction.IMPORTED, "vault", "", "csv import",
                                         resources_created=report.resources_created,

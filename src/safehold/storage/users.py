@@ -1,32 +1,40 @@
-"""Users and their credentials (sessions and API tokens)."""
+"""Users and their credentials (sessions and API tokens).
+
+Changes of a user are made under its row lock and write only the columns they name; each read of a
+user returns its ``version`` (the API's ETag).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from safehold.storage.rows import AnyRow
+from safehold.storage.rows import AnyRow, changed_at, row_version
 from safehold.storage.schema import auth_tokens, users
 
 USER_COLUMNS = [
     users.c.id, users.c.username, users.c.full_name, users.c.email, users.c.role,
     users.c.totp_enabled, users.c.disabled, users.c.failed_logins, users.c.locked_until,
-    users.c.created_at, users.c.updated_at,
+    users.c.created_at, users.c.updated_at, row_version(users),
 ]
+#: The transaction-level advisory lock that serialises changes of the set of active administrators
+#: (Safehold's namespace "SHLD", then "ADMS"), so two concurrent demotions cannot both pass the
+#: "not the last administrator" check.
+ADMIN_SET_LOCK = (0x53484C44, 0x41444D53)
 
 
 async def by_username(conn: AsyncConnection, username: str, *, for_update: bool = False) -> AnyRow | None:
-    q = select(users).where(func.lower(users.c.username) == func.lower(username))
+    q = select(users, row_version(users)).where(func.lower(users.c.username) == func.lower(username))
     if for_update:
         q = q.with_for_update()
     return (await conn.execute(q)).first()
 
 
 async def by_id(conn: AsyncConnection, user_id: str, *, for_update: bool = False) -> AnyRow | None:
-    q = select(users).where(users.c.id == user_id)
+    q = select(users, row_version(users)).where(users.c.id == user_id)
     if for_update:
         q = q.with_for_update()
     return (await conn.execute(q)).first()
@@ -43,11 +51,17 @@ async def create(conn: AsyncConnection, **values: Any) -> None:
 
 
 async def update_user(conn: AsyncConnection, user_id: str, **values: Any) -> None:
-    await conn.execute(update(users).where(users.c.id == user_id).values(updated_at=func.now(), **values))
+    """Write only the named columns (the caller holds the row lock)."""
+    await conn.execute(update(users).where(users.c.id == user_id).values(updated_at=changed_at(), **values))
 
 
 async def delete_user(conn: AsyncConnection, user_id: str) -> None:
     await conn.execute(delete(users).where(users.c.id == user_id))
+
+
+async def lock_admin_set(conn: AsyncConnection) -> None:
+    """Wait for, then hold until the transaction ends, the right to change who is an active administrator."""
+    await conn.execute(select(func.pg_advisory_xact_lock(*(literal_column(str(k)) for k in ADMIN_SET_LOCK))))
 
 
 async def count_admins(conn: AsyncConnection) -> int:

@@ -1,4 +1,12 @@
-"""Resources, accounts, password history and shares."""
+"""Resources, accounts, password history and shares.
+
+Every change of a row is made under its row lock (``SELECT ... FOR UPDATE`` first, or a single
+UPDATE) and writes only the columns it names, so concurrent changes of different fields all land.
+Each read returns the row's ``version`` (:func:`~safehold.storage.rows.row_version`), the base of
+the API's ETag.
+Times that order changes are taken with ``clock_timestamp()`` once the row lock is held, not with
+``now()`` (the start of the transaction, before any lock wait).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     update,
@@ -19,16 +28,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from safehold.storage.rows import AnyRow
+from safehold.storage.rows import AnyRow, changed_at, row_version
 from safehold.storage.schema import accounts, password_history, resources, shares, users
 
 RESOURCE_COLUMNS = [
     resources.c.id, resources.c.name, resources.c.type, resources.c.address, resources.c.description,
     resources.c.tags, resources.c.owner_id, resources.c.created_at, resources.c.updated_at,
+    row_version(resources),
 ]
 ACCOUNT_COLUMNS = [
     accounts.c.id, accounts.c.resource_id, accounts.c.username, accounts.c.created_at,
-    accounts.c.updated_at, accounts.c.password_changed_at,
+    accounts.c.updated_at, accounts.c.password_changed_at, row_version(accounts),
 ]
 
 
@@ -87,8 +97,9 @@ async def create_resource(conn: AsyncConnection, **values: Any) -> None:
 
 
 async def update_resource(conn: AsyncConnection, resource_id: str, **values: Any) -> None:
+    """Write only the named columns (the caller holds the row lock)."""
     await conn.execute(
-        update(resources).where(resources.c.id == resource_id).values(updated_at=func.now(), **values)
+        update(resources).where(resources.c.id == resource_id).values(updated_at=changed_at(), **values)
     )
 
 
@@ -101,8 +112,10 @@ async def accounts_of(conn: AsyncConnection, resource_id: str) -> list[AnyRow]:
     return list(await conn.execute(q))
 
 
-async def account_with_access(conn: AsyncConnection, account_id: str, user_id: str) -> AnyRow | None:
-    """An account, its ciphertexts, its resource and the user's share on it: one round trip."""
+async def account_with_access(conn: AsyncConnection, account_id: str, user_id: str, *,
+                              for_update: bool = False) -> AnyRow | None:
+    """An account, its ciphertexts, its resource and the user's share on it: one round trip
+    (``for_update``: with the account's row lock, held until the transaction ends)."""
     q = (
         select(
             *ACCOUNT_COLUMNS, accounts.c.password_enc, accounts.c.notes_enc,
@@ -113,11 +126,17 @@ async def account_with_access(conn: AsyncConnection, account_id: str, user_id: s
         .outerjoin(shares, and_(shares.c.resource_id == resources.c.id, shares.c.user_id == user_id))
         .where(accounts.c.id == account_id)
     )
+    if for_update:
+        q = q.with_for_update(of=accounts)
     return (await conn.execute(q)).first()
 
 
 async def lock_account(conn: AsyncConnection, account_id: str) -> AnyRow | None:
-    q = select(accounts.c.id, accounts.c.password_enc).where(accounts.c.id == account_id).with_for_update()
+    q = (
+        select(accounts.c.id, accounts.c.password_enc, row_version(accounts))
+        .where(accounts.c.id == account_id)
+        .with_for_update()
+    )
     return (await conn.execute(q)).first()
 
 
@@ -126,9 +145,25 @@ async def create_account(conn: AsyncConnection, **values: Any) -> None:
 
 
 async def update_account(conn: AsyncConnection, account_id: str, **values: Any) -> None:
+    """Write only the named columns (the caller holds the row lock)."""
     await conn.execute(
-        update(accounts).where(accounts.c.id == account_id).values(updated_at=func.now(), **values)
+        update(accounts).where(accounts.c.id == account_id).values(updated_at=changed_at(), **values)
     )
+
+
+async def change_password(conn: AsyncConnection, account_id: str, password_enc: bytes,
+                          **values: Any) -> Any:
+    """Set a new password (the caller holds the row lock) and return its set time, which is also the
+    retirement time of the one it replaces: the clock now, yet never before the previous set time
+    (it is strictly later, so an account's history has one order even if the clock steps back)."""
+    after_previous = accounts.c.password_changed_at + literal_column("interval '1 microsecond'")
+    set_at = func.greatest(changed_at(), after_previous)
+    q = (
+        update(accounts).where(accounts.c.id == account_id)
+        .values(password_enc=password_enc, password_changed_at=set_at, updated_at=set_at, **values)
+        .returning(accounts.c.password_changed_at)
+    )
+    return (await conn.execute(q)).scalar_one()
 
 
 async def delete_account(conn: AsyncConnection, account_id: str) -> None:
@@ -149,14 +184,18 @@ async def history(conn: AsyncConnection, account_id: str) -> list[AnyRow]:
         select(password_history.c.id, password_history.c.changed_by, password_history.c.retired_at,
                password_history.c.password_enc)
         .where(password_history.c.account_id == account_id)
-        .order_by(password_history.c.retired_at.desc())
+        .order_by(password_history.c.retired_at.desc(), password_history.c.id.desc())
     )
     return list(await conn.execute(q))
 
 
+SHARE_COLUMNS = [shares.c.user_id, users.c.username, shares.c.permission, shares.c.created_at,
+                 row_version(shares)]
+
+
 async def shares_of(conn: AsyncConnection, resource_id: str) -> list[AnyRow]:
     q = (
-        select(shares.c.user_id, users.c.username, shares.c.permission, shares.c.created_at)
+        select(*SHARE_COLUMNS)
         .join(users, users.c.id == shares.c.user_id)
         .where(shares.c.resource_id == resource_id)
         .order_by(users.c.username)
@@ -164,11 +203,24 @@ async def shares_of(conn: AsyncConnection, resource_id: str) -> list[AnyRow]:
     return list(await conn.execute(q))
 
 
-async def put_share(conn: AsyncConnection, resource_id: str, user_id: str, permission: str) -> None:
-    stmt = pg_insert(shares).values(resource_id=resource_id, user_id=user_id, permission=permission)
-    await conn.execute(
-        stmt.on_conflict_do_update(index_elements=["resource_id", "user_id"], set_={"permission": permission})
+async def share_of(conn: AsyncConnection, resource_id: str, user_id: str, *,
+                   for_update: bool = False) -> AnyRow | None:
+    """One share with its user's name (``for_update``: with the share's row lock)."""
+    q = (
+        select(*SHARE_COLUMNS)
+        .join(users, users.c.id == shares.c.user_id)
+        .where(shares.c.resource_id == resource_id, shares.c.user_id == user_id)
     )
+    if for_update:
+        q = q.with_for_update(of=shares)
+    return (await conn.execute(q)).first()
+
+
+async def put_share(conn: AsyncConnection, resource_id: str, user_id: str, permission: str) -> str:
+    """Create or change a share in one statement; returns the share's new version."""
+    stmt = pg_insert(shares).values(resource_id=resource_id, user_id=user_id, permission=permission)
+    stmt = stmt.on_conflict_do_update(index_elements=["resource_id", "user_id"], set_={"permission": permission})
+    return str((await conn.execute(stmt.returning(row_version(shares)))).scalar_one())
 
 
 async def delete_share(conn: AsyncConnection, resource_id: str, user_id: str) -> int:

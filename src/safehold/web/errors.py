@@ -18,6 +18,7 @@ STATUS = {
     e.NotFound: 404,
     e.PermissionDenied: 403,
     e.Conflict: 409,
+    e.PreconditionFailed: 412,
     e.InvalidInput: 422,
     e.AuthenticationFailed: 401,
     e.TotpRequired: 401,
@@ -28,8 +29,8 @@ STATUS = {
     e.DatabaseError: 503,
 }
 CODES = {400: "bad_request", 401: "authentication_failed", 403: "forbidden", 404: "not_found",
-         405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
-         422: "invalid_input", 429: "too_many_requests", 503: "unavailable"}
+         405: "method_not_allowed", 409: "conflict", 412: "precondition_failed", 413: "payload_too_large",
+         415: "unsupported_media_type", 422: "invalid_input", 429: "too_many_requests", 503: "unavailable"}
 
 
 def error_response(status: int, code: str, message: str, *, field: str | None = None,

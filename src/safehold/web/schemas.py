@@ -8,8 +8,9 @@ unencodable code points, which PostgreSQL cannot store.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
+from fastapi import Header
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from safehold.domain import Permission, UserRole
@@ -46,6 +47,26 @@ TotpCode = Annotated[str, Field(max_length=16, pattern=r"^[0-9 ]*$")]
 
 class In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# --- optimistic concurrency: ETag out, If-Match in ---------------------------------------------
+
+IfMatchHeader = Annotated[str | None, Header(
+    alias="If-Match",
+    description='Make the change only if the row is unchanged: the `ETag` of an earlier response (a list of '
+                'them, or `*` for any current version).  If it changed, nothing is written and the answer is '
+                '412 `precondition_failed`.  Without it, the last writer wins field by field: only the '
+                'fields a PATCH names are changed.',
+)]
+
+
+def etag_header(status: int, what: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI description of the ``ETag`` header a response carries."""
+    return {status: {"headers": {"ETag": {
+        "description": f"The version of the {what} (a strong validator; it changes whenever the {what} "
+                       f"changes): send it back in `If-Match` to change the {what} only if it is unchanged.",
+        "schema": {"type": "string"},
+    }}}}
 
 
 T = TypeVar("T")

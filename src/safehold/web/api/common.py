@@ -15,7 +15,8 @@ Offset = Annotated[int, Query(ge=0, le=10_000_000, description="items to skip")]
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI descriptions of the error responses a route may give."""
     text = {401: "Not authenticated", 403: "Forbidden", 404: "Not found", 409: "Conflict",
-            422: "Invalid input", 423: "Account locked", 503: "Unavailable (database or audit)"}
+            412: "Precondition failed (If-Match)", 422: "Invalid input", 423: "Account locked",
+            503: "Unavailable (database or audit)"}
     schema = {"$ref": "#/components/schemas/ErrorBody"}
     return {c: {"model": ErrorBody, "description": text.get(c, "Error"),
                 "content": {"application/json": {"schema": schema}}} for c in codes}

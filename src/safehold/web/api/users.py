@@ -1,16 +1,23 @@
-"""/users: administration of users (administrators only)."""
+"""/users: administration of users (administrators only).
+
+A user carries an ``ETag`` (its row's version); a PATCH or DELETE with ``If-Match`` is made only if
+the user is unchanged (412 otherwise).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Response
 
 from safehold.ids import parse_id
 from safehold.services import access, auth, users
-from safehold.services.access import Principal
+from safehold.services.access import IfMatch, Principal, etag
 from safehold.services.users import Actor
 from safehold.web.api.common import AUTH_ERRORS, Limit, Offset, errors
 from safehold.web.deps import CurrentUser, RuntimeDep
 from safehold.web.schemas import (
+    IfMatchHeader,
     Page,
     PasswordSet,
     TokenCreate,
@@ -18,10 +25,12 @@ from safehold.web.schemas import (
     UserCreate,
     UserOut,
     UserUpdate,
+    etag_header,
 )
 
 router = APIRouter(prefix="/users", tags=["users"])
 WITH_404 = errors(401, 403, 404, 409, 422, 503)
+CONDITIONAL = WITH_404 | errors(412)
 
 
 def _admin(p: Principal) -> Actor:
@@ -37,30 +46,39 @@ async def list_users(p: CurrentUser, rt: RuntimeDep, limit: Limit = 100, offset:
                          limit=limit, offset=offset)
 
 
-@router.post("", response_model=UserOut, status_code=201, responses=errors(401, 403, 409, 422, 503))
-async def create_user(body: UserCreate, p: CurrentUser, rt: RuntimeDep) -> UserOut:
+def _tagged(response: Response, user: Any) -> UserOut:
+    """The user as the body, its version in the ``ETag`` header."""
+    response.headers["ETag"] = etag(user.version)
+    return UserOut.model_validate(user, from_attributes=True)
+
+
+@router.post("", response_model=UserOut, status_code=201,
+             responses=errors(401, 403, 409, 422, 503) | etag_header(201, "user"))
+async def create_user(body: UserCreate, p: CurrentUser, rt: RuntimeDep, response: Response) -> UserOut:
     user_id = await users.create_user(rt, _admin(p), username=body.username, password=body.password,
                                       role=body.role, full_name=body.full_name, email=body.email)
-    return UserOut.model_validate(await users.get_user(rt, user_id), from_attributes=True)
+    return _tagged(response, await users.get_user(rt, user_id))
 
 
-@router.get("/{user_id}", response_model=UserOut, responses=WITH_404)
-async def get_user(user_id: str, p: CurrentUser, rt: RuntimeDep) -> UserOut:
+@router.get("/{user_id}", response_model=UserOut, responses=WITH_404 | etag_header(200, "user"))
+async def get_user(user_id: str, p: CurrentUser, rt: RuntimeDep, response: Response) -> UserOut:
     _admin(p)
-    return UserOut.model_validate(await users.get_user(rt, parse_id(user_id, "user")), from_attributes=True)
+    return _tagged(response, await users.get_user(rt, parse_id(user_id, "user")))
 
 
-@router.patch("/{user_id}", response_model=UserOut, responses=WITH_404)
-async def update_user(user_id: str, body: UserUpdate, p: CurrentUser, rt: RuntimeDep) -> UserOut:
+@router.patch("/{user_id}", response_model=UserOut, responses=CONDITIONAL | etag_header(200, "user"))
+async def update_user(user_id: str, body: UserUpdate, p: CurrentUser, rt: RuntimeDep, response: Response,
+                      if_match: IfMatchHeader = None) -> UserOut:
+    """Change only the fields named in the body (role, disabled, full name, e-mail)."""
     uid = parse_id(user_id, "user")
-    await users.update_user(rt, _admin(p), uid, role=body.role, disabled=body.disabled,
-                            full_name=body.full_name, email=body.email)
-    return UserOut.model_validate(await users.get_user(rt, uid), from_attributes=True)
+    user = await users.update_user(rt, _admin(p), uid, role=body.role, disabled=body.disabled,
+                                   full_name=body.full_name, email=body.email, if_match=IfMatch.parse(if_match))
+    return _tagged(response, user)
 
 
-@router.delete("/{user_id}", status_code=204, responses=WITH_404)
-async def delete_user(user_id: str, p: CurrentUser, rt: RuntimeDep) -> Response:
-    await users.delete_user(rt, _admin(p), parse_id(user_id, "user"))
+@router.delete("/{user_id}", status_code=204, responses=CONDITIONAL)
+async def delete_user(user_id: str, p: CurrentUser, rt: RuntimeDep, if_match: IfMatchHeader = None) -> Response:
+    await users.delete_user(rt, _admin(p), parse_id(user_id, "user"), if_match=IfMatch.parse(if_match))
     return Response(status_code=204)
 
 

@@ -1,8 +1,12 @@
-"""/resources, /accounts, sharing, password generation, import and export."""
+"""/resources, /accounts, sharing, password generation, import and export.
+
+A resource, an account and a share carry an ``ETag`` (their row's version); a PATCH, PUT or DELETE
+with ``If-Match`` is made only if the row is unchanged (412 otherwise).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
@@ -10,6 +14,7 @@ from fastapi.responses import PlainTextResponse
 from safehold.domain import Permission
 from safehold.errors import InvalidInput
 from safehold.services import auth, vault
+from safehold.services.access import IfMatch, etag
 from safehold.services.passwords import PasswordPolicy, generate
 from safehold.services.vault import ResourceInput
 from safehold.web.api.common import AUTH_ERRORS, Limit, Offset, errors
@@ -22,6 +27,7 @@ from safehold.web.schemas import (
     GenerateIn,
     GenerateOut,
     HistoryItem,
+    IfMatchHeader,
     ImportOut,
     Page,
     PasswordOut,
@@ -33,10 +39,12 @@ from safehold.web.schemas import (
     ShareOut,
     Text64,
     Text200,
+    etag_header,
 )
 
 router = APIRouter(tags=["vault"])
 WITH_404 = errors(401, 403, 404, 409, 422, 503)
+CONDITIONAL = WITH_404 | errors(412)
 MAX_IMPORT = 10 * 1024 * 1024
 
 SearchText = Annotated[Text200 | None, Query(description="matches name, address, description, tags")]
@@ -51,35 +59,49 @@ async def list_resources(p: CurrentUser, rt: RuntimeDep, q: SearchText = None, t
     return Page[ResourceOut](items=[ResourceOut(**i) for i in items], total=total, limit=limit, offset=offset)
 
 
-@router.post("/resources", response_model=ResourceOut, status_code=201, responses=errors(401, 403, 409, 422, 503))
-async def create_resource(body: ResourceCreate, p: CurrentUser, rt: RuntimeDep) -> ResourceOut:
+def _tagged(response: Response, row: dict[str, Any]) -> dict[str, Any]:
+    """Put the row's version in the ``ETag`` header; the rest is the body."""
+    response.headers["ETag"] = etag(row.pop("version"))
+    return row
+
+
+@router.post("/resources", response_model=ResourceOut, status_code=201,
+             responses=errors(401, 403, 409, 422, 503) | etag_header(201, "resource"))
+async def create_resource(body: ResourceCreate, p: CurrentUser, rt: RuntimeDep, response: Response) -> ResourceOut:
     row = await vault.create_resource(rt, p, ResourceInput(body.name, body.type, body.address, body.description,
                                                            tuple(body.tags)))
-    return ResourceOut(**row)
+    return ResourceOut(**_tagged(response, row))
 
 
-@router.get("/resources/{resource_id}", response_model=ResourceDetail, responses=WITH_404)
-async def get_resource(resource_id: str, p: CurrentUser, rt: RuntimeDep) -> ResourceDetail:
-    return ResourceDetail(**await vault.get_resource(rt, p, resource_id))
+@router.get("/resources/{resource_id}", response_model=ResourceDetail,
+            responses=WITH_404 | etag_header(200, "resource"))
+async def get_resource(resource_id: str, p: CurrentUser, rt: RuntimeDep, response: Response) -> ResourceDetail:
+    return ResourceDetail(**_tagged(response, await vault.get_resource(rt, p, resource_id)))
 
 
-@router.patch("/resources/{resource_id}", response_model=ResourceOut, responses=WITH_404)
-async def update_resource(resource_id: str, body: ResourceUpdate, p: CurrentUser, rt: RuntimeDep) -> ResourceOut:
+@router.patch("/resources/{resource_id}", response_model=ResourceOut,
+              responses=CONDITIONAL | etag_header(200, "resource"))
+async def update_resource(resource_id: str, body: ResourceUpdate, p: CurrentUser, rt: RuntimeDep,
+                          response: Response, if_match: IfMatchHeader = None) -> ResourceOut:
+    """Change only the fields named in the body (atomically: concurrent changes of other fields stay)."""
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
-    return ResourceOut(**await vault.update_resource(rt, p, resource_id, changes))
+    row = await vault.update_resource(rt, p, resource_id, changes, if_match=IfMatch.parse(if_match))
+    return ResourceOut(**_tagged(response, row))
 
 
-@router.delete("/resources/{resource_id}", status_code=204, responses=WITH_404)
-async def delete_resource(resource_id: str, p: CurrentUser, rt: RuntimeDep) -> Response:
-    await vault.delete_resource(rt, p, resource_id)
+@router.delete("/resources/{resource_id}", status_code=204, responses=CONDITIONAL)
+async def delete_resource(resource_id: str, p: CurrentUser, rt: RuntimeDep,
+                          if_match: IfMatchHeader = None) -> Response:
+    await vault.delete_resource(rt, p, resource_id, if_match=IfMatch.parse(if_match))
     return Response(status_code=204)
 
 
 @router.post("/resources/{resource_id}/accounts", response_model=AccountOut, status_code=201,
-             responses=WITH_404)
-async def create_account(resource_id: str, body: AccountCreate, p: CurrentUser, rt: RuntimeDep) -> AccountOut:
+             responses=WITH_404 | etag_header(201, "account"))
+async def create_account(resource_id: str, body: AccountCreate, p: CurrentUser, rt: RuntimeDep,
+                         response: Response) -> AccountOut:
     row = await vault.create_account(rt, p, resource_id, body.username, body.password, body.notes)
-    return AccountOut(**row, permission=Permission.MODIFY)
+    return AccountOut(**_tagged(response, row), permission=Permission.MODIFY)
 
 
 @router.get("/resources/{resource_id}/shares", response_model=list[ShareOut], responses=WITH_404)
@@ -87,34 +109,47 @@ async def list_shares(resource_id: str, p: CurrentUser, rt: RuntimeDep) -> list[
     return [ShareOut(**s) for s in await vault.list_shares(rt, p, resource_id)]
 
 
-@router.put("/resources/{resource_id}/shares/{user_id}", status_code=204, responses=WITH_404)
-async def share(resource_id: str, user_id: str, body: ShareIn, p: CurrentUser, rt: RuntimeDep) -> Response:
-    await vault.share(rt, p, resource_id, user_id, body.permission)
+@router.get("/resources/{resource_id}/shares/{user_id}", response_model=ShareOut,
+            responses=WITH_404 | etag_header(200, "share"))
+async def get_share(resource_id: str, user_id: str, p: CurrentUser, rt: RuntimeDep, response: Response) -> ShareOut:
+    return ShareOut(**_tagged(response, await vault.get_share(rt, p, resource_id, user_id)))
+
+
+@router.put("/resources/{resource_id}/shares/{user_id}", status_code=204,
+            responses=CONDITIONAL | etag_header(204, "share"))
+async def share(resource_id: str, user_id: str, body: ShareIn, p: CurrentUser, rt: RuntimeDep,
+                if_match: IfMatchHeader = None) -> Response:
+    """Share the resource with a user or change the permission (with ``If-Match``: change only an existing,
+    unchanged share)."""
+    version = await vault.share(rt, p, resource_id, user_id, body.permission, if_match=IfMatch.parse(if_match))
+    return Response(status_code=204, headers={"ETag": etag(version)})
+
+
+@router.delete("/resources/{resource_id}/shares/{user_id}", status_code=204, responses=CONDITIONAL)
+async def unshare(resource_id: str, user_id: str, p: CurrentUser, rt: RuntimeDep,
+                  if_match: IfMatchHeader = None) -> Response:
+    await vault.unshare(rt, p, resource_id, user_id, if_match=IfMatch.parse(if_match))
     return Response(status_code=204)
 
 
-@router.delete("/resources/{resource_id}/shares/{user_id}", status_code=204, responses=WITH_404)
-async def unshare(resource_id: str, user_id: str, p: CurrentUser, rt: RuntimeDep) -> Response:
-    await vault.unshare(rt, p, resource_id, user_id)
-    return Response(status_code=204)
+@router.get("/accounts/{account_id}", response_model=AccountOut, responses=WITH_404 | etag_header(200, "account"))
+async def get_account(account_id: str, p: CurrentUser, rt: RuntimeDep, response: Response) -> AccountOut:
+    return AccountOut(**_tagged(response, await vault.get_account(rt, p, account_id)))
 
 
-@router.get("/accounts/{account_id}", response_model=AccountOut, responses=WITH_404)
-async def get_account(account_id: str, p: CurrentUser, rt: RuntimeDep) -> AccountOut:
-    return AccountOut(**await vault.get_account(rt, p, account_id))
-
-
-@router.patch("/accounts/{account_id}", response_model=AccountOut, responses=WITH_404)
-async def update_account(account_id: str, body: AccountUpdate, p: CurrentUser, rt: RuntimeDep) -> AccountOut:
-    """Change the username, password (the old one goes to the history) or notes."""
+@router.patch("/accounts/{account_id}", response_model=AccountOut, responses=CONDITIONAL | etag_header(200, "account"))
+async def update_account(account_id: str, body: AccountUpdate, p: CurrentUser, rt: RuntimeDep, response: Response,
+                         if_match: IfMatchHeader = None) -> AccountOut:
+    """Change the username, password (the old one goes to the history) or notes: only the fields named."""
     row = await vault.update_account(rt, p, account_id, username=body.username, password=body.password,
-                                     notes=body.notes)
-    return AccountOut(**row)
+                                     notes=body.notes, if_match=IfMatch.parse(if_match))
+    return AccountOut(**_tagged(response, row))
 
 
-@router.delete("/accounts/{account_id}", status_code=204, responses=WITH_404)
-async def delete_account(account_id: str, p: CurrentUser, rt: RuntimeDep) -> Response:
-    await vault.delete_account(rt, p, account_id)
+@router.delete("/accounts/{account_id}", status_code=204, responses=CONDITIONAL)
+async def delete_account(account_id: str, p: CurrentUser, rt: RuntimeDep,
+                         if_match: IfMatchHeader = None) -> Response:
+    await vault.delete_account(rt, p, account_id, if_match=IfMatch.parse(if_match))
     return Response(status_code=204)
 
 
