@@ -64,9 +64,11 @@ def pair(server_root: Path) -> Iterator[Pair]:
             secondary.cleanup()
 
 
-def race(pair: Pair, requests: list[Callable[[httpx.Client], httpx.Response]]) -> list[httpx.Response]:
-    """Send the requests at once, from one thread and client each, alternating primary and secondary."""
-    clients = [pair.client(n) for n in range(len(requests))]
+def race(client: Callable[[int], httpx.Client], requests: list[Callable[[httpx.Client], httpx.Response]],
+         ) -> list[httpx.Response]:
+    """Send the requests at once, from one thread each, the n-th with ``client(n)`` (``Pair.client``:
+    alternating primary and secondary); their responses in the same order."""
+    clients = [client(n) for n in range(len(requests))]
     start = threading.Barrier(len(requests))
     responses: list[httpx.Response | BaseException | None] = [None] * len(requests)
 
@@ -117,7 +119,7 @@ def test_concurrent_patches_of_different_fields_through_both_servers_are_all_kep
     acknowledged, lost = 0, set()
     for round_ in range(ROUNDS):
         wanted = {f: _resource_value(f, round_) for f in RESOURCE_FIELDS}
-        responses = race(pair, [
+        responses = race(pair.client, [
             (lambda c, f=f, v=v: c.patch(f"/resources/{rid}", json={f: v})) for f, v in wanted.items()
         ])
         assert [r.status_code for r in responses] == [200] * len(wanted), [r.text for r in responses]
@@ -145,7 +147,7 @@ def test_concurrent_patches_of_an_account_and_a_user_keep_every_field(pair: Pair
     for round_ in range(3):
         account = {"username": f"svc-{round_}", "notes": f"notes-{round_}", "password": f"password-{round_}"}
         user = {"full_name": f"Race Person {round_}", "email": f"race{round_}@example.org", "role": "auditor"}
-        race(pair, [
+        race(pair.client, [
             *[(lambda c, k=k, v=v: c.patch(f"/accounts/{aid}", json={k: v})) for k, v in account.items()],
             *[(lambda c, k=k, v=v: c.patch(f"/users/{uid}", json={k: v})) for k, v in user.items()],
         ])
@@ -170,7 +172,7 @@ def test_concurrent_password_changes_leave_a_complete_history_in_the_order_they_
         set_at = {initial: ts(r.json()["password_changed_at"])}
 
     passwords = [f"changed-{n}-{secrets.token_hex(4)}" for n in range(PASSWORD_CHANGES)]
-    responses = race(pair, [(lambda c, pw=pw: c.patch(f"/accounts/{aid}", json={"password": pw}))
+    responses = race(pair.client, [(lambda c, pw=pw: c.patch(f"/accounts/{aid}", json={"password": pw}))
                             for pw in passwords])
     assert [r.status_code for r in responses] == [200] * PASSWORD_CHANGES, [r.text for r in responses]
     set_at |= {pw: ts(r.json()["password_changed_at"]) for pw, r in zip(passwords, responses, strict=True)}
@@ -266,3 +268,32 @@ def test_users_and_shares_carry_etags_and_honour_if_match(pair: Pair) -> None:
         assert primary.delete(path, headers={"If-Match": shared}).status_code == 412
         assert primary.get(path).json()["permission"] == "modify"
         assert primary.delete(path, headers={"If-Match": etag(primary.get(path))}).status_code == 204
+
+
+# --- the last administrator --------------------------------------------------------------------------------
+
+def test_two_administrators_demoting_each_other_at_once_leave_one(server: Server) -> None:
+    """The "last active administrator" check cannot be raced: of two concurrent demotions of the only two
+    administrators, one is refused (409), in every round."""
+    password = secrets.token_urlsafe(16)
+    with server.client(server.login()) as c:
+        r = c.post("/users", json={"username": "second-admin", "password": password, "role": "administrator"})
+        assert r.status_code == 201, r.text
+    ids = {"admin": "", "second-admin": r.json()["id"]}
+    tokens = {"admin": server.login(), "second-admin": server.login("second-admin", password)}
+    with server.client(tokens["admin"]) as c:
+        ids["admin"] = c.get("/me").json()["id"]
+
+    actors = [("admin", "second-admin"), ("second-admin", "admin")]  # (who demotes, whom)
+    for round_ in range(5):
+        responses = race(lambda n: server.client(tokens[actors[n][0]]), [
+            (lambda c, target=target: c.patch(f"/users/{ids[target]}", json={"role": "user"}))
+            for _, target in actors
+        ])
+        results = {actor: r.status_code for (actor, _), r in zip(actors, responses, strict=True)}
+        assert sorted(results.values()) == [200, 409], f"round {round_}: {results}"
+        survivor = next(name for name, status in results.items() if status == 200)
+        demoted = next(name for name in ids if name != survivor)
+        with server.client(tokens[survivor]) as c:
+            r = c.patch(f"/users/{ids[demoted]}", json={"role": "administrator"})
+            assert r.status_code == 200, r.text
