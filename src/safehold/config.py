@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from safehold.alerts.settings import AlertsSection
 from safehold.domain import ServerRole
@@ -103,6 +103,9 @@ class FailoverSection(_Section):
     gateway: str | None = None
     # whether this server may become the primary at all (by automatic failover)
     may_promote: bool = True
+    # the lag guard: promote only if, when this server last heard from the primary, its replica was
+    # streaming and had received all but at most this many bytes of the primary's WAL
+    max_lag_bytes: int = Field(default=1024 * 1024, ge=0, le=1024**4)
 
 
 class HaSection(_Section):
@@ -114,6 +117,11 @@ class HaSection(_Section):
     primary_db_port: int | None = Field(default=None, ge=1, le=65535)
     check_interval: float = Field(default=2.0, ge=0.2, le=60)
     peer_timeout: float = Field(default=2.0, ge=0.2, le=60)
+    # the write lease: a primary or secondary acknowledges a write only while its last confirmation
+    # that it is still the cluster's writer is younger than this (see docs/HA.md, "What Safehold
+    # guarantees"); it must be longer than check_interval and shorter than any standby's automatic
+    # failover threshold (ping_interval x ping_iterations); unset: 5 x check_interval
+    write_lease_seconds: float | None = Field(default=None, ge=0.4, le=600)
     lag_threshold_seconds: float = Field(default=30.0, ge=1, le=86400)
     lag_threshold_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # 'safehold ha promote' refuses a replica that heard from its primary longer ago than this (--force)
@@ -123,6 +131,32 @@ class HaSection(_Section):
     synchronous: bool = False
     sync_degrade_after: float = Field(default=30.0, ge=1, le=86400)
     failover: FailoverSection = FailoverSection()
+
+    @property
+    def write_lease(self) -> float:
+        """The write lease in seconds (``write_lease_seconds``, else 5 x ``check_interval``)."""
+        return self.write_lease_seconds if self.write_lease_seconds is not None else 5 * self.check_interval
+
+    @model_validator(mode="after")
+    def _lease(self) -> HaSection:
+        problem = lease_problem(self.write_lease, self.check_interval, self.failover)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def lease_problem(lease: float, check_interval: float, failover: FailoverSection) -> str | None:
+    """Why a write lease does not fit: it must outlast a heartbeat cycle (so that normal operation
+    renews it) and end before a standby with automatic failover could promote itself."""
+    if lease < 2 * check_interval:
+        return (f"write_lease_seconds ({lease:g}) must be at least twice check_interval ({check_interval:g}): "
+                "the heartbeat renews the lease every check_interval")
+    threshold = failover.ping_interval * failover.ping_iterations
+    if failover.enabled and lease >= threshold:
+        return (f"write_lease_seconds ({lease:g}) must be shorter than the automatic failover threshold "
+                f"(ping_interval x ping_iterations = {threshold:g} s): otherwise a frozen primary could still "
+                "acknowledge writes after this standby promoted itself")
+    return None
 
 
 class BackupSection(_Section):

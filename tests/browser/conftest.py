@@ -6,7 +6,7 @@ Fixtures
   ``page``           (function) a fresh ``Page`` in a fresh context (1280x800) with the guard installed;
                      the test fails at teardown if the page tried any external request
 Helper
-  :func:`screenshot` (page, name) -> ``docs/screenshots/<name>.png`` (full page)
+  :func:`screenshot` (page, name) -> ``build/screenshots/<name>.png`` (full page)
 
 We use the system Chromium: ``playwright install`` is never run. Without /usr/bin/chromium the tests
 are skipped, unless the environment variable CI is set: CI must run them, so they fail there.
@@ -36,7 +36,9 @@ from playwright.sync_api import (
 
 CHROMIUM = "/usr/bin/chromium"
 HERE = Path(__file__).resolve().parent
-SCREENSHOTS = HERE.parents[1] / "docs" / "screenshots"
+# screenshots go to the build folder (a test run never changes tracked files); to refresh the README's pictures,
+# run the browser tests with SAFEHOLD_SCREENSHOTS=docs/screenshots
+SCREENSHOTS = HERE.parents[1] / os.environ.get("SAFEHOLD_SCREENSHOTS", "build/screenshots")
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 # schemes that never leave the browser
 LOCAL_SCHEMES = frozenset({"data", "blob", "about"})
@@ -201,7 +203,7 @@ def page(chromium: Browser, network_guard: NetworkGuard) -> Iterator[Page]:
 
 def screenshot(page: Page, name: str, directory: Path | None = None) -> Path:
     """Save a full-page PNG of ``page`` as ``<directory>/<name>.png``; the directory defaults to the
-    repository's docs/screenshots (created if missing). Returns the file's path."""
+    build folder, build/screenshots, or $SAFEHOLD_SCREENSHOTS (created if missing). Returns the file's path."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ValueError(f"screenshot name must be a plain file name without extension: {name!r}")
     target = (directory if directory is not None else SCREENSHOTS) / f"{name}.png"

@@ -2,7 +2,7 @@
 each its own process on 127.0.0.1): sign in with TOTP, create a resource and an account, reveal and copy
 the password, find the retrieval under the right server's audit tab, see the HA dashboard; then kill the
 primary and secondary app servers and watch the dashboard and the read-only server's pages.  Screenshots
-go to docs/screenshots/ (the README shows them).  Any request to a host other than 127.0.0.1 fails the
+go to build/screenshots/ (SAFEHOLD_SCREENSHOTS=docs/screenshots refreshes the README's).  Any request to a host other than 127.0.0.1 fails the
 test (the page fixture's network guard)."""
 
 from __future__ import annotations

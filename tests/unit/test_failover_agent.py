@@ -15,6 +15,7 @@ import pytest
 
 from safehold.config import FailoverSection, HaSection, ServerSection, Settings
 from safehold.domain import ServerRole
+from safehold.ha.failover import Contact, FailoverState, ReplicaReport
 from safehold.ha.failover_agent import MISCONFIGURED, PROMOTION_FAILED, FailoverWatch, Probes
 from safehold.ha.probe import Target
 
@@ -25,7 +26,7 @@ def settings(primary_db: tuple[str, int] | None = DB, **failover: Any) -> Settin
     fo = FailoverSection.model_validate({"enabled": True, "ping_interval": 5, "ping_iterations": 3,
                                          "witness_targets": ["10.1.1.1:53", "10.1.1.2"], **failover})
     ha = HaSection(primary_db_host=primary_db[0] if primary_db else None,
-                   primary_db_port=primary_db[1] if primary_db else None, failover=fo)
+                   primary_db_port=primary_db[1] if primary_db else None, failover=fo, write_lease_seconds=4)
     return Settings(server=ServerSection(id=str(uuid.uuid4()), name="ro", role=ServerRole.READONLY), ha=ha)
 
 
@@ -82,8 +83,16 @@ class World:
 
         probes = Probes(database=self.database, app=self.app, target=self.target, gateway=lambda: self.gateway,
                         ping_available=lambda: True)
+        # the watch heard from the primary just before these rounds: its replica was streaming and caught up
+        # (the lag and lease guards have tables of their own: test_failover_guards.py)
+        heard = FailoverState(contact=Contact(0.0, "0/1000", True, None))
+
+        async def replica() -> ReplicaReport:
+            return ReplicaReport(True, "0/1000")
+
         return FailoverWatch(s or settings(), promote=self.promote, raise_alarm=self.raise_alarm,
-                             clear_alarm=self.clear_alarm, primary_url=url, probes=probes, sleep=self.sleep)
+                             clear_alarm=self.clear_alarm, primary_url=url, probes=probes, sleep=self.sleep,
+                             replica=replica, clock=lambda: sum(self.sleeps), state=heard)
 
 
 def kinds(calls: Iterable[tuple[str, ...]]) -> list[str]:

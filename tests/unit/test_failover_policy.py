@@ -3,6 +3,8 @@ servers, no mocks. Also target parsing and the validation of a failover configur
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from safehold.config import FailoverSection
@@ -10,9 +12,11 @@ from safehold.ha.failover import (
     FAILOVER_NOT_ALLOWED,
     STANDBY_ISOLATED,
     Action,
+    Contact,
     FailoverPolicy,
     FailoverState,
     Observation,
+    ReplicaReport,
     decide,
     needs_witnesses,
     range_errors,
@@ -35,16 +39,22 @@ WIT_DOWN_ONLY = Observation(False, False, gateway_ok=None, witnesses_ok=(False,)
 BLIND = Observation(False, False)  # no gateway known, no witness configured
 
 
+# these tables are about pings, witnesses and alarms: the replica streams and is caught up, the primary's write
+# lease is out at once (the lag and lease guards have their own tables in test_failover_guards.py)
+CAUGHT_UP = ReplicaReport(streaming=True, received_lsn="0/100")
+HEARD = FailoverState(contact=Contact(at=0.0, primary_lsn="0/100", streaming=True, lease_seconds=None))
+
+
 def replay(observations: list[Observation], policy: FailoverPolicy) -> tuple[list[Action], FailoverState]:
-    state = FailoverState()
+    state = HEARD
     actions = []
     for obs in observations:
-        state, decision = decide(state, obs, policy)
+        state, decision = decide(state, replace(obs, replica=obs.replica or CAUGHT_UP), policy)
         actions.append(decision.action)
     return actions, state
 
 
-THREE = FailoverPolicy(ping_iterations=3)
+THREE = FailoverPolicy(ping_iterations=3, writer_lease=0.0, probe_timeout=0.0)
 
 
 @pytest.mark.parametrize(("rounds", "expected"), [
@@ -84,7 +94,7 @@ def test_may_promote_false_raises_an_alarm_instead(last: Observation) -> None:
 
 
 def test_messages_and_conditions() -> None:
-    state = FailoverState()
+    state = HEARD
     for _ in range(2):
         state, d = decide(state, DOWN, THREE)
     assert d.message == "ping 2/3 failed: primary database unreachable (its app does not answer either)"
@@ -93,7 +103,7 @@ def test_messages_and_conditions() -> None:
     assert "gateway unreachable, 0 of 2 witness targets reachable" in d.message and "not promoting" in d.message
     _, d = decide(isolated_state, UP, THREE)
     assert d.message == "StandbyIsolated cleared: the primary database is reachable again"
-    _, d = decide(state, BLIND, THREE)
+    _, d = decide(state, replace(BLIND, replica=CAUGHT_UP), THREE)
     assert d.action is P and "isolation cannot be detected" in d.message
     _, d = decide(state, DOWN, FailoverPolicy(ping_iterations=3, may_promote=False))
     assert d.condition == FAILOVER_NOT_ALLOWED and "may_promote = false" in d.message
@@ -121,7 +131,8 @@ def test_needs_witnesses(state: FailoverState, db_ok: bool, policy: FailoverPoli
 
 def test_default_policy_from_settings() -> None:
     assert FailoverPolicy.from_section(FailoverSection()) == FailoverPolicy(ping_iterations=12, may_promote=True)
-    actions, _ = replay([DOWN] * 11 + [WIT_UP], FailoverPolicy.from_section(FailoverSection()))
+    policy = replace(FailoverPolicy.from_section(FailoverSection()), writer_lease=0.0, probe_timeout=0.0)
+    actions, _ = replay([DOWN] * 11 + [WIT_UP], policy)
     assert actions == [N] * 11 + [P]
 
 

@@ -66,7 +66,7 @@ def status(data_dir: DataDir) -> None:
     from safehold.cli.context import with_runtime
     from safehold.services.ha_status import cluster_status
 
-    st = with_runtime(data_dir, cluster_status)
+    st = with_runtime(data_dir, lambda rt: cluster_status(rt, ask_self=True))
     fence = st.get("fence")
     if fence:
         err.print(f"[red bold]FENCED[/]: {fence['acting_primary_name']} ({fence['acting_primary_url']}) is the acting "
@@ -88,6 +88,8 @@ def status(data_dir: DataDir) -> None:
               f"Replication status: {st['replication_status'] or 'n/a'}   "
               f"lag: {st['replication_lag_bytes']} bytes, {st['replication_lag_seconds']} s   "
               f"audit backlog: {st['audit_backlog']['pending']} pending, {st['audit_backlog']['shipped']} shipped")
+    for alarm in st.get("alarms", []):
+        out.print(f"[red bold]ALARM[/] {alarm['condition']} on {alarm['server']}: {alarm['message']}", highlight=False)
 
 
 @ha_app.command()
@@ -130,11 +132,12 @@ from safehold.cli.ha_teardown import teardown  # noqa: E402
 ha_app.command()(teardown)
 
 
-from safehold.cli.ha_ops import promote, rejoin, switchover  # noqa: E402
+from safehold.cli.ha_ops import override_lease, promote, rejoin, switchover  # noqa: E402
 
 ha_app.command()(promote)
 ha_app.command()(rejoin)
 ha_app.command()(switchover)
+ha_app.command("override-lease")(override_lease)
 
 from safehold.cli.ha_check import check  # noqa: E402
 from safehold.cli.ha_failover import failover  # noqa: E402

@@ -105,3 +105,28 @@ def switchover(
     out.print(f"[green]✓[/] {r.target.name} is the primary (generation {r.generation}); writes were unavailable "
               f"for {r.write_unavailable_seconds:.1f} s; {settings.server.name} is its read-only replica",
               highlight=False)
+
+
+def override_lease(
+    data_dir: DataDir,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Let a running primary or secondary write again although no peer of its cluster confirmed that it is
+    still the writer (after a stall or a restart while every peer was unreachable).  Only if you are sure no
+    other server took over: otherwise its changes are lost when it is rejoined."""
+    import sys
+
+    from safehold.cli.context import load, server_pid
+    from safehold.services.fencing import OVERRIDE_TTL, request_override
+
+    settings, _ = load(data_dir)
+    if server_pid(settings) is None:
+        raise typer.BadParameter("this server is not running: the override is for a running server (a server that "
+                                 "starts asks its peers again)", param_hint="--data-dir")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise typer.BadParameter("no terminal to confirm on: add --yes")
+        typer.confirm("No other server took over this cluster, and this server may write again?", abort=True)
+    request_override(settings)
+    out.print(f"[green]✓[/] override requested: {settings.server.name} renews its write lease at its next heartbeat "
+              f"(the request expires after {OVERRIDE_TTL:g} s if the server does not pick it up)", highlight=False)

@@ -130,7 +130,9 @@ def serve(data_dir: DataDir) -> None:
         pg.wait_ready()
     pidfile = pid_path(settings)
     try:
-        database.migrate(settings)
+        if not database.migrate(settings):
+            out.print("[yellow]the database is fenced (read-only): this server starts fenced, redirects users to "
+                      "the acting primary and refuses every change[/]")
         pidfile.parent.mkdir(exist_ok=True)
         pidfile.write_text(f"{os.getpid()}\n")
         out.print(f"Safehold {__version__} [bold]{settings.server.name}[/] ({settings.server.role}) serving on "

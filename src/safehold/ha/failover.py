@@ -12,6 +12,16 @@ After ``ping_iterations`` consecutive failed rounds the standby promotes itself,
   the primary, is reachable again;
 - it may not promote (``may_promote = false``): it raises ``FailoverNotAllowed`` instead.
 
+Two guards stand before every automatic promotion (DESIGN §7):
+
+- the **lag guard**: at the last moment this server heard from the primary (an app server on the
+  primary database reporting its WAL position), its replica was streaming and had received all but
+  at most ``max_lag_bytes`` of it (counting what arrived since).  Otherwise the alarm
+  ``FailoverLagTooHigh`` (once) and no promotion: ``safehold ha promote --force`` is the override;
+- the **write-lease guard**: not before the primary's write lease (as it reported it) has surely run
+  out, counted from the first failed ping of the current streak: a frozen primary that thaws refuses
+  every write once its lease is out, so nothing it acknowledges afterwards can be lost.
+
 A successful round resets the count (and clears a raised alarm). When no gateway is known and no
 witness is configured, isolation cannot be detected and the standby promotes after the limit: the
 operator is warned of that when configuring it ('safehold ha failover').
@@ -32,11 +42,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from safehold.config import FailoverSection, Settings
+from safehold.ha.lsn import lag_bytes
 from safehold.ha.probe import normalise_host, parse_target
 
 #: Alarm conditions (the first argument of a ``RaiseAlarm`` event); the values never change.
 STANDBY_ISOLATED = "StandbyIsolated"
 FAILOVER_NOT_ALLOWED = "FailoverNotAllowed"
+FAILOVER_LAG = "FailoverLagTooHigh"
 
 
 class Action(StrEnum):
@@ -58,17 +70,51 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class WriterReport:
+    """What an app server on the primary database said in this round: the database's WAL position and
+    the server's write lease (seconds; None if it did not say)."""
+
+    wal_lsn: str
+    lease_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ReplicaReport:
+    """This server's replica in this round: is it streaming, how much WAL has it received, and how long
+    ago its WAL receiver last heard from the primary (None: unknown)."""
+
+    streaming: bool
+    received_lsn: str | None
+    heard_seconds_ago: float | None = 0.0
+
+
+@dataclass(frozen=True)
+class Contact:
+    """The last moment this server heard from the primary, and where its replica stood then."""
+
+    at: float
+    primary_lsn: str
+    streaming: bool
+    lease_seconds: float | None
+
+
+@dataclass(frozen=True)
 class Observation:
     """One round of pings as the standby saw them.
 
     ``gateway_ok`` is None when no gateway is known (or it was not probed); ``witnesses_ok`` holds
     one result per configured witness target, empty when none is configured (or they were not
-    probed: they are consulted only in a round where :func:`needs_witnesses` is true)."""
+    probed: they are consulted only in a round where :func:`needs_witnesses` is true).  ``now`` is
+    the round's start on a monotonic clock; ``writer`` is None when no app server on the primary
+    database answered; ``replica`` None when the replica could not be read."""
 
     primary_db_ok: bool
     primary_app_ok: bool | None = None
     gateway_ok: bool | None = None
     witnesses_ok: tuple[bool, ...] = ()
+    now: float = 0.0
+    writer: WriterReport | None = None
+    replica: ReplicaReport | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +125,8 @@ class FailoverState:
     consecutive_failures: int = 0
     alarm: str | None = None  # the condition of the alarm raised, if any
     promoted: bool = False
+    failing_since: float | None = None  # start of the first failed round of the current streak
+    contact: Contact | None = None  # the last time the primary was heard from
 
     @property
     def alarm_raised(self) -> bool:
@@ -91,10 +139,18 @@ class FailoverPolicy:
 
     ping_iterations: int = 12
     may_promote: bool = True
+    max_lag_bytes: int = 1024 * 1024
+    # a WAL receiver that says "streaming" but heard nothing for longer is cut off (the primary sends a
+    # keepalive every wal_sender_timeout / 2 = 5 s when idle)
+    stream_silence: float = 15.0
+    probe_timeout: float = 2.0  # a ping that fails may have started just before the primary froze
+    writer_lease: float = 10.0  # the primary's write lease when it did not report one
 
     @classmethod
-    def from_section(cls, section: FailoverSection) -> FailoverPolicy:
-        return cls(ping_iterations=section.ping_iterations, may_promote=section.may_promote)
+    def from_section(cls, section: FailoverSection, *, probe_timeout: float = 2.0,
+                     writer_lease: float = 10.0) -> FailoverPolicy:
+        return cls(ping_iterations=section.ping_iterations, may_promote=section.may_promote,
+                   max_lag_bytes=section.max_lag_bytes, probe_timeout=probe_timeout, writer_lease=writer_lease)
 
 
 def _at_limit(failures: int, policy: FailoverPolicy) -> bool:
@@ -133,13 +189,63 @@ def _own_side(obs: Observation) -> str:
     return ", ".join(parts) or "no gateway known and no witness configured"
 
 
+def streaming(replica: ReplicaReport | None, policy: FailoverPolicy) -> bool:
+    """Whether the replica streams from its primary: its WAL receiver says so and heard from it lately."""
+    return (replica is not None and replica.streaming and replica.heard_seconds_ago is not None
+            and replica.heard_seconds_ago <= policy.stream_silence)
+
+
+def remember_contact(state: FailoverState, obs: Observation, policy: FailoverPolicy) -> FailoverState:
+    """The state with this round's contact with the primary, if there was one."""
+    if obs.writer is None or not obs.primary_db_ok:
+        return state
+    return replace(state, contact=Contact(obs.now, obs.writer.wal_lsn, streaming(obs.replica, policy),
+                                          obs.writer.lease_seconds))
+
+
+def lag_problem(state: FailoverState, obs: Observation, policy: FailoverPolicy) -> str | None:
+    """Why the lag guard forbids promoting now (None: it allows it)."""
+    c = state.contact
+    if c is None:
+        return ("this server never heard from the primary since it started watching, so it cannot tell how far "
+                "behind its replica is")
+    if not c.streaming:
+        return (f"when this server last heard from the primary ({obs.now - c.at:.0f} s ago) its replica was not "
+                "streaming, so it may lack acknowledged writes")
+    received = obs.replica.received_lsn if obs.replica is not None else None
+    lag = lag_bytes(c.primary_lsn, received)
+    if lag is None:
+        return "this server's replica cannot be read, so how far behind it is is unknown"
+    if lag > policy.max_lag_bytes:
+        return (f"its replica lacks {lag} bytes of the WAL the primary had when last heard from, more than "
+                f"max_lag_bytes = {policy.max_lag_bytes}")
+    return None
+
+
+def lease_wait(state: FailoverState, obs: Observation, policy: FailoverPolicy) -> float:
+    """Seconds until the primary's write lease has surely run out (0: it has)."""
+    if state.failing_since is None:
+        return 0.0
+    lease = (state.contact.lease_seconds if state.contact is not None and state.contact.lease_seconds is not None
+             else policy.writer_lease)
+    return max(0.0, state.failing_since + policy.probe_timeout + lease - obs.now)
+
+
+def _alarm_once(state: FailoverState, failed: FailoverState, condition: str, still: str,
+                message: str) -> tuple[FailoverState, Decision]:
+    """Raise the alarm ``condition`` with ``message`` unless it is raised already (then say ``still``)."""
+    if state.alarm == condition:
+        return failed, Decision(Action.NONE, still)
+    return replace(failed, alarm=condition), Decision(Action.RAISE_ALARM, message, condition=condition)
+
+
 def decide(state: FailoverState, obs: Observation,
            policy: FailoverPolicy) -> tuple[FailoverState, Decision]:
     """The next state and the one action to carry out after a round."""
     if state.promoted:
         return state, Decision(Action.NONE, "promotion already ordered; nothing more to do")
     if obs.primary_db_ok:
-        fresh = FailoverState()
+        fresh = remember_contact(FailoverState(contact=state.contact), obs, policy)
         if state.alarm is not None:
             return fresh, Decision(Action.CLEAR_ALARM, f"{state.alarm} cleared: the primary database is "
                                                        "reachable again")
@@ -147,29 +253,32 @@ def decide(state: FailoverState, obs: Observation,
 
     failures = min(state.consecutive_failures + 1, policy.ping_iterations)
     n = f"{failures}/{policy.ping_iterations}"
-    failed = replace(state, consecutive_failures=failures)
+    failed = replace(state, consecutive_failures=failures,
+                     failing_since=state.failing_since if state.failing_since is not None else obs.now)
     if not _at_limit(failures, policy):
         return failed, Decision(Action.NONE, f"ping {n} failed: {_describe_primary(obs)}")
 
+    down = f"{_describe_primary(obs)} for {policy.ping_iterations} pings in a row"
     if not policy.may_promote:
-        if state.alarm == FAILOVER_NOT_ALLOWED:
-            return failed, Decision(Action.NONE, f"ping {n} failed: {_describe_primary(obs)}; "
-                                                 "this server may not promote itself (alarm raised)")
-        return replace(failed, alarm=FAILOVER_NOT_ALLOWED), Decision(
-            Action.RAISE_ALARM,
-            f"{_describe_primary(obs)} for {policy.ping_iterations} pings in a row, but this server may "
-            "not promote itself (may_promote = false): promote a server by hand",
-            condition=FAILOVER_NOT_ALLOWED)
+        return _alarm_once(
+            state, failed, FAILOVER_NOT_ALLOWED,
+            f"ping {n} failed: {_describe_primary(obs)}; this server may not promote itself (alarm raised)",
+            f"{down}, but this server may not promote itself (may_promote = false): promote a server by hand")
 
     if isolated(obs):
-        if state.alarm == STANDBY_ISOLATED:
-            return failed, Decision(Action.NONE, f"ping {n} failed: {_describe_primary(obs)}; still "
-                                                 f"isolated ({_own_side(obs)}), not promoting")
-        return replace(failed, alarm=STANDBY_ISOLATED), Decision(
-            Action.RAISE_ALARM,
-            f"{_describe_primary(obs)} for {policy.ping_iterations} pings in a row, but so is this "
-            f"server's own side ({_own_side(obs)}): the fault is probably here; not promoting",
-            condition=STANDBY_ISOLATED)
+        return _alarm_once(
+            state, failed, STANDBY_ISOLATED,
+            f"ping {n} failed: {_describe_primary(obs)}; still isolated ({_own_side(obs)}), not promoting",
+            f"{down}, but so is this server's own side ({_own_side(obs)}): the fault is probably here; "
+            "not promoting")
+
+    lagging = lag_problem(failed, obs, policy)
+    if lagging is not None:
+        return _alarm_once(
+            state, failed, FAILOVER_LAG,
+            f"ping {n} failed: {_describe_primary(obs)}; not promoting: {lagging} (alarm raised)",
+            f"{down}, but this server does not promote itself: {lagging}; promote by hand if the loss is "
+            "acceptable ('safehold ha promote --force')")
 
     if state.alarm is not None:
         # the own side is back while the primary is still down: clear first; the next round (with
@@ -177,6 +286,11 @@ def decide(state: FailoverState, obs: Observation,
         return replace(failed, alarm=None), Decision(
             Action.CLEAR_ALARM, f"{state.alarm} cleared: this server's own side is reachable again "
                                 f"({_own_side(obs)}); the primary database is still unreachable")
+
+    wait = lease_wait(failed, obs, policy)
+    if wait > 0:
+        return failed, Decision(Action.NONE, f"ping {n} failed: {_describe_primary(obs)}; waiting {wait:.1f} s "
+                                             "more for the primary's write lease to run out before promoting")
 
     why = (_own_side(obs) if isolation_detectable(obs)
            else "isolation cannot be detected: no gateway known and no witness configured")
@@ -397,4 +511,17 @@ def check_policy(settings: Settings, candidate: FailoverSection, servers: Iterab
     turned on here (``enabling``).  Each message comes with its field (see :func:`policy_problems`).
     Blocking: it resolves host names."""
     problems = policy_problems(candidate, *witness_addresses(settings, candidate, servers))
-    return problems or role_problems(settings, enabling)
+    return problems or role_problems(settings, enabling) or lease_problems(settings, candidate, enabling)
+
+
+def lease_problems(settings: Settings, candidate: FailoverSection, enabling: bool) -> list[tuple[str, str]]:
+    """The write lease of the cluster's writers (this server's ``ha.write_lease_seconds``, the same on every
+    server) must run out before this standby may promote itself (field ``ping_interval``)."""
+    from safehold.config import lease_problem
+
+    if not (enabling or candidate.enabled):
+        return []
+    problem = lease_problem(settings.ha.write_lease, settings.ha.check_interval, candidate.model_copy(
+        update={"enabled": True}))
+    return [("ping_interval", problem + " (or lower ha.write_lease_seconds on every server of the cluster)")] \
+        if problem else []

@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,6 +28,8 @@ from safehold.ha.failover import (
     FailoverPolicy,
     FailoverState,
     Observation,
+    ReplicaReport,
+    WriterReport,
     decide,
     needs_witnesses,
     validate_policy,
@@ -54,6 +57,8 @@ DatabaseProbe = Callable[[str, int, float], Awaitable[bool]]
 AppProbe = Callable[[str, float], Awaitable[bool]]
 TargetProbe = Callable[[Target, float], Awaitable[bool | None]]
 UrlSource = Callable[[], Awaitable[str | None]]
+WriterSource = Callable[[], Awaitable[WriterReport | None]]
+ReplicaSource = Callable[[], Awaitable[ReplicaReport | None]]
 
 
 @dataclass(frozen=True)
@@ -81,11 +86,18 @@ def registry_primary_url(engine: AsyncEngine) -> UrlSource:
 class FailoverWatch:
     def __init__(self, settings: Settings, *, promote: Promote, raise_alarm: RaiseAlarm, clear_alarm: ClearAlarm,
                  primary_url: UrlSource | None = None, probes: Probes | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 writer: WriterSource | None = None, replica: ReplicaSource | None = None,
+                 clock: Callable[[], float] = time.monotonic, state: FailoverState | None = None) -> None:
         self.settings = settings
         self.section = settings.ha.failover
-        self.policy = FailoverPolicy.from_section(self.section)
-        self.state = FailoverState()
+        self._timeout = min(settings.ha.peer_timeout, self.section.ping_interval)
+        self.policy = FailoverPolicy.from_section(self.section, probe_timeout=self._timeout,
+                                                  writer_lease=settings.ha.write_lease)
+        self._writer = writer
+        self._replica = replica
+        self.state = state or FailoverState()
+        self._clock = clock
         self.rounds = 0
         self.last_decision: Decision | None = None
         self._promote = promote
@@ -94,7 +106,6 @@ class FailoverWatch:
         self._primary_url = primary_url
         self._probes = probes or Probes()
         self._sleep = sleep
-        self._timeout = min(settings.ha.peer_timeout, self.section.ping_interval)
         self._witnesses: list[Target] = []
         self._gateway: Target | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -155,18 +166,33 @@ class FailoverWatch:
             log.debug("automatic failover: probing %s failed: %s", target, exc)
             return False
 
+    async def _bounded(self, source: Callable[[], Awaitable[Any]] | None) -> Any:
+        """What a source says within the ping timeout (None: it said nothing, or failed)."""
+        if source is None:
+            return None
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await source()
+        except Exception as exc:  # noqa: BLE001 - no answer proves nothing more than "unknown"
+            log.debug("automatic failover: %s", exc)
+            return None
+
     async def observe(self) -> Observation:
         host, port = self.primary_db
         assert host is not None and port is not None  # checked by problems()
-        db_ok, app_ok = await asyncio.gather(self._probes.database(host, port, self._timeout), self._app_ok())
+        now = self._clock()
+        db_ok, app_ok, writer = await asyncio.gather(self._probes.database(host, port, self._timeout),
+                                                     self._app_ok(), self._bounded(self._writer))
+        # the replica is read after the primary's position: what arrived meanwhile counts for it
+        replica = await self._bounded(self._replica)
         if not needs_witnesses(self.state, db_ok, self.policy):
-            return Observation(primary_db_ok=db_ok, primary_app_ok=app_ok)
+            return Observation(primary_db_ok=db_ok, primary_app_ok=app_ok, now=now, writer=writer, replica=replica)
         targets: Sequence[Target] = [*self._witnesses, *([self._gateway] if self._gateway else [])]
         results = await asyncio.gather(*(self._target_ok(t) for t in targets))
         witnesses = tuple(bool(r) for r in results[:len(self._witnesses)])  # no answer: unreachable
         gateway_ok = results[len(self._witnesses)] if self._gateway else None  # no ping: unknown
         return Observation(primary_db_ok=db_ok, primary_app_ok=app_ok, gateway_ok=gateway_ok,
-                           witnesses_ok=witnesses)
+                           witnesses_ok=witnesses, now=now, writer=writer, replica=replica)
 
     # --- one round -----------------------------------------------------------------------------
 

@@ -129,10 +129,15 @@ def _preflight(settings: Settings, target: Target) -> None:
     if report.get("role") != ServerRole.READONLY or report.get("mode") == "fenced":
         raise SafeholdError(f"{target.name} is not a read-only server now ({report.get('role')}, "
                             f"{report.get('mode')}); not switching over")
-    if report.get("data_age_seconds") not in (0, 0.0):
-        raise SafeholdError(f"{target.name}'s replica is not streaming and caught up (data age "
-                            f"{report.get('data_age_seconds')}); not switching over",
-                            hint="'safehold ha status' shows its replication status")
+    if report.get("database_ok") is False:
+        raise SafeholdError(f"{target.name}'s replica database does not answer; not switching over",
+                            hint="start it ('safehold db start --data-dir ...' on that host) and try again")
+    age = report.get("data_age_seconds")
+    fresh_within = max(3 * settings.ha.check_interval, 5.0) + settings.ha.peer_timeout
+    if not isinstance(age, int | float) or age > fresh_within:
+        raise SafeholdError(f"{target.name}'s replica is not known to be streaming and caught up (data age "
+                            f"{'unknown' if age is None else f'{age:.1f} s'}, at most {fresh_within:g} s needed); "
+                            "not switching over", hint="'safehold ha status' shows its replication status")
 
 
 def _promote_target(settings: Settings, master: MasterKey, target: Target, lsn: str, timeout: float) -> int:

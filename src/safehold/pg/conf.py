@@ -145,6 +145,11 @@ def safehold_settings(
             # pg_rewind needs hint bits in WAL (implied by the data checksums
             # initdb turns on; explicit so a copied cluster keeps it).
             "wal_log_hints": True,
+            # a replica hears from its primary at least every ~5 s even when nothing is written (the
+            # sender's keepalives come at half this timeout): its data age stays truthful while idle,
+            # and a dead link is noticed within 10 s
+            "wal_sender_timeout": "10s",
+            "wal_receiver_timeout": "10s",
         }
     )
     return settings

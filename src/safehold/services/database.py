@@ -6,8 +6,9 @@ import contextlib
 from collections.abc import Iterator
 
 from safehold.config import Settings
+from safehold.errors import DatabaseError
 from safehold.pg import ClusterSpec, PgManager, find_binaries
-from safehold.storage.db import owner_target, run_migrations
+from safehold.storage.db import owner_target, run_migrations, schema_is_current
 
 
 def manager(settings: Settings) -> PgManager:
@@ -49,7 +50,20 @@ def owns_schema(settings: Settings) -> bool:
     return settings.database.mode != "remote" and settings.server.role != ServerRole.READONLY
 
 
-def migrate(settings: Settings) -> None:
-    if owns_schema(settings):
-        run_migrations(owner_target(settings), app_user=settings.database.user
-                       if is_bundled(settings) else None)
+def migrate(settings: Settings) -> bool:
+    """Bring the schema up to date; False when it was left alone because fencing set the database
+    read-only (a fenced server never writes it; it starts fenced)."""
+    if not owns_schema(settings):
+        return True
+    from safehold.services.fencing import database_read_only
+
+    if database_read_only(settings):
+        if not schema_is_current(owner_target(settings)):
+            raise DatabaseError(
+                "this server's database was fenced (set read-only) and its schema is older than this version of "
+                "Safehold, so it cannot start on it",
+                hint="rejoin the server to the acting primary ('safehold ha rejoin'), or start it with the "
+                     "Safehold version it ran before")
+        return False
+    run_migrations(owner_target(settings), app_user=settings.database.user if is_bundled(settings) else None)
+    return True

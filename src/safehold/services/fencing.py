@@ -8,14 +8,22 @@ generation, as the acting primary or as a server fenced by it, means this server
 turns fenced (``Runtime.fence``), refuses every write, and — when its database is the bundled one —
 sets that database read-only as well, so a secondary still connected to it cannot write either.
 
+The fence is also written to ``DATA_DIR/fence.json``: a fenced server that is restarted comes up
+fenced even when it can reach no peer, and so does one whose bundled database was set read-only.
+
 Which peer report fences is a pure function (:func:`superseded_by`); the rest gathers the reports.
+The same reports confirm the write lease (:mod:`safehold.ha.writelease`, :func:`confirmation_from`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
+import os
 import ssl
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +32,8 @@ import psycopg
 
 from safehold.config import Settings
 from safehold.errors import SafeholdError
+from safehold.ha.writelease import Confirmation
+from safehold.pg.runas import write_file
 from safehold.services.ha_status import fetch_local
 from safehold.services.runtime import Fence
 from safehold.storage.db import DbTarget, owner_target
@@ -72,6 +82,74 @@ async def find_newer_primary(settings: Settings, cluster_id: str, generation: in
     return superseded_by(cluster_id, generation, await peer_reports(settings, peer_urls, client))
 
 
+def confirmation_from(cluster_id: str, peer_urls: Sequence[str], reports: Iterable[Mapping[str, Any]]) -> Confirmation:
+    """What the peers' reports (none of them newer) say about this server's write lease: confirmed when a peer
+    of the cluster answered, or when the cluster has no other server (nobody could have taken over)."""
+    if not peer_urls or any(r.get("cluster_id") == cluster_id for r in reports):
+        return Confirmation.CONFIRMED
+    return Confirmation.UNCONFIRMED
+
+
+FENCE_FILE = "fence.json"
+OVERRIDE_FILE = "lease-override"
+#: how long an operator's override waits to be picked up by the running server
+OVERRIDE_TTL = 120.0
+
+
+def save_fence(settings: Settings, fence: Fence) -> None:
+    """Remember the fence across restarts (best effort: the database's read-only setting is the other
+    half)."""
+    try:
+        write_file(settings.data_dir / FENCE_FILE, json.dumps(dataclasses.asdict(fence)).encode(), mode=0o600,
+                   owner=None)
+    except OSError as exc:
+        log.warning("could not write %s (%s): a restart will ask the peers again", FENCE_FILE, exc.strerror)
+
+
+def load_fence(settings: Settings, generation: int) -> Fence | None:
+    """The fence remembered in the data directory, unless this server's database has reached its
+    generation since (it was rejoined and promoted again)."""
+    try:
+        d = json.loads((settings.data_dir / FENCE_FILE).read_text())
+        fence = Fence(int(d["generation"]), str(d["acting_primary_id"]), str(d["acting_primary_name"]),
+                      str(d["acting_primary_url"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("%s is unreadable: ignored (the peers and the database decide)", FENCE_FILE)
+        return None
+    return fence if fence.generation > generation else None
+
+
+def clear_fence(settings: Settings) -> None:
+    try:
+        (settings.data_dir / FENCE_FILE).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def request_override(settings: Settings) -> None:
+    """An operator's word that no other server took over: the running server renews its write lease at its
+    next heartbeat without a peer's confirmation ('safehold ha override-lease')."""
+    write_file(settings.data_dir / OVERRIDE_FILE, f"{time.time():.3f}\n".encode(), mode=0o600, owner=None)
+
+
+def take_override(settings: Settings) -> bool:
+    """Whether an operator asked for an override (recently); the request is used up."""
+    path = settings.data_dir / OVERRIDE_FILE
+    try:
+        st = path.lstat()
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return False
+    if st.st_uid != os.geteuid() and st.st_uid != 0:
+        log.warning("%s is not owned by this server's user: ignored", OVERRIDE_FILE)
+        return False
+    return time.time() - st.st_mtime < OVERRIDE_TTL
+
+
 def _set_read_only(target: DbTarget, on: bool) -> None:
     with psycopg.connect(host=target.host, port=target.port, user=target.user, password=target.password,
                          dbname="postgres", sslmode="verify-full", sslrootcert=str(target.sslrootcert),
@@ -85,6 +163,22 @@ def _set_read_only(target: DbTarget, on: bool) -> None:
             # sessions already in a transaction keep it; end them so nothing more commits
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = "
                          "'client backend' AND pid <> pg_backend_pid() AND datname = %s", (target.dbname,))
+
+
+def database_read_only(settings: Settings) -> bool:
+    """Whether the bundled database was set read-only by fencing (False when it cannot be asked)."""
+    if settings.database.mode != "bundled":
+        return False
+    try:
+        target = owner_target(settings)
+        with psycopg.connect(host=target.host, port=target.port, user=target.user, password=target.password,
+                             dbname="postgres", sslmode="verify-full", sslrootcert=str(target.sslrootcert),
+                             autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute("SELECT current_setting('default_transaction_read_only'), pg_is_in_recovery()"
+                               ).fetchone()
+    except (SafeholdError, psycopg.Error, OSError):
+        return False
+    return row is not None and row[0] == "on" and not row[1]
 
 
 def fence_database(settings: Settings, on: bool = True) -> bool:

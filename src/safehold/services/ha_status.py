@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from safehold.domain import ServerRole
+from safehold.errors import DatabaseError
 from safehold.ha.policy import (
     Health,
     Liveness,
@@ -20,6 +21,7 @@ from safehold.ha.policy import (
     ha_status,
     replication_status,
 )
+from safehold.ha.writelease import clock
 from safehold.services.runtime import Runtime, public_url
 from safehold.storage import replication
 from safehold.storage import servers as server_store
@@ -41,10 +43,20 @@ class LocalReport:
     data_age_seconds: float | None
     url: str
     alarm: dict[str, str] | None = None  # an alarm only this server knows of (automatic failover)
+    # whether its database answered just now, and its WAL position: a writable database's current one, a
+    # replica's received one (a standby compares it with its own: the lag guard of automatic failover)
+    database_ok: bool | None = None
+    wal_lsn: str | None = None
+    # a primary's or secondary's write lease: its length (a standby never promotes itself before it ran
+    # out) and whether it holds now
+    write_lease: dict[str, Any] | None = None
 
 
-def local_report(rt: Runtime, data_age: float | None, alarm: tuple[str, str] | None = None) -> LocalReport:
+def local_report(rt: Runtime, data_age: float | None, alarm: tuple[str, str] | None = None,
+                 wal: tuple[bool, str] | None = None) -> LocalReport:
     db = rt.settings.database
+    now = clock()
+    lease = rt.lease
     return LocalReport(
         server_id=rt.identity.id, server_name=rt.identity.name, role=rt.identity.role.value,
         cluster_id=rt.cluster_id, generation=rt.generation, mode=rt.mode,
@@ -54,7 +66,21 @@ def local_report(rt: Runtime, data_age: float | None, alarm: tuple[str, str] | N
         audit_backlog=rt.spool.backlog().as_dict() if rt.spool is not None else None,
         data_age_seconds=data_age, url=public_url(rt.settings),
         alarm={"condition": alarm[0], "message": alarm[1]} if alarm else None,
+        database_ok=wal is not None, wal_lsn=wal[1] if wal is not None else None,
+        write_lease=None if lease is None else {"seconds": lease.duration, "valid": lease.valid(now),
+                                                "remaining": round(lease.remaining(now), 3),
+                                                "confirmed_by": lease.how.value if lease.how else None},
     )
+
+
+async def wal_now(rt: Runtime, timeout: float) -> tuple[bool, str] | None:
+    """This server's database's WAL position, or None when it does not answer within ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            async with rt.read() as conn:
+                return await replication.wal_position(conn)
+    except (DatabaseError, TimeoutError):
+        return None
 
 
 def _overall(statuses: list[Health]) -> str:
@@ -71,8 +97,10 @@ async def fetch_local(client: httpx.AsyncClient, url: str) -> dict[str, Any] | N
         return None
 
 
-async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = None) -> dict[str, Any]:
-    """Everything ``GET /api/v1/ha/status`` returns."""
+async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = None,
+                         own_alarm: tuple[str, str] | None = None, ask_self: bool = False) -> dict[str, Any]:
+    """Everything ``GET /api/v1/ha/status`` returns.  ``own_alarm``: this server's own alarm (its agent's);
+    ``ask_self``: ask this server's own /ha/local too (a command beside the running server has no agent)."""
     s = rt.settings
     now = dt.datetime.now(dt.UTC)
     stale_after = dt.timedelta(seconds=max(3 * s.ha.check_interval, 5))
@@ -83,10 +111,18 @@ async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = No
         primary = None if rt.readonly else await replication.primary_view(conn)
     ctx = ssl.create_default_context(cafile=str(s.path(s.http.tls_ca)))
     async with httpx.AsyncClient(verify=ctx, timeout=s.ha.peer_timeout) as client:
-        reports = await asyncio.gather(*(fetch_local(client, r.url) if r.role == ServerRole.READONLY
-                                         and r.url else asyncio.sleep(0, None) for r in rows))
+        # every server's own report: read-only servers' databases and backlogs, and every server's alarm
+        reports = await asyncio.gather(*(fetch_local(client, r.url) if r.url and (r.id != rt.identity.id or ask_self)
+                                         else asyncio.sleep(0, None) for r in rows))
     servers = []
+    alarms = []
+    if own_alarm is not None:
+        alarms.append({"server": rt.identity.name, "condition": own_alarm[0], "message": own_alarm[1]})
     for r, report in zip(rows, reports, strict=True):
+        alarm = (report or {}).get("alarm")
+        if isinstance(alarm, dict) and not (r.id == rt.identity.id and own_alarm is not None):
+            alarms.append({"server": r.name, "condition": str(alarm.get("condition", "")),
+                           "message": str(alarm.get("message", ""))})
         if r.id == rt.identity.id:
             active = True
         elif r.role == ServerRole.READONLY:
@@ -115,7 +151,7 @@ async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = No
     thresholds = Thresholds(s.ha.lag_threshold_seconds, s.ha.lag_threshold_bytes)
     ha = [ha_status(r) for r in replicas]
     rep = [replication_status(r, thresholds) for r in replicas]
-    readonly_reports = [rep_ for rep_ in reports if rep_]
+    readonly_reports = [rep_ for r, rep_ in zip(rows, reports, strict=True) if rep_ and r.role == ServerRole.READONLY]
     active_app = sum(1 for x in servers if x["status"] == "active" and x["role"] != ServerRole.READONLY)
     configured_app = sum(1 for x in servers if x["role"] != ServerRole.READONLY)
     databases = [{"host": s.database.host if not rt.readonly else (s.ha.primary_db_host or ""),
@@ -147,4 +183,5 @@ async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = No
         "replication_lag_bytes": max((r.lag_bytes or 0 for r in replicas), default=None),
         "replication_lag_seconds": max((r.lag_seconds or 0.0 for r in replicas), default=None),
         "audit_backlog": backlog,
+        "alarms": alarms,
     }

@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
@@ -27,6 +27,7 @@ from safehold.crypto.envelope import Keyring, new_data_key
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import AuditResult, ServerRole
 from safehold.errors import AuditUnavailable, DatabaseError, InvalidInput, KeyFileError, Unavailable
+from safehold.ha.writelease import Confirmation, WriteLease, clock
 from safehold.metrics import Metrics
 from safehold.services.local_state import LocalState
 from safehold.storage import audit as audit_store
@@ -116,6 +117,10 @@ class Fence:
     acting_primary_url: str
 
     def message(self) -> str:
+        if not self.acting_primary_url:
+            return ("this server was fenced: its database was set read-only because another server took over the "
+                    "cluster, and no peer answers to say which; it refuses every change until an operator rejoins "
+                    "it ('safehold ha rejoin --from URL-OF-THE-ACTING-PRIMARY')")
         return (f"this server was superseded: {self.acting_primary_name} ({self.acting_primary_url}) is the "
                 f"acting primary since generation {self.generation}; this server refuses every change until "
                 f"an operator rejoins it ('safehold ha rejoin --from {self.acting_primary_url}')")
@@ -140,9 +145,16 @@ class Runtime:
     fence: Fence | None = None
     # the key requests between this cluster's servers are signed with (never the master key)
     peer_key: bytes = field(default=b"", repr=False)
+    # a primary or secondary in a cluster: how long it may acknowledge writes without confirming that it
+    # is still the writer (see ha.writelease); None: no lease needed (standalone, read-only, fenced)
+    lease: WriteLease | None = None
+    # asks the peers now and renews (or fences); set by the HA agent, used when a write finds the lease
+    # expired (after a stall)
+    confirm_writer: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._confirming = asyncio.Lock()
 
     @property
     def readonly(self) -> bool:
@@ -170,14 +182,43 @@ class Runtime:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction; commit on success.  A read-only or fenced server refuses at once."""
+        """A transaction; commit on success.  A read-only or fenced server refuses at once, and so does a
+        writer whose lease ran out and cannot be confirmed — checked again immediately before COMMIT, so a
+        request that began before a stall and would commit after it is refused too."""
         if self.fence is not None:
             raise FencedMode(self.fence)
         if self.readonly:
             raise ReadOnlyMode()
+        await self.ensure_writer()
         with _database_errors():
             async with self.engine.begin() as conn:
                 yield conn
+                await self.ensure_writer()
+
+    async def ensure_writer(self) -> None:
+        """Return only if this server may acknowledge a write now: not fenced, and its write lease holds
+        (after a stall: confirmed with a peer first).  Raises FencedMode or WriterUnconfirmed."""
+        if self.fence is not None:
+            raise FencedMode(self.fence)
+        lease = self.lease
+        if lease is None or lease.valid(clock()):
+            return
+        async with self._confirming:  # one confirmation at a time; the writers queued behind it reuse it
+            if self.lease is not None and not self.lease.valid(clock()) and self.confirm_writer is not None:
+                await self.confirm_writer()
+        if self.fence is not None:
+            raise FencedMode(self.fence)
+        if self.lease is not None and not self.lease.valid(clock()):
+            raise WriterUnconfirmed(self.lease.describe(clock()))
+
+    def renew_lease(self, started: float, confirmation: Confirmation) -> None:
+        if self.lease is not None:
+            self.lease = self.lease.renew(started, confirmation)
+
+    def begin_lease(self) -> None:
+        """This server just became a writer of its cluster by its own act (promoted, or made the primary by
+        'ha pack' / 'ha add-secondary'): its generation is the newest, so its lease starts confirmed."""
+        self.lease = WriteLease(self.settings.ha.write_lease).renew(clock(), Confirmation.CONFIRMED)
 
     async def append_audit(self, conn: AsyncConnection, *events: AuditEvent) -> None:
         """Audit inside the caller's write transaction (the change and its record commit together)."""
@@ -202,8 +243,10 @@ class Runtime:
             raise
 
     async def _commit_batch(self, events: list[AuditEvent]) -> None:
+        await self.ensure_writer()
         async with self.engine.begin() as conn:
             await self.append_audit(conn, *events)
+            await self.ensure_writer()  # a superseded primary's records would be lost at its rejoin
         self.metrics.audit_batches.inc()
 
     def start_background(self) -> None:
@@ -216,11 +259,13 @@ class Runtime:
                           self.identity.role, head=head)
 
     async def become_fenced(self, fence: Fence) -> None:
-        """Stop writing at once: later audit records go to the local spool (shipped once rejoined)."""
-        if self.fence is not None:
-            self.fence = fence
-            return
+        """Stop writing at once: later audit records go to the local spool (shipped once rejoined).
+        Idempotent: the fence may already have been set by a write that found it out."""
+        first = self.fence is None or self.audit is not None or self.spool is None
         self.fence = fence
+        self.lease = None
+        if not first:
+            return
         if self.audit is not None:
             writer, self.audit = self.audit, None
             await writer.stop()
@@ -243,6 +288,7 @@ class Runtime:
         self.identity = ServerIdentity(self.identity.id, settings.server.name, ServerRole.PRIMARY)
         self.generation = generation
         self.fence = None
+        self.begin_lease()
         self.spool = None
         self.local = LocalState()
         self.start_background()
@@ -259,6 +305,7 @@ class Runtime:
         self.settings = settings
         self.identity = ServerIdentity(self.identity.id, settings.server.name, ServerRole.READONLY)
         self.fence = None
+        self.lease = None
         if self.spool is None:
             async with self.read() as conn:
                 head = await audit_store.head(conn, self.identity.id) or (0, GENESIS)
@@ -272,7 +319,9 @@ class Runtime:
 
 
 async def open_runtime(settings: Settings, master: MasterKey, *, register: bool = True) -> Runtime:
-    """Connect, check the key file against the database, unwrap the keys."""
+    """Connect, check the key file against the database, unwrap the keys.  ``register``: this is the serving
+    process (it registers and holds the write lease); a command's runtime checks the fence only."""
+    serving = register
     engine = make_engine(app_target(settings), pool_size=settings.database.pool_size)
     try:
         try:
@@ -282,12 +331,21 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
                 identity = ServerIdentity(settings.server.id, settings.server.name, settings.server.role)
                 spool = None
                 fence = None
+                lease = None
                 if in_cluster(settings) and identity.role != ServerRole.READONLY:
                     # before this server writes anything: was it superseded by a newer primary?
-                    from safehold.services.fencing import find_newer_primary
+                    from safehold.services import fencing
 
+                    started = clock()
                     peers = [r.url for r in await server_store.all_servers(conn) if r.id != identity.id and r.url]
-                    fence = await find_newer_primary(settings, row.cluster_id, row.generation, peers)
+                    reports = await fencing.peer_reports(settings, peers)
+                    fence = (fencing.superseded_by(row.cluster_id, row.generation, reports)
+                             or fencing.load_fence(settings, row.generation)
+                             or await _read_only_fence(conn, row.generation))
+                    # a writer starts with a lease only when a peer confirmed it (or it has none): after a
+                    # restart it may have been away long enough for a standby to take over
+                    lease = WriteLease(settings.ha.write_lease).renew(
+                        started, fencing.confirmation_from(row.cluster_id, peers, reports))
                 if fence is not None:
                     register = False
                     spool = AuditSpool(settings.data_dir / "spool", keys.audit_key, identity.id, identity.role,
@@ -312,16 +370,29 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
         await engine.dispose()
         raise
     rt = Runtime(settings=settings, engine=engine, keys=keys, identity=identity, cluster_id=row.cluster_id,
-                 spool=spool, generation=row.generation, fence=fence, peer_key=master.peer_key())
+                 spool=spool, generation=row.generation, fence=fence, peer_key=master.peer_key(),
+                 lease=lease if fence is None and serving else None)
     if fence is not None:
-        from safehold.services.fencing import fence_database
+        from safehold.services.fencing import fence_database, save_fence
 
         log.error("FENCED at start-up: %s", fence.message())
+        await asyncio.to_thread(save_fence, settings, fence)
         await asyncio.to_thread(fence_database, settings)
+    elif serving and lease is not None and not lease.valid(clock()):
+        log.warning("no peer of the cluster answered at start-up: changes are refused until one confirms "
+                    "this server's generation ('safehold ha override-lease' if no other server took over)")
     if register:
         await ship_leftover_spool(rt)
     rt.metrics.info.labels(identity.id, identity.name, identity.role.value, __version__).set(1)
     return rt
+
+
+async def _read_only_fence(conn: AsyncConnection, generation: int) -> Fence | None:
+    """A database that fencing set read-only (``default_transaction_read_only``) while no peer and no fence
+    file says by whom: the server comes up fenced all the same, and never writes it."""
+    if not await cluster_store.database_read_only(conn):
+        return None
+    return Fence(generation, "", "", "")
 
 
 class FencedMode(Unavailable):
@@ -331,6 +402,17 @@ class FencedMode(Unavailable):
         super().__init__(fence.message(),
                          hint=f"make the change on {fence.acting_primary_url}; an operator rejoins this server "
                               "with 'safehold ha rejoin'")
+
+
+class WriterUnconfirmed(Unavailable):
+    code = "writer_unconfirmed"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"this server cannot confirm that it is still the cluster's writer ({why}); "
+                         "changes are refused until a peer of the cluster answers",
+                         hint="check that the other servers of the cluster are up and reachable; if you are sure "
+                              "no other server took over, 'safehold ha override-lease --data-dir DIR' on this host "
+                              "lets it write again")
 
 
 class ReadOnlyMode(Unavailable):
@@ -356,6 +438,7 @@ def public_url(settings: Settings) -> str:
 def system_event(action: str, *, detail: dict[str, object] | None = None) -> AuditEvent:
     return AuditEvent(actor="system", action=action, result=AuditResult.SUCCESS, target_type="server",
                       detail=dict(detail or {}))
+
 
 async def ship_leftover_spool(rt: Runtime) -> int:
     """A primary or secondary that starts with audit records still pending in its spool (it was a read-only

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from safehold.storage.schema import cluster, keyring
@@ -63,3 +63,9 @@ async def rewrap_key(conn: AsyncConnection, purpose: str, version: int, wrapped:
         .where(keyring.c.purpose == purpose, keyring.c.version == version)
         .values(wrapped=wrapped)
     )
+
+
+async def database_read_only(conn: AsyncConnection) -> bool:
+    """Whether the database refuses writes by default (fencing sets ``default_transaction_read_only``)."""
+    value = (await conn.execute(text("SELECT current_setting('default_transaction_read_only')"))).scalar()
+    return value == "on"

@@ -92,6 +92,23 @@ def make_engine(target: DbTarget, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+def schema_is_current(target: DbTarget) -> bool:
+    """Whether the database's schema is at the newest revision (read only: nothing is written)."""
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    heads = set(ScriptDirectory.from_config(cfg).get_heads())
+    engine = create_engine(target.sqlalchemy_url(), poolclass=None)
+    try:
+        with engine.connect() as conn:
+            return set(MigrationContext.configure(conn).get_current_heads()) == heads
+    finally:
+        engine.dispose()
+
+
 def run_migrations(target: DbTarget, app_user: str | None = None) -> None:
     """Bring the schema to the newest revision; grant the app login what it needs."""
     from alembic import command

@@ -197,3 +197,13 @@ async def replica_view(conn: AsyncConnection) -> ReplicaView:
         replay_backlog_bytes=None if r[10] is None else int(r[10]),
         replay_delay_seconds=r[11],
     )
+
+
+async def wal_position(conn: AsyncConnection) -> tuple[bool, str]:
+    """(in recovery, WAL position): a writable database's current WAL position, or how far a replica has
+    received its primary's WAL."""
+    r = (await conn.execute(text(
+        "SELECT pg_is_in_recovery(), (CASE WHEN pg_is_in_recovery() THEN "
+        "coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) ELSE pg_current_wal_lsn() END)::text"
+    ))).one()
+    return bool(r[0]), str(r[1])

@@ -11,7 +11,7 @@ from safehold.domain import AuditAction, AuditResult
 from safehold.errors import NotFound
 from safehold.ids import parse_id
 from safehold.services import access
-from safehold.services.ha_status import cluster_status, local_report
+from safehold.services.ha_status import cluster_status, local_report, wal_now
 from safehold.storage import ha as ha_store
 from safehold.storage import servers as server_store
 from safehold.web.api.common import AUTH_ERRORS, Limit, errors
@@ -37,7 +37,8 @@ async def status(request: Request, p: CurrentUser, rt: RuntimeDep) -> dict[str, 
     """Servers (active/inactive), databases, HA status and replication status with lag, and the
     read-only servers' audit backlog — as this server sees them (administrators)."""
     access.require(p.is_admin, "only administrators can see the HA status")
-    return await cluster_status(rt, live_peers=_live_peers(request))
+    agent = getattr(request.app.state, "agent", None)
+    return await cluster_status(rt, live_peers=_live_peers(request), own_alarm=agent.alarm if agent else None)
 
 
 @router.get("/events", responses=AUTH_ERRORS)
@@ -56,7 +57,9 @@ async def local(request: Request, rt: RuntimeDep) -> dict[str, Any]:
     """What this server says about itself to its peers: role, database address, audit backlog.
     No authentication; it holds no secret."""
     agent = getattr(request.app.state, "agent", None)
-    return local_report(rt, agent.data_age_seconds if agent else None, agent.alarm if agent else None).__dict__
+    wal = await wal_now(rt, min(1.0, rt.settings.ha.peer_timeout / 2))
+    return local_report(rt, agent.data_age_seconds if agent else None, agent.alarm if agent else None,
+                        wal).__dict__
 
 
 @router.patch("/servers/{server_id}", status_code=200, responses=errors(401, 403, 404, 422, 503))

@@ -164,7 +164,9 @@ def _lag(status: dict[str, Any]) -> str:
 
 async def live_context(request: Request, rt: Runtime) -> dict[str, Any]:
     """What the live part shows: the cluster status, its drawing, the event log."""
-    status = await cluster_status(rt, live_peers=ha_api._live_peers(request))
+    agent = getattr(request.app.state, "agent", None)
+    status = await cluster_status(rt, live_peers=ha_api._live_peers(request),
+                                  own_alarm=agent.alarm if agent else None)
     async with rt.read() as conn:
         events = await ha_store.recent_events(conn, EVENTS)
     servers = sorted(status["servers"], key=lambda s: (ROLE_ORDER.get(ServerRole(s["role"]), 3), s["name"].lower()))

@@ -1,0 +1,94 @@
+"""The write lease as tables (no servers, no clock: times are given): how heartbeats renew it, how a stall
+breaks it, and what only a peer (or an operator) can mend; plus the pure helpers around it."""
+
+from __future__ import annotations
+
+import pytest
+
+from safehold.config import FailoverSection, HaSection, lease_problem
+from safehold.ha.writelease import Confirmation, WriteLease, clock
+from safehold.services.fencing import confirmation_from
+
+OK, NONE, OVERRIDE = Confirmation.CONFIRMED, Confirmation.UNCONFIRMED, Confirmation.OVERRIDE
+
+
+def replay(ticks: list[tuple[float, Confirmation]], duration: float = 3.0,
+           start: WriteLease | None = None) -> WriteLease:
+    lease = start or WriteLease(duration)
+    for at, confirmation in ticks:
+        lease = lease.renew(at, confirmation)
+    return lease
+
+
+@pytest.mark.parametrize(("ticks", "now", "valid"), [
+    pytest.param([], 0.0, False, id="never renewed: no write"),
+    pytest.param([(0, OK)], 2.9, True, id="confirmed by a peer: holds for its length"),
+    pytest.param([(0, OK)], 3.0, False, id="...and no longer"),
+    pytest.param([(0, NONE)], 1.0, False, id="a first tick without a peer renews nothing"),
+    pytest.param([(0, OK), (1, NONE), (2, NONE), (3.5, NONE), (5, NONE)], 7.9, True,
+                 id="punctual ticks without a peer (dead read-only server) keep it"),
+    pytest.param([(0, OK), (1, NONE), (10, NONE)], 10.5, False,
+                 id="a stall longer than the lease breaks the chain: a late tick does not renew"),
+    pytest.param([(0, OK), (1, NONE), (10, NONE), (11, NONE)], 11.5, False,
+                 id="...nor do the punctual ticks after it"),
+    pytest.param([(0, OK), (1, NONE), (10, NONE), (11, OK)], 13.9, True, id="only a peer mends it"),
+    pytest.param([(0, OK), (10, NONE), (11, OVERRIDE)], 13.9, True, id="or an operator's override"),
+    pytest.param([(0, OK), (10, OVERRIDE), (11, NONE), (12, NONE)], 14.9, True,
+                 id="after an override, punctual ticks keep it again"),
+    pytest.param([(0, OK), (2.9, NONE)], 5.8, True, id="a tick just inside the lease renews it"),
+    pytest.param([(0, OK), (3.0, NONE)], 3.1, False, id="a tick at its very end does not"),
+])
+def test_renewal(ticks: list[tuple[float, Confirmation]], now: float, valid: bool) -> None:
+    assert replay(ticks).valid(now) is valid
+
+
+def test_a_request_that_began_before_a_stall_is_judged_when_it_commits() -> None:
+    lease = replay([(0, OK), (1, NONE)])
+    began, commits = 1.5, 9.0  # frozen in between
+    assert lease.valid(began) and not lease.valid(commits)
+
+
+def test_the_clock_never_goes_back() -> None:
+    a = clock()
+    assert clock() >= a
+    lease = replay([(5, OK)])
+    assert not lease.valid(4.0)  # a time before the renewal proves nothing
+
+
+def test_descriptions() -> None:
+    assert "never confirmed" in WriteLease(3.0).describe(0)
+    assert replay([(0, OK)]).describe(1.0) == "the write lease holds for 2.0 s more"
+    assert replay([(0, OK)]).describe(10.0).startswith("the write lease ran out 7.0 s ago (it lasts 3 s)")
+    assert replay([(0, OK)]).remaining(10.0) == 0.0
+
+
+@pytest.mark.parametrize(("peers", "reports", "expected"), [
+    pytest.param([], [], OK, id="no other server: nobody could have taken over"),
+    pytest.param(["https://ro"], [], NONE, id="a peer that did not answer"),
+    pytest.param(["https://ro"], [{"cluster_id": "c1", "generation": 1}], OK, id="a peer of the cluster answered"),
+    pytest.param(["https://x"], [{"cluster_id": "other"}], NONE, id="a server of another cluster proves nothing"),
+])
+def test_confirmation_from_peer_reports(peers: list[str], reports: list[dict[str, object]],
+                                        expected: Confirmation) -> None:
+    assert confirmation_from("c1", peers, reports) is expected
+
+
+@pytest.mark.parametrize(("lease", "interval", "failover", "problem"), [
+    (10.0, 2.0, FailoverSection(), None),
+    (3.0, 2.0, FailoverSection(), "must be at least twice check_interval"),
+    (10.0, 2.0, FailoverSection(enabled=True, ping_interval=1, ping_iterations=3), "must be shorter than"),
+    (2.0, 0.5, FailoverSection(enabled=True, ping_interval=1, ping_iterations=3), None),
+    (10.0, 2.0, FailoverSection(enabled=False, ping_interval=1, ping_iterations=3), None),  # not on: no clash
+])
+def test_lease_against_the_failover_threshold(lease: float, interval: float, failover: FailoverSection,
+                                              problem: str | None) -> None:
+    found = lease_problem(lease, interval, failover)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def test_the_default_lease_follows_the_check_interval() -> None:
+    assert HaSection().write_lease == 10.0
+    assert HaSection(check_interval=0.5).write_lease == 2.5
+    assert HaSection(check_interval=0.5, write_lease_seconds=1.5).write_lease == 1.5
+    with pytest.raises(ValueError, match="write_lease_seconds"):
+        HaSection(failover=FailoverSection(enabled=True, ping_interval=1, ping_iterations=3))
