@@ -68,3 +68,4 @@ class AuditAction(StrEnum):
     SERVER_STOPPED = "server_stopped"
     SERVER_RENAMED = "server_renamed"
     ALERT_TESTED = "alert_tested"
+    SETTINGS_CHANGED = "settings_changed"

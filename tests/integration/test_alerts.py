@@ -41,7 +41,15 @@ from safehold.alerts.events import AlertEvent
 from safehold.alerts.script import run_as
 from safehold.config import CONFIG_NAME, Settings
 from safehold.crypto.certs import write_tls_bundle
-from tests.support import Server, free_port, make_readonly, run_cli, superuser_connect, wait_until
+from tests.support import (
+    Server,
+    free_port,
+    make_readonly,
+    pg_dump,
+    run_cli,
+    superuser_connect,
+    wait_until,
+)
 
 SMTP_USER = "alerts"
 SMTP_PASSWORD = "smtp-Pa55word-not-in-logs"
@@ -579,44 +587,6 @@ def test_a_slow_script_is_killed_after_its_time_limit(receivers: Receivers) -> N
     assert time.monotonic() - start < 5
 
 
-# --- the CLI ------------------------------------------------------------------------------------
-
-
-def data_dir_with(receivers: Receivers, alerts: dict[str, Any]) -> Path:
-    d = Path(tempfile.mkdtemp(dir=receivers.base))
-    (d / CONFIG_NAME).write_text(tomli_w.dumps({"server": {"id": SERVER_ID, "name": "vault-1"}, "alerts": alerts}))
-    return d
-
-
-def test_cli_test_and_show(receivers: Receivers) -> None:
-    receivers.clear()
-    a = receivers.alerts(syslog="tcp")
-    a["webhook"] = closed_port_alerts(receivers)["webhook"]
-    d = data_dir_with(receivers, a)
-    start = time.monotonic()
-    r = run_cli("alerts", "test", "--data-dir", str(d), "--channel", "all", check=False)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert time.monotonic() - start < 30
-    for name in ("email", "syslog", "snmp", "script"):
-        assert f"✓ {name}: " in r.stdout
-    assert "✗ webhook: webhook: https://127.0.0.1:" in r.stdout and "refused the connection" in r.stdout
-    assert len(receivers.webhook.requests) == 0 and receivers.script_runs() == [["Test", "vault-1"]]
-    no_secret_in(r.stdout + r.stderr)
-
-    ok = run_cli("alerts", "test", "--data-dir", str(d), "--channel", "email")
-    assert ok.stdout.startswith("✓ email: email sent to ops@example.com")
-
-    shown = run_cli("alerts", "show", "--data-dir", str(d)).stdout
-    for name in ("email", "syslog", "snmp", "webhook", "script"):
-        assert name in shown
-    assert "T0KEN" not in shown and "/hooks" not in shown
-    no_secret_in(shown)
-
-    empty = data_dir_with(receivers, {})
-    r = run_cli("alerts", "test", "--data-dir", str(empty), "--channel", "webhook", check=False)
-    assert r.returncode == 1 and "the webhook alert channel is not configured" in r.stdout
-
-
 # --- a real Safehold server -------------------------------------------------------------------------
 
 
@@ -666,18 +636,92 @@ def test_api_lists_channels_and_sends_test_alerts(receivers: Receivers, alerting
 
 
 def test_api_reports_a_failing_channel_with_502(receivers: Receivers, alerting_server: Server) -> None:
-    # the SMTP receiver refuses a wrong password: swap the server's password file for a moment
-    pw = alerting_server.data_dir / "secrets" / "smtp_password"
-    pw.write_text("not-the-password")
-    try:
-        with alerting_server.client(alerting_server.login()) as c:
+    # the SMTP receiver refuses a wrong password: store a wrong one for a moment (write-only, never shown)
+    with alerting_server.client(alerting_server.login()) as c:
+        r = c.put("/ha/alerts/email", json={"secret": "not-the-password"})
+        assert r.status_code == 200, r.text
+        assert "not-the-password" not in r.text
+        try:
             r = c.post("/ha/alerts/test", json={"channel": "email"})
-    finally:
-        pw.write_text(SMTP_PASSWORD)
+        finally:
+            assert c.put("/ha/alerts/email", json={"secret": SMTP_PASSWORD}).status_code == 200
     assert r.status_code == 502, r.text
     err = r.json()["error"]
     assert err["code"] == "alert_channel_failed" and "refused the login of alerts" in err["message"]
     assert "not-the-password" not in r.text
+
+
+def test_toml_sections_are_imported_once_and_the_secrets_are_sealed(receivers: Receivers,
+                                                                     alerting_server: Server) -> None:
+    """The [alerts] section of safehold.toml went into the database at the first start (said in the log);
+    from then on the database wins: editing the file changes nothing; no secret is in clear in the
+    database or in an API response."""
+    assert "imported the [alerts] section of safehold.toml into the database" in alerting_server.log()
+    with alerting_server.client(alerting_server.login()) as c:
+        body = c.get("/ha/alerts").json()
+    assert body["source"] == "database" and body["version"] >= 1, body
+    assert {ch["name"]: ch["settings"].get("secret") for ch in body["channels"]} == {
+        "email": "set", "syslog": None, "snmp": "set", "webhook": "set", "script": None}
+    no_secret_in(json.dumps(body))
+    assert "T0KEN" not in json.dumps(body) and "/hooks" not in json.dumps(body)
+    dump = pg_dump(alerting_server)
+    assert b"cluster_settings" in dump
+    for secret in SECRETS:
+        assert secret.encode() not in dump
+    assert receivers.webhook.url.encode() not in dump  # the URL (its path may hold a token) is sealed too
+    # the file's secrets are no longer read: emptying one changes nothing
+    pw = alerting_server.data_dir / "secrets" / "smtp_password"
+    pw.write_text("")
+    try:
+        with alerting_server.client(alerting_server.login()) as c:
+            r = c.post("/ha/alerts/test", json={"channel": "email"})
+        assert r.status_code == 200, r.text
+    finally:
+        pw.write_text(SMTP_PASSWORD)
+
+
+def test_cli_show_set_test_and_remove(receivers: Receivers, alerting_server: Server) -> None:
+    receivers.clear()
+    d = str(alerting_server.data_dir)
+    shown = run_cli("alerts", "show", "--data-dir", d).stdout
+    for name in ("email", "syslog", "snmp", "webhook", "script"):
+        assert name in shown
+    assert "cluster-wide (database)" in shown
+    assert "T0KEN" not in shown and "/hooks" not in shown
+    no_secret_in(shown)
+
+    dead = free_port()
+    r = run_cli("alerts", "set", "webhook", f"url=https://127.0.0.1:{dead}/hooks/T0KEN", "--data-dir", d)
+    assert "saved for the whole cluster" in r.stdout, r.stdout + r.stderr
+    try:
+        start = time.monotonic()
+        r = run_cli("alerts", "test", "--data-dir", d, "--channel", "all", check=False)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert time.monotonic() - start < 30
+        for name in ("email", "syslog", "snmp", "script"):
+            assert f"✓ {name}: " in r.stdout
+        assert "✗ webhook: webhook: https://127.0.0.1:" in r.stdout and "refused the connection" in r.stdout
+        assert "T0KEN" not in r.stdout
+        no_secret_in(r.stdout + r.stderr)
+    finally:
+        run_cli("alerts", "set", "webhook", f"url={receivers.webhook.url}", "--data-dir", d)
+    ok = run_cli("alerts", "test", "--data-dir", d, "--channel", "webhook")
+    assert ok.stdout.startswith("✓ webhook: webhook delivered to")
+
+    # a saved password never goes to a new SMTP server unless it is given again
+    r = run_cli("alerts", "set", "email", f"port={dead}", "--data-dir", d, check=False)
+    assert r.returncode == 1 and "is never sent to a new destination" in r.stderr, r.stdout + r.stderr
+    r = run_cli("alerts", "set", "syslog", "facility=local9", "--data-dir", d, check=False)
+    assert r.returncode == 1 and "syslog.facility: must be one of" in r.stderr, r.stderr
+    r = run_cli("alerts", "remove", "script", "--data-dir", d)
+    try:
+        r = run_cli("alerts", "test", "--data-dir", d, "--channel", "script", check=False)
+        assert r.returncode == 1 and "the script alert channel is not configured" in r.stdout
+    finally:
+        run_cli("alerts", "set", "script", f"path={receivers.script}", "timeout=10", "--data-dir", d)
+    with alerting_server.client(alerting_server.login()) as c:
+        audited = c.get("/audit", params={"action": "settings_changed"}).json()["items"]
+    assert any(a["actor"].startswith("cli") and a["target_name"] == "alerts" for a in audited), audited
 
 
 def test_end_to_end_an_ha_event_reaches_every_receiver_once(receivers: Receivers, alerting_server: Server) -> None:

@@ -4,7 +4,8 @@ automatic failover policy) on a real primary and a real read-only server on 127.
 The readiness check passes on both, one line per check, and fails naming the key check when the
 server is given another cluster's key file. The failover command refuses out-of-range values, a
 duplicated witness, too many witnesses and a witness that is the primary database itself, each with
-a clear message and without touching safehold.toml; a good call writes it. No witness or gateway
+a clear message and without changing the stored policy; a good call on the primary stores it for the
+whole cluster, and the read-only server follows it (and refuses to change it). No witness or gateway
 is contacted by these commands."""
 
 from __future__ import annotations
@@ -96,10 +97,26 @@ def failover(server: Server, *args: str) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
+_tokens: dict[str, str] = {}
+
+
+def policy(server: Server, primary: Server | None = None) -> dict:
+    """The cluster's failover policy as a server sees it (from its database), with an API token made on the
+    primary (a read-only server reads it from its replica)."""
+    primary = primary or server
+    if primary.url not in _tokens:
+        with primary.client(primary.login()) as c:
+            _tokens[primary.url] = c.post("/me/tokens", json={"name": "policy-check"}).json()["token"]
+    with server.client(_tokens[primary.url]) as c:
+        r = c.get("/ha/failover")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
 def test_failover_refuses_bad_values_and_changes_nothing(cluster: tuple[Server, Server]) -> None:
     primary, readonly = cluster
-    config = readonly.data_dir / CONFIG_NAME
-    before = config.read_bytes()
+    before = policy(primary)
+    files = [(s.data_dir / CONFIG_NAME).read_bytes() for s in (primary, readonly)]
     db = load_settings(readonly.data_dir).ha
     assert db.primary_db_host == "127.0.0.1"
     refused = [
@@ -111,50 +128,51 @@ def test_failover_refuses_bad_values_and_changes_nothing(cluster: tuple[Server, 
         ([arg for w in ("192.0.2.10", "192.0.2.11", "192.0.2.12:53", "192.0.2.13") for arg in ("--witness", w)],
          "at most 3 witness targets (got 4)"),
         (["--witness", f"{db.primary_db_host}:{db.primary_db_port}"],
-         f"witness '127.0.0.1:{db.primary_db_port}' is one of this cluster's own addresses (127.0.0.1: the "
-         "primary database"),
+         f"witness '127.0.0.1:{db.primary_db_port}' is one of this cluster's own addresses (127.0.0.1:"),
         (["--witness", "bad host!"], "witness 'bad host!': 'bad host!' is not a valid host name or IP address"),
         (["--gateway", "192.0.2.1:99999"], "gateway '192.0.2.1:99999': the port must be a number from 1 to 65535"),
     ]
     for args, message in refused:
-        code, output = failover(readonly, *args)
+        code, output = failover(primary, *args)
         assert code == 2, (args, output)
         assert message in " ".join(output.split()), (args, output)
         assert "nothing was changed" in output
-        assert config.read_bytes() == before, args
+        assert policy(primary)["version"] == before["version"], args
 
-    # only a read-only server has a replica to promote
-    primary_config = (primary.data_dir / CONFIG_NAME).read_bytes()
-    code, output = failover(primary, "--enable")
-    assert code == 1 and "automatic failover runs on a read-only server only" in " ".join(output.split())
-    assert (primary.data_dir / CONFIG_NAME).read_bytes() == primary_config
+    # the policy is the cluster's: a read-only server shows it but does not change it
+    code, output = failover(readonly, "--enable")
+    assert code == 1 and "change it on the primary" in " ".join(output.split()), output
+    assert policy(primary)["version"] == before["version"]
+    assert [(s.data_dir / CONFIG_NAME).read_bytes() for s in (primary, readonly)] == files
 
 
 def test_failover_writes_a_good_policy(cluster: tuple[Server, Server]) -> None:
-    _, readonly = cluster
+    primary, readonly = cluster
     # documentation addresses (TEST-NET): written into the policy, never contacted by the command
-    code, output = failover(readonly, "--enable", "--ping-interval", "5", "--ping-iterations", "4",
+    code, output = failover(primary, "--enable", "--ping-interval", "5", "--ping-iterations", "4",
                             "--witness", "192.0.2.10", "--witness", "198.51.100.7:53", "--gateway", "192.0.2.1",
                             "--no-may-promote")
     assert code == 0, output
-    fo = load_settings(readonly.data_dir, env={}).ha.failover
-    assert (fo.enabled, fo.ping_interval, fo.ping_iterations, fo.witness_targets, fo.gateway, fo.may_promote) == (
-        True, 5.0, 4, ["192.0.2.10", "198.51.100.7:53"], "192.0.2.1", False)
+    fo = policy(primary)["policy"]
+    assert (fo["enabled"], fo["ping_interval"], fo["ping_iterations"], fo["witness_targets"], fo["gateway"],
+            fo["may_promote"]) == (True, 5.0, 4, ["192.0.2.10", "198.51.100.7:53"], "192.0.2.1", False)
     text = " ".join(output.split())
     assert "automatic failover: enabled" in text
     assert "raise an alarm (may not promote) after 4 failed pings in a row (about 20 s)" in text
     assert "witness targets: 192.0.2.10 (ICMP ping), 198.51.100.7:53 (TCP connect)" in text
+    # the read-only server follows it (its replica), without any edit to its safehold.toml
+    wait_until(lambda: policy(readonly, primary)["policy"] == fo, timeout=30,
+               what="the policy on the read-only server")
 
     # a third witness is added to the two; --clear-witnesses starts over; then off again
-    assert failover(readonly, "--witness", "192.0.2.20")[0] == 0
-    assert load_settings(readonly.data_dir, env={}).ha.failover.witness_targets == [
-        "192.0.2.10", "198.51.100.7:53", "192.0.2.20"]
-    code, output = failover(readonly, "--clear-witnesses", "--gateway", "default", "--may-promote", "--disable")
+    assert failover(primary, "--witness", "192.0.2.20")[0] == 0
+    assert policy(primary)["policy"]["witness_targets"] == ["192.0.2.10", "198.51.100.7:53", "192.0.2.20"]
+    code, output = failover(primary, "--clear-witnesses", "--gateway", "default", "--may-promote", "--disable")
     assert code == 0, output
-    fo = load_settings(readonly.data_dir, env={}).ha.failover
-    assert (fo.enabled, fo.witness_targets, fo.gateway, fo.may_promote) == (False, [], None, True)
-    # without options: shows the policy and writes nothing
-    before = (readonly.data_dir / CONFIG_NAME).read_bytes()
+    fo = policy(primary)["policy"]
+    assert (fo["enabled"], fo["witness_targets"], fo["gateway"], fo["may_promote"]) == (False, [], None, True)
+    # without options: shows the policy and changes nothing
+    version = policy(primary)["version"]
     code, output = failover(readonly)
     assert code == 0 and "automatic failover: disabled" in output
-    assert (readonly.data_dir / CONFIG_NAME).read_bytes() == before
+    assert policy(primary)["version"] == version

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
-import tomllib
 from collections.abc import Callable
 from typing import Any
 
 import httpx
-import tomli_w
 
-from safehold.config import CONFIG_NAME, load_settings
-from tests.support import Server, free_port, wait_until
+from tests.support import Server, free_port, run_cli, wait_until
 from tests.ui_client import Browser, Node, dom, error_of, no_csrf_refused
 
 
@@ -207,15 +204,22 @@ def test_rename_a_server_in_place(server: Server) -> None:
 # --- settings: the failover policy and the alert channels ----------------------------------------------
 
 
+def stored(server: Server, what: str) -> dict[str, Any]:
+    """The cluster's settings as the API shows them: what = "failover" or "alerts"."""
+    with server.client(server.login()) as c:
+        r = c.get(f"/ha/{what}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
 def test_failover_policy_form(server: Server) -> None:
-    config = server.data_dir / CONFIG_NAME
     with Browser(server) as b:
         b.sign_in()
         page = b.page("/ui/settings")
-        assert "next start" in page.by_id("settings-notice").text()
+        assert "the cluster's" in page.by_id("settings-notice").text()
         assert page.by_id("f-ping_iterations").attrs["value"] == "12"
 
-        before = config.read_bytes()
+        before = stored(server, "failover")
         r = b.submit("/ui/settings", "failover-form", {
             "ping_iterations": "25", "ping_interval": "5", "witness_1": "192.0.2.10", "witness_2": "192.0.2.10",
             "gateway": "192.0.2.1"})
@@ -225,7 +229,6 @@ def test_failover_policy_form(server: Server) -> None:
         assert "given twice" in error_of(page, "f-witness_2")
         assert page.by_id("f-witness_2").attrs["value"] == "192.0.2.10"  # kept as typed
         assert page.by_id("f-ping_interval").attrs["value"] == "5"
-        assert config.read_bytes() == before
 
         r = b.submit("/ui/settings", "failover-form", {"ping_interval": "soon", "witness_1": "127.0.0.1",
                                                        "gateway": "bad host!"})
@@ -236,33 +239,29 @@ def test_failover_policy_form(server: Server) -> None:
         assert r.status_code == 422
         assert "one of this cluster's own addresses" in error_of(page, "f-witness_1")
         assert error_of(page, "f-gateway").startswith("gateway ")
-        r = b.submit("/ui/settings", "failover-form", {"enabled": "1"})
-        assert r.status_code == 422 and "runs on a read-only server only" in error_of(dom(r.text), "f-enabled")
-        assert config.read_bytes() == before
+        assert stored(server, "failover")["version"] == before["version"]
 
         r = b.submit("/ui/settings", "failover-form", {
             "ping_interval": "7.5", "ping_iterations": "4", "witness_1": "192.0.2.10", "witness_3": "192.0.2.11:22",
             "gateway": "192.0.2.1", "may_promote": None})
         page = b.follow_page(r)
-        assert "next start" in page.by_id("failover-saved").text()
-        fo = load_settings(server.data_dir, env={}).ha.failover
-        assert (fo.enabled, fo.ping_interval, fo.ping_iterations, fo.witness_targets, fo.gateway, fo.may_promote) == (
-            False, 7.5, 4, ["192.0.2.10", "192.0.2.11:22"], "192.0.2.1", False)
+        assert "whole cluster" in page.by_id("failover-saved").text()
+        fo = stored(server, "failover")["policy"]
+        assert (fo["enabled"], fo["ping_interval"], fo["ping_iterations"], fo["witness_targets"], fo["gateway"],
+                fo["may_promote"]) == (False, 7.5, 4, ["192.0.2.10", "192.0.2.11:22"], "192.0.2.1", False)
         assert page.by_id("f-witness_2").attrs["value"] == "192.0.2.11:22"
         assert "checked" not in page.by_id("f-may_promote").attrs
+        assert "cluster-wide (database)" in page.by_id("failover-source").text()
         no_csrf_refused(b, "/ui/settings/failover", {"ping_iterations": "3"})
-        assert load_settings(server.data_dir, env={}).ha.failover.ping_iterations == 4
+        assert stored(server, "failover")["policy"]["ping_iterations"] == 4
 
 
-def test_alert_channels(server: Server) -> None:
-    config = server.data_dir / CONFIG_NAME
+def test_alert_channels(server: Server, tmp_path: Any) -> None:
     secret = "webhook-secret-never-shown-1234"
-    (server.data_dir / "webhook.secret").write_text(secret)
-    (server.data_dir / "webhook.secret").chmod(0o600)
-    raw = tomllib.loads(config.read_text())
-    raw.setdefault("alerts", {})["webhook"] = {"url": "https://127.0.0.1:1/hook/path-token-xyz",
-                                               "secret_file": "webhook.secret"}
-    config.write_text(tomli_w.dumps(raw))
+    (tmp_path / "webhook.secret").write_text(secret)
+    r = run_cli("alerts", "set", "webhook", "url=https://127.0.0.1:1/hook/path-token-xyz",
+                f"secret_file={tmp_path / 'webhook.secret'}", "--data-dir", str(server.data_dir))
+    assert "saved for the whole cluster" in r.stdout, r.stdout + r.stderr
     dead = free_port()  # nothing listens there
     with Browser(server) as b:
         b.sign_in()
@@ -273,7 +272,8 @@ def test_alert_channels(server: Server) -> None:
         assert webhook.attrs["data-configured"] == "true"
         assert page.by_id("webhook-secret").text().endswith("set")
         assert page.by_id("f-webhook-url").attrs["value"] == ""  # write-only
-        assert page.by_id("alerts-snmp").find_all("form") == []  # needs its community file set on the host
+        assert page.by_id("f-webhook-secret").attrs["value"] == ""  # write-only
+        assert page.by_id("alerts-script").find_all("form") == []  # its path is set on the host
         assert page.by_id("alerts-syslog").attrs["data-configured"] == "false"
 
         # a syslog channel over TCP to a closed port: bad values first
@@ -285,14 +285,14 @@ def test_alert_channels(server: Server) -> None:
         assert "65535" in error_of(page, "f-syslog-port")
         assert error_of(page, "f-syslog-timeout") == "enter a number"
         assert page.by_id("f-syslog-port").attrs["value"] == "70000"
-        assert "syslog" not in tomllib.loads(config.read_text()).get("alerts", {})
+        assert "syslog" not in [ch["name"] for ch in stored(server, "alerts")["channels"]]
 
         r = b.submit("/ui/settings", "syslog-form", {"transport": "tcp", "host": "127.0.0.1", "port": str(dead),
                                                      "timeout": "3"})
         page = b.follow_page(r)
         assert page.by_id("syslog-saved")
-        saved = load_settings(server.data_dir, env={}).alerts.syslog
-        assert saved is not None and (saved.transport, saved.port) == ("tcp", dead)
+        saved = {ch["name"]: ch["settings"] for ch in stored(server, "alerts")["channels"]}["syslog"]
+        assert (saved["transport"], saved["port"]) == ("tcp", dead)
         assert page.by_id("alerts-syslog").attrs["data-configured"] == "true"
 
         r = b.submit("/ui/settings", "syslog-test")
@@ -301,23 +301,24 @@ def test_alert_channels(server: Server) -> None:
         assert result.attrs["data-ok"] == "false"
         assert f"syslog: tcp://127.0.0.1:{dead} refused the connection" in result.text(), result.text()
 
-        # the webhook: the URL is kept when left empty; its test fails clearly (nothing on port 1)
+        # the webhook: the URL and the secret are kept when left empty; its test fails clearly (nothing on port 1)
         r = b.submit("/ui/settings", "webhook-form", {"timeout": "2"})
         b.follow_page(r)
-        hook = load_settings(server.data_dir, env={}).alerts.webhook
-        assert hook is not None and hook.url.endswith("path-token-xyz") and hook.timeout == 2
+        hook = {ch["name"]: ch["settings"] for ch in stored(server, "alerts")["channels"]}["webhook"]
+        assert hook["timeout"] == 2 and hook["secret"] == "set"
         r = b.submit("/ui/settings", "webhook-test")
         assert r.status_code == 502 and "refused the connection" in dom(r.text).by_id("webhook-test-result").text()
-        assert secret not in r.text and "path-token-xyz" not in r.text
+        assert "127.0.0.1:1" in r.text and secret not in r.text and "path-token-xyz" not in r.text
 
         for path in ("/ui/settings/alerts/syslog", "/ui/settings/alerts/syslog/test",
                      "/ui/settings/alerts/syslog/remove"):
             no_csrf_refused(b, path, {"host": "192.0.2.50"})
-        assert load_settings(server.data_dir, env={}).alerts.syslog is not None
+        assert "syslog" in [ch["name"] for ch in stored(server, "alerts")["channels"]]
 
         page = b.follow_page(b.submit("/ui/settings", "syslog-remove"))
         assert page.by_id("alerts-syslog").attrs["data-configured"] == "false"
-        assert load_settings(server.data_dir, env={}).alerts.syslog is None
+        assert "syslog" not in [ch["name"] for ch in stored(server, "alerts")["channels"]]
+        run_cli("alerts", "remove", "webhook", "--data-dir", str(server.data_dir))
 
 
 def test_pages_need_the_right_role(shared_server: Server, admin_token: str) -> None:

@@ -66,6 +66,15 @@ def read_secret_file(path: Path, what: str) -> str:
     return value
 
 
+def stored_or_file(value: str | None, path: Path | None, what: str, channel: str) -> str:
+    """A channel's secret: as stored (the cluster's settings), else read from its file (safehold.toml)."""
+    if value is not None:
+        return value
+    if path is None:
+        raise AlertError(f"{channel}: no {what} is configured", transient=False)
+    return read_secret_file(path, what)
+
+
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     """Verify against the system CAs, or only against ``ca_file`` when one is configured."""
     if ca_file is None:

@@ -4,7 +4,8 @@
 delivers from its queue, retrying a failed delivery with exponential back-off (a bounded number of
 tries), so a dead channel delays neither the caller (the HA loop, a web request) nor the other
 channels.  :func:`send_test` sends one test alert synchronously, for 'safehold alerts test' and the
-API.
+API.  The channels are those of an :class:`~.settings.AlertConfig` (the cluster's alert settings, from
+the database); :meth:`Dispatcher.reconfigure` replaces them when those settings change.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from safehold.alerts.base import AlertError, Channel, backoff_delays
 from safehold.alerts.email import EmailChannel
 from safehold.alerts.events import AlertEvent
 from safehold.alerts.script import ScriptChannel
-from safehold.alerts.settings import CHANNELS, AlertsSection, RetrySection
+from safehold.alerts.settings import CHANNELS, AlertConfig, RetrySection
 from safehold.alerts.snmp import SnmpChannel
 from safehold.alerts.syslog import SyslogChannel
 from safehold.alerts.webhook import WebhookChannel
@@ -34,18 +35,20 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
-def build_channels(settings: Settings) -> dict[str, Channel]:
-    """The configured channels, by name (paths resolved against the data directory)."""
-    a: AlertsSection = settings.alerts
+def build_channels(settings: Settings, config: AlertConfig | None = None) -> dict[str, Channel]:
+    """The channels of ``config`` (default: the ``[alerts]`` section of ``settings``, secrets from their
+    files), by name; paths resolved against the server's data directory."""
+    cfg = config if config is not None else AlertConfig(settings.alerts)
+    a = cfg.section
     out: dict[str, Channel] = {}
     if a.email is not None:
-        out["email"] = EmailChannel(a.email, settings.path)
+        out["email"] = EmailChannel(a.email, settings.path, password=cfg.secret("email"))
     if a.syslog is not None:
         out["syslog"] = SyslogChannel(a.syslog, settings.path)
     if a.snmp is not None:
-        out["snmp"] = SnmpChannel(a.snmp, settings.path)
+        out["snmp"] = SnmpChannel(a.snmp, settings.path, community=cfg.secret("snmp"))
     if a.webhook is not None:
-        out["webhook"] = WebhookChannel(a.webhook, settings.path)
+        out["webhook"] = WebhookChannel(a.webhook, settings.path, secret=cfg.secret("webhook"))
     if a.script is not None:
         out["script"] = ScriptChannel(a.script, settings.path)
     return out
@@ -58,16 +61,16 @@ def describe_failure(exc: BaseException) -> AlertError:
     return AlertError(f"unexpected {type(exc).__name__} while sending", transient=True)
 
 
-def send_test(settings: Settings, channel: str) -> str:
-    """Send one test alert on ``channel`` now (no retry); returns what was done, or raises
-    :class:`AlertError` (a SafeholdError) saying why not."""
+def send_test(settings: Settings, channel: str, config: AlertConfig | None = None) -> str:
+    """Send one test alert on ``channel`` of ``config`` (default: as ``settings`` configure it) now (no
+    retry); returns what was done, or raises :class:`AlertError` (a SafeholdError) saying why not."""
     if channel not in CHANNELS:
         raise AlertError(f"unknown alert channel {channel!r}", hint="one of " + ", ".join(CHANNELS),
                          transient=False)
-    ch = build_channels(settings).get(channel)
+    ch = build_channels(settings, config).get(channel)
     if ch is None:
         raise AlertError(f"the {channel} alert channel is not configured",
-                         hint=f"add an [alerts.{channel}] section to safehold.toml", transient=False)
+                         hint=f"configure it with 'safehold alerts set {channel} ...'", transient=False)
     event = AlertEvent.test_alert(settings.server.id, settings.server.name, settings.ha.cluster_id)
     try:
         ch.check()
@@ -189,26 +192,56 @@ def _safe_target(channel: Channel) -> str:
 class Dispatcher:
     """Fans events out to the configured channels, one queue and one delivery thread per channel."""
 
-    def __init__(self, settings: Settings, *, channels: Mapping[str, Channel] | None = None,
+    def __init__(self, settings: Settings, config: AlertConfig | None = None, *,
+                 channels: Mapping[str, Channel] | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
-        a = settings.alerts
+        self._settings = settings
+        self._clock = clock
         self._stopping = threading.Event()
         self._started = False
         self._stopped = False
-        built = build_channels(settings) if channels is None else dict(channels)
-        self._workers = {name: _Worker(ch, a.retry, a.queue_size, self._stopping, clock)
-                         for name, ch in built.items()}
+        self._swap = threading.Lock()
+        self.config = config if config is not None else AlertConfig(settings.alerts)
+        self._workers = self._make_workers(self.config, channels, self._stopping)
+
+    def _make_workers(self, config: AlertConfig, channels: Mapping[str, Channel] | None,
+                      stopping: threading.Event) -> dict[str, _Worker]:
+        a = config.section
+        built = build_channels(self._settings, config) if channels is None else dict(channels)
+        return {name: _Worker(ch, a.retry, a.queue_size, stopping, self._clock) for name, ch in built.items()}
+
+    def reconfigure(self, config: AlertConfig) -> None:
+        """Send to the channels of ``config`` from now on.  The old channels' delivery threads try what
+        they still hold once more and end (without delaying the caller)."""
+        if config == self.config:
+            return
+        stopping = threading.Event()
+        workers = self._make_workers(config, None, stopping)
+        with self._swap:
+            if self._stopped:
+                return
+            old, old_stopping = self._workers, self._stopping
+            self._workers, self._stopping, self.config = workers, stopping, config
+            if self._started:
+                for w in workers.values():
+                    w.start()
+        for w in old.values():
+            w.queue.put_nowait(_STOP)
+        old_stopping.set()
+        log.info("alert settings changed: alerts go to %s",
+                 ", ".join(f"{n} ({w.status.target})" for n, w in workers.items()) or "no channel")
 
     def channels(self) -> list[str]:
         """The names of the configured channels."""
         return list(self._workers)
 
     def start(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        for w in self._workers.values():
-            w.start()
+        with self._swap:
+            if self._started:
+                return
+            self._started = True
+            for w in self._workers.values():
+                w.start()
         if self._workers:
             log.info("alerts go to: %s", ", ".join(f"{n} ({w.status.target})" for n, w in self._workers.items()))
 
@@ -218,7 +251,7 @@ class Dispatcher:
             if self._stopped:
                 log.warning("alerts stopped: %s event %s not sent", event.kind, event.id)
                 return
-            for w in self._workers.values():
+            for w in list(self._workers.values()):
                 w.offer(event)
         except Exception:  # noqa: BLE001 - the caller (the HA loop) must never fail because of alerts
             log.exception("could not queue %s event for alerting", getattr(event, "kind", "?"))
@@ -239,9 +272,10 @@ class Dispatcher:
     def stop(self, timeout: float = 5.0) -> None:
         """Try what is queued once more (no back-off) and end the threads, waiting at most
         ``timeout`` seconds; what is left is logged as not sent (the threads are daemons)."""
-        if self._stopped:
-            return
-        self._stopped = True
+        with self._swap:
+            if self._stopped:
+                return
+            self._stopped = True
         deadline = time.monotonic() + timeout
         for w in self._workers.values():
             w.queue.put_nowait(_STOP)

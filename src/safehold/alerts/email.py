@@ -50,8 +50,10 @@ def build_message(event: AlertEvent, section: EmailSection) -> EmailMessage:
 class EmailChannel:
     name = "email"
 
-    def __init__(self, section: EmailSection, resolve: Callable[[Path], Path] = lambda p: p) -> None:
+    def __init__(self, section: EmailSection, resolve: Callable[[Path], Path] = lambda p: p,
+                 password: str | None = None) -> None:
         self.section = section
+        self._password = password  # the stored password (the database's settings), else password_file
         self.password_file = resolve(section.password_file) if section.password_file else None
         self.ca_file = resolve(section.ca_file) if section.ca_file else None
 
@@ -60,8 +62,13 @@ class EmailChannel:
         login = f" as {s.username}" if s.username else ""
         return f"smtp://{s.host}:{s.port} ({s.security}{login}) to {', '.join(s.to)}"
 
+    def _read_password(self) -> str | None:
+        if self._password is not None:
+            return self._password
+        return read_secret_file(self.password_file, "SMTP password") if self.password_file else None
+
     def check(self) -> None:
-        if self.password_file is not None:
+        if self._password is None and self.password_file is not None:
             read_secret_file(self.password_file, "SMTP password")
         if self.section.security != "none":
             tls_context(self.ca_file)
@@ -69,7 +76,7 @@ class EmailChannel:
     def send(self, event: AlertEvent) -> str:
         s = self.section
         where = f"{s.host}:{s.port}"
-        password = read_secret_file(self.password_file, "SMTP password") if self.password_file else None
+        password = self._read_password()
         context = tls_context(self.ca_file) if s.security != "none" else None
         message = build_message(event, s)
         try:
@@ -115,9 +122,9 @@ class EmailChannel:
         except smtplib.SMTPAuthenticationError as exc:
             # the server's own words are left out: some echo what was sent
             raise AlertError(f"email: {where} refused the login of {username} ({exc.smtp_code})",
-                             hint="check username and the password file", transient=False) from None
+                             hint="check the username and the password", transient=False) from None
         except smtplib.SMTPNotSupportedError:
             raise AlertError(f"email: {where} does not offer login (AUTH)",
-                             hint="remove username/password_file, or use another server",
+                             hint="remove the username and password, or use another server",
                              transient=False) from None
 

@@ -25,7 +25,7 @@ from pysnmp.proto import api
 from pysnmp.proto.api import v2c
 from pysnmp.proto.error import ProtocolError
 
-from safehold.alerts.base import AlertError, network_error, raise_if_refused, read_secret_file
+from safehold.alerts.base import AlertError, network_error, raise_if_refused, stored_or_file
 from safehold.alerts.events import TEST_KIND, AlertEvent
 from safehold.alerts.settings import SnmpSection
 
@@ -131,20 +131,25 @@ def decode(data: bytes) -> tuple[str, Any]:
 class SnmpChannel:
     name = "snmp"
 
-    def __init__(self, section: SnmpSection, resolve: Callable[[Path], Path] = lambda p: p) -> None:
+    def __init__(self, section: SnmpSection, resolve: Callable[[Path], Path] = lambda p: p,
+                 community: str | None = None) -> None:
         self.section = section
-        self.community_file = resolve(section.community_file)
+        self.community_file = resolve(section.community_file) if section.community_file else None
+        self._community = community  # the stored community (the database's settings), else community_file
 
     def target(self) -> str:
         s = self.section
         return f"snmp://{s.host}:{s.port} (v2c {'inform' if s.inform else 'trap'}, base {s.enterprise_oid})"
 
+    def _read_community(self) -> str:
+        return stored_or_file(self._community, self.community_file, "SNMP community", self.name)
+
     def check(self) -> None:
-        read_secret_file(self.community_file, "SNMP community")
+        self._read_community()
 
     def send(self, event: AlertEvent) -> str:
         s = self.section
-        community = read_secret_file(self.community_file, "SNMP community")
+        community = self._read_community()
         binds = varbinds(event, s.enterprise_oid, int((time.monotonic() - _STARTED) * 100))
         where = f"{s.host}:{s.port}"
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from safehold.alerts.base import AlertError, network_error, read_secret_file, tls_context
+from safehold.alerts.base import AlertError, network_error, stored_or_file, tls_context
 from safehold.alerts.events import AlertEvent
 from safehold.alerts.settings import WebhookSection
 
@@ -54,9 +54,11 @@ def signed_request(event: AlertEvent, secret: str, now: float | None = None) -> 
 class WebhookChannel:
     name = "webhook"
 
-    def __init__(self, section: WebhookSection, resolve: Callable[[Path], Path] = lambda p: p) -> None:
+    def __init__(self, section: WebhookSection, resolve: Callable[[Path], Path] = lambda p: p,
+                 secret: str | None = None) -> None:
         self.section = section
-        self.secret_file = resolve(section.secret_file)
+        self.secret_file = resolve(section.secret_file) if section.secret_file else None
+        self._secret = secret  # the stored secret (the database's settings), else secret_file
         self.ca_file = resolve(section.ca_file) if section.ca_file else None
         url = httpx.URL(section.url)
         # shown without the path and query, which may hold a token
@@ -65,13 +67,16 @@ class WebhookChannel:
     def target(self) -> str:
         return f"{self.origin}/… (POST, signed)"
 
+    def _read_secret(self) -> str:
+        return stored_or_file(self._secret, self.secret_file, "webhook secret", self.name)
+
     def check(self) -> None:
-        read_secret_file(self.secret_file, "webhook secret")
+        self._read_secret()
         if self.section.url.startswith("https:"):
             tls_context(self.ca_file)
 
     def send(self, event: AlertEvent) -> str:
-        secret = read_secret_file(self.secret_file, "webhook secret")
+        secret = self._read_secret()
         verify_with = tls_context(self.ca_file) if self.section.url.startswith("https:") else True
         body, headers = signed_request(event, secret)
         try:

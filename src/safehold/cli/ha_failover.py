@@ -1,9 +1,9 @@
-"""``safehold ha failover``: the automatic failover policy of a read-only server (registered on ha_app
-at the end of cli/ha.py; self-contained so that importing it first works too)."""
+"""``safehold ha failover``: the cluster's automatic failover policy, which every read-only server follows
+(stored in the database; registered on ha_app at the end of cli/ha.py; self-contained so that importing
+it first works too)."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,17 +30,6 @@ def _fail(messages: list[str], code: int) -> None:
     raise typer.Exit(code)
 
 
-def _registry(data_dir: Path) -> tuple[list[Any], str | None]:
-    """The registered servers, from this server's database if it runs (nothing is started)."""
-    from safehold.config import load_settings
-    from safehold.ha.readiness import read_database
-
-    try:
-        return asyncio.run(read_database(load_settings(data_dir))).servers, None
-    except Exception as exc:  # noqa: BLE001 - reported as a warning
-        return [], f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
-
-
 def describe(settings: Settings, section: FailoverSection, default_gateway: str | None) -> list[str]:
     from safehold.ha.probe import parse_target
 
@@ -52,17 +41,18 @@ def describe(settings: Settings, section: FailoverSection, default_gateway: str 
 
     n, every = section.ping_iterations, section.ping_interval
     db = (f"{settings.ha.primary_db_host}:{settings.ha.primary_db_port}" if settings.ha.primary_db_host
-          else "unknown (not joined as a read-only server)")
+          else "(as each read-only server knows it)")
     witnesses = ", ".join(f"{w} ({kind(w)})" for w in section.witness_targets) or "none"
     if section.gateway is not None:
         gw = f"{section.gateway} ({kind(section.gateway)}, configured)"
     else:
         gw = f"{default_gateway} (the default route's)" if default_gateway else "none known"
     return [
-        f"automatic failover: {'enabled' if section.enabled else 'disabled'}",
+        f"automatic failover: {'enabled' if section.enabled else 'disabled'} (on every read-only server)",
         f"  ping the primary database {db} every {every:g} s",
         f"  {'promote' if section.may_promote else 'raise an alarm (may not promote)'} after {n} failed pings "
         f"in a row (about {n * every:g} s)",
+        f"  lag guard: promote only within {section.max_lag_bytes} bytes of the primary's WAL",
         f"  witness targets: {witnesses}",
         f"  gateway: {gw}",
     ]
@@ -71,7 +61,7 @@ def describe(settings: Settings, section: FailoverSection, default_gateway: str 
 def failover(
     data_dir: DataDir,
     enable: Annotated[bool | None, typer.Option("--enable/--disable", help="Turn automatic failover on or off "
-                                                "(on: a read-only server only).")] = None,
+                                                "(for every read-only server).")] = None,
     ping_interval: Annotated[float | None, typer.Option(help="Seconds between two pings of the primary "
                                                         "(1 to 3600; default 15).")] = None,
     ping_iterations: Annotated[int | None, typer.Option(help="Consecutive failed pings before promoting "
@@ -85,70 +75,79 @@ def failover(
     gateway: Annotated[str | None, typer.Option(help="The gateway to check ('host' or 'host:port'); 'default' "
                                                 "for the default route's.")] = None,
     may_promote: Annotated[bool | None, typer.Option("--may-promote/--no-may-promote",
-                                                     help="Whether this server may promote itself.")] = None,
+                                                     help="Whether a read-only server may promote itself.")] = None,
+    max_lag_bytes: Annotated[int | None, typer.Option(help="The lag guard: promote only if the replica had "
+                                                      "received all but at most this many bytes.")] = None,
 ) -> None:
-    """Show or change the automatic failover policy of this read-only server.
+    """Show or change the cluster's automatic failover policy.
 
-    It pings the primary database every --ping-interval seconds and promotes this server after
-    --ping-iterations consecutive failures, unless its gateway and every witness target are
-    unreachable too (then the fault is on its own side: it raises an alarm instead). Without options
-    it shows the policy; invalid values are refused and nothing is changed."""
-    from safehold.config import load_settings, write_settings
-    from safehold.domain import ServerRole
-    from safehold.ha.failover import (
-        range_errors,
-        role_problems,
-        validate_policy,
-        warnings_for,
-        witness_addresses,
-        witnesses_checkable,
+    Every read-only server pings the primary database every --ping-interval seconds and promotes itself
+    after --ping-iterations consecutive failures, unless its gateway and every witness target are
+    unreachable too (then the fault is on its own side: it raises an alarm instead). The policy is
+    stored in the database: change it on a writable server (the primary or a secondary); every server,
+    a promoted one included, follows it within a few seconds. Without options it shows the policy;
+    invalid values are refused and nothing is changed."""
+    from safehold.cli.context import cli_actor, with_runtime
+    from safehold.errors import InvalidInput, SafeholdError
+    from safehold.ha.failover import range_errors
+    from safehold.ha.probe import default_gateway
+    from safehold.services.cluster_settings import (
+        Actor,
+        InForce,
+        failover_in_force,
+        failover_warnings,
+        update_failover,
     )
-    from safehold.ha.probe import default_gateway, ping_program
+    from safehold.services.runtime import ReadOnlyMode
+    from safehold.storage import servers as server_store
 
-    current = load_settings(data_dir, env={})  # the file itself: no environment override is written into it
     _fail(range_errors({"ping_interval": ping_interval, "ping_iterations": ping_iterations}), 2)
-    fo = current.ha.failover
-    changes: dict[str, Any] = {}
-    if enable is not None:
-        changes["enabled"] = enable
-    if ping_interval is not None:
-        changes["ping_interval"] = float(ping_interval)
-    if ping_iterations is not None:
-        changes["ping_iterations"] = ping_iterations
-    if witness or clear_witnesses:
-        changes["witness_targets"] = [*([] if clear_witnesses else fo.witness_targets),
-                                      *(w.strip() for w in witness or [])]
-    if gateway is not None:
-        changes["gateway"] = None if gateway.strip().lower() in ("default", "") else gateway.strip()
-    if may_promote is not None:
-        changes["may_promote"] = may_promote
-    candidate = fo.model_copy(update=changes)  # validated below, with clear messages
-    own: dict[str, str] = {}
-    resolved: dict[str, set[str]] = {}
-    if changes and witnesses_checkable(candidate):
-        servers, problem = _registry(data_dir)
-        if problem is not None:
-            err.print(f"[yellow]warning:[/] could not read the server registry ({escape(problem)}): the witness "
-                      "targets were checked against this server's own settings only", highlight=False)
-        own, resolved = witness_addresses(current, candidate, servers)
-    _fail(validate_policy(candidate, own, resolved), 2)
-    _fail([m for _, m in role_problems(current, bool(enable))], 1)
-    role = current.server.role
-    gw = default_gateway()
-    section = FailoverSection.model_validate(candidate.model_dump())
-    if changes:
-        path = write_settings(current.model_copy(update={"ha": current.ha.model_copy(update={"failover": section})}))
-        out.print(f"[green]✓[/] wrote {escape(str(path))}", highlight=False)
-    for line in describe(current, section, gw):
-        out.print(escape(line), highlight=False)
-    for w in warnings_for(section, default_gateway=gw, ping_available=ping_program() is not None):
-        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
-    if section.enabled and role != ServerRole.READONLY:
-        err.print(f"[yellow]warning:[/] enabled on a {role} server: it has no replica to promote, so it does "
-                  "not watch anything", highlight=False)
-    if changes:
-        from safehold.cli.context import server_pid
 
-        if server_pid(current) is not None:
-            out.print("  the running server reads it at its next start: restart it to apply the change",
-                      highlight=False)
+    def changes_to(fo: FailoverSection) -> dict[str, Any]:
+        changes: dict[str, Any] = {}
+        if enable is not None:
+            changes["enabled"] = enable
+        if ping_interval is not None:
+            changes["ping_interval"] = float(ping_interval)
+        if ping_iterations is not None:
+            changes["ping_iterations"] = ping_iterations
+        if witness or clear_witnesses:
+            changes["witness_targets"] = [*([] if clear_witnesses else fo.witness_targets),
+                                          *(w.strip() for w in witness or [])]
+        if gateway is not None:
+            changes["gateway"] = None if gateway.strip().lower() in ("default", "") else gateway.strip()
+        if may_promote is not None:
+            changes["may_promote"] = may_promote
+        if max_lag_bytes is not None:
+            changes["max_lag_bytes"] = max_lag_bytes
+        return changes
+
+    async def go(rt: Any) -> tuple[Settings, InForce[FailoverSection], list[str], bool]:
+        current = await failover_in_force(rt)
+        changes = changes_to(current.value)
+        if changes:
+            current = await update_failover(rt, Actor(cli_actor()), changes)
+        async with rt.read() as conn:
+            servers = await server_store.all_servers(conn)
+        return rt.settings, current, failover_warnings(current.value, servers), bool(changes)
+
+    try:
+        settings, in_force, warnings, changed = with_runtime(data_dir, go)
+    except InvalidInput as exc:
+        _fail([exc.message], 2)
+        return
+    except ReadOnlyMode:
+        _fail(["this is a read-only server: the failover policy is the cluster's, stored in the database; change "
+               "it on the primary (or a secondary) and this server follows it"], 1)
+        return
+    except SafeholdError as exc:
+        _fail([exc.message], 1)
+        return
+    if changed:
+        out.print(f"[green]✓[/] saved for the whole cluster (failover policy version {in_force.version}); every "
+                  "read-only server follows it within a few seconds", highlight=False)
+    out.print(f"policy: {escape(in_force.describe())}", highlight=False)
+    for line in describe(settings, in_force.value, default_gateway()):
+        out.print(escape(line), highlight=False)
+    for w in warnings:
+        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)

@@ -96,8 +96,10 @@ class HaAgent:
         elif self.rt.readonly:
             self._tasks.append(loop.create_task(self._every(self.check_peers), name="ha-peers"))
             self._tasks.append(loop.create_task(self._every(self.ship_audit), name="ha-audit-shipper"))
-            if self.rt.settings.ha.failover.enabled:
-                self._tasks.append(loop.create_task(self._failover_watch().run_forever(), name="ha-failover"))
+            from safehold.services.cluster_settings import follow_failover
+
+            # the automatic failover watch, with the cluster's policy as this replica holds it (re-read)
+            self._tasks.append(loop.create_task(follow_failover(self.rt, self._failover_watch), name="ha-failover"))
         else:
             self._tasks.append(loop.create_task(self._every(self.heartbeat, retry=0.5), name="ha-heartbeat"))
             # schedules (the HA monitor) run on exactly one primary/secondary: the lease holder
@@ -106,7 +108,7 @@ class HaAgent:
             jobs = {"ha-monitor": (self.interval, self.monitor)}
             if self.rt.settings.backup.every_minutes:
                 jobs["backup"] = (self.rt.settings.backup.every_minutes * 60.0, self.backup)
-            if self.alerts is not None and self.alerts.channels():
+            if self.alerts is not None:  # channels may be configured later (cluster settings)
                 jobs["alerts"] = (self.interval, self.relay_alerts)
             self._tasks.append(loop.create_task(run_schedules(self.lease, jobs), name="ha-schedules"))
             from safehold.ha.syncrep import SyncGuard, guard_runs_on
@@ -336,12 +338,13 @@ class HaAgent:
             asyncio.get_running_loop().create_task(self._restart(), name="ha-restart")
             return promotion.generation
 
-    def _failover_watch(self) -> Any:
+    def _failover_watch(self, settings: Any = None) -> Any:
         """Automatic failover (opt-in): ping the primary; promote this server after the configured number of
         failed rounds, unless its own side of the network is down (then only an alarm)."""
         from safehold.ha.failover_agent import FailoverWatch, registry_primary_url
 
-        n = self.rt.settings.ha.failover.ping_iterations
+        settings = settings or self.rt.settings  # with the cluster's failover policy (services.cluster_settings)
+        n = settings.ha.failover.ping_iterations
 
         async def promote() -> None:
             await self.promote_self(reason=EventKind.FAILOVER,
@@ -355,7 +358,7 @@ class HaAgent:
             self.alarm = None
             self.publish(EventKind.CLEAR_ALARM, self.rt.identity.name, text, (text,))
 
-        return FailoverWatch(self.rt.settings, promote=promote, raise_alarm=raise_alarm, clear_alarm=clear_alarm,
+        return FailoverWatch(settings, promote=promote, raise_alarm=raise_alarm, clear_alarm=clear_alarm,
                              primary_url=registry_primary_url(self.rt.engine))
 
     async def _wait_replayed(self, lsn: str, timeout: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from safehold.alerts.dispatch import send_test
+from safehold.alerts.settings import AlertConfig
 from safehold.audit.chain import AuditEvent
 from safehold.config import Settings
 from safehold.domain import AuditAction, AuditResult
@@ -13,11 +14,12 @@ from safehold.services.access import Principal
 from safehold.services.runtime import Runtime
 
 
-async def test_channel(rt: Runtime, p: Principal, settings: Settings, channel: str) -> str:
-    """Send one test alert on ``channel`` (as ``settings`` configure it); raises the channel's error.  The
-    attempt is audited (its error message names no secret)."""
+async def test_channel(rt: Runtime, p: Principal, settings: Settings, channel: str,
+                       config: AlertConfig | None = None) -> str:
+    """Send one test alert on ``channel`` of ``config`` (default: as ``settings`` configure it); raises the
+    channel's error.  The attempt is audited (its error message names no secret)."""
     try:
-        result = await asyncio.to_thread(send_test, settings, channel)
+        result = await asyncio.to_thread(send_test, settings, channel, config)
     except SafeholdError as exc:
         await rt.record_audit(AuditEvent(actor=p.username, action=AuditAction.ALERT_TESTED,
                                          result=AuditResult.FAILURE, source_ip=p.source_ip,

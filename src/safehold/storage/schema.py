@@ -225,6 +225,20 @@ settings = Table(
     _ts("updated_at"),
 )
 
+# The cluster-wide settings every server follows (replicated like all data): "alerts" (the alert
+# channels; their secrets sealed in secrets_enc, the key as associated data) and "failover" (the
+# automatic failover policy).  ``version`` counts the changes (compare-and-set).
+cluster_settings = Table(
+    "cluster_settings",
+    metadata,
+    Column("key", String(32), primary_key=True),
+    Column("value", JSONB, nullable=False),
+    Column("secrets_enc", LargeBinary, nullable=True),
+    Column("version", Integer, nullable=False, server_default=text("1")),
+    _ts("updated_at"),
+    Column("updated_by", String(200), nullable=False, server_default=""),
+)
+
 # Every HA transition (HA/replication Alive/Failed, server active/inactive, StandbyOffline, ...), once.
 ha_events = Table(
     "ha_events",

@@ -17,13 +17,13 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from safehold import __version__
-from safehold.alerts.dispatch import Dispatcher
 from safehold.config import Settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import AuditAction
 from safehold.errors import SafeholdError
 from safehold.ha.agent import HaAgent
 from safehold.services import auth as auth_service
+from safehold.services.cluster_settings import start_alerts
 from safehold.services.runtime import FencedMode, Runtime, open_runtime, system_event
 from safehold.web import errors, ui
 from safehold.web.api import alerts, audit, auth, ha, ha_checks, ha_peer, system, users, vault
@@ -156,9 +156,9 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         app.state.runtime = rt
         agent = HaAgent(rt)
         app.state.agent = agent
-        dispatcher = Dispatcher(rt.settings)  # alert channels; none configured: it does nothing
-        dispatcher.start()
-        app.state.alerts = agent.alerts = dispatcher
+        # the cluster's alert channels (from the database; safehold.toml's [alerts] imported once), followed
+        alerting = await start_alerts(rt)
+        app.state.alerts = agent.alerts = alerting.dispatcher
         agent.start()
         await rt.record_audit(system_event(AuditAction.SERVER_STARTED, detail={"version": __version__}))
         housekeeping = asyncio.get_running_loop().create_task(_housekeeping(rt), name="housekeeping")
@@ -167,7 +167,7 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         finally:
             housekeeping.cancel()
             await agent.stop()
-            await asyncio.to_thread(dispatcher.stop)
+            await alerting.stop()
             try:
                 await rt.record_audit(system_event(AuditAction.SERVER_STOPPED))
             except Exception:  # noqa: BLE001 - the database may already be gone

@@ -1,20 +1,19 @@
-"""The settings page (administrators): the automatic failover policy and the alert channels, as saved
-in safehold.toml (they take effect at the server's next start), and "Send test alert".
+"""The settings page (administrators): the cluster's automatic failover policy and alert channels, stored
+in its database (every server follows them within a few seconds), and "Send test alert".
 
-The failover policy is checked by the same rules as 'safehold ha failover' (:func:`safehold.ha.failover.
-check_policy`); a channel by its pydantic model, each message next to its field.  What a web session
-must not be able to change stays in the file, edited on the host: the secret files' paths (their
-content is never shown either: only whether one is set), the other file paths (the event script, CA
-files, the syslog socket), and where a channel sends its secret (the SMTP server of a channel that logs
-in, the SNMP receiver, which gets the community string) — otherwise a stolen administrator session
-could send the server's secret files to a host of its choosing.
+The failover policy is checked by the same rules as 'safehold ha failover' (:func:`safehold.services.
+cluster_settings.check_failover`); a channel by its pydantic model, each message next to its field.  A
+channel's secret is write-only (only whether one is set is shown; an empty input keeps it), and a saved
+secret is never sent to a new destination unless it is typed again.  What names files on a server's host
+(the event script, CA files, the syslog socket) is shown, never changed here: it is set on the host
+('safehold alerts set'), so that a stolen administrator session cannot choose what a server runs or
+reads.  A read-only server shows the settings and changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -25,33 +24,35 @@ from pydantic_core import PydanticUndefined
 from safehold.alerts.dispatch import build_channels
 from safehold.alerts.settings import (
     CHANNELS,
+    SECRET_FIELDS,
+    STORED,
     SYSLOG_FACILITIES,
+    AlertConfig,
     EmailSection,
     ScriptSection,
     SnmpSection,
     SyslogSection,
     WebhookSection,
+    remove_channel,
+    set_channel,
 )
-from safehold.config import FailoverSection, Settings, load_settings, write_settings
-from safehold.domain import ServerRole
-from safehold.errors import NotFound, PermissionDenied, SafeholdError
-from safehold.ha.failover import MAX_WITNESSES, check_policy, warnings_for
-from safehold.ha.probe import default_gateway, ping_program
+from safehold.config import FailoverSection
+from safehold.errors import InvalidInput, NotFound, PermissionDenied, SafeholdError
+from safehold.ha.failover import MAX_WITNESSES
 from safehold.services import access, alerting
+from safehold.services import cluster_settings as cs
 from safehold.services.access import Principal
 from safehold.storage import servers as server_store
 from safehold.web.ui.core import Form, UiUser, check_csrf, render, runtime, see_other
 
 router = APIRouter()
-_write_lock = asyncio.Lock()  # one change of safehold.toml at a time (read, change, write)
 
 WITNESS_INPUTS = tuple(f"witness_{i + 1}" for i in range(MAX_WITNESSES))
 CHANNEL_TITLES = {"email": "Email", "syslog": "Syslog", "snmp": "SNMP trap", "webhook": "Webhook",
                   "script": "Event script"}
 MODELS: dict[str, type[BaseModel]] = {"email": EmailSection, "syslog": SyslogSection, "snmp": SnmpSection,
                                       "webhook": WebhookSection, "script": ScriptSection}
-#: The field of each channel that names its secret file.
-SECRET_FILES = {"email": "password_file", "snmp": "community_file", "webhook": "secret_file"}
+SECRET_LABELS = {"email": "SMTP password", "snmp": "Community", "webhook": "Signing secret"}
 
 
 @dataclass(frozen=True)
@@ -64,16 +65,14 @@ class Spec:
     kind: str = "text"
     options: tuple[str, ...] = ()
     hint: str = ""
-    destination: bool = False  # where the channel's secret goes: locked while a secret file is set
 
 
 SPECS: dict[str, tuple[Spec, ...]] = {
     "email": (
-        Spec("host", "SMTP server", destination=True),
-        Spec("port", "Port", "int", destination=True),
+        Spec("host", "SMTP server"),
+        Spec("port", "Port", "int"),
         Spec("security", "Security", "select", ("starttls", "tls", "none")),
         Spec("username", "Username", hint="empty: no login"),
-        Spec("password_file", "Password file", "path"),
         Spec("sender", "Sender"),
         Spec("to", "Recipients", "list", hint="email addresses, separated by commas"),
         Spec("ca_file", "CA file", "path"),
@@ -90,9 +89,8 @@ SPECS: dict[str, tuple[Spec, ...]] = {
         Spec("timeout", "Timeout (seconds)", "float"),
     ),
     "snmp": (
-        Spec("host", "Receiver", destination=True),
-        Spec("port", "Port", "int", destination=True),
-        Spec("community_file", "Community file", "path"),
+        Spec("host", "Receiver"),
+        Spec("port", "Port", "int"),
         Spec("enterprise_oid", "Enterprise OID"),
         Spec("inform", "Send informs (acknowledged) instead of traps", "bool"),
         Spec("timeout", "Timeout (seconds)", "float"),
@@ -101,7 +99,6 @@ SPECS: dict[str, tuple[Spec, ...]] = {
     "webhook": (
         Spec("url", "URL", "keep", hint="the saved URL is not shown (its path may hold a token): leave empty to "
                                         "keep it"),
-        Spec("secret_file", "Secret file", "path"),
         Spec("ca_file", "CA file", "path"),
         Spec("timeout", "Timeout (seconds)", "float"),
     ),
@@ -119,8 +116,8 @@ def _require(p: Principal) -> None:
 
 def _require_writable(request: Request) -> None:
     if runtime(request).readonly:
-        raise PermissionDenied("this server is read-only: its settings are changed on its host "
-                               "('safehold ha failover', safehold.toml)")
+        raise PermissionDenied("this server is read-only: the settings are the cluster's; change them on the "
+                               "primary (or a secondary), and this server follows them")
 
 
 def _channel(name: str) -> str:
@@ -131,8 +128,8 @@ def _channel(name: str) -> str:
 
 async def _checked_form(request: Request, p: Principal, channel: str | None = None, *, writes: bool = True) -> Any:
     """The submitted form, once these are checked, in this order: its CSRF token, the user's role, the
-    alert channel's name (``channel``) and, for a form that changes safehold.toml (``writes``), that this
-    server's settings may be changed here."""
+    alert channel's name (``channel``) and, for a form that changes the settings (``writes``), that this
+    server may change them."""
     form = await request.form()
     check_csrf(p, form)
     _require(p)
@@ -143,9 +140,8 @@ async def _checked_form(request: Request, p: Principal, channel: str | None = No
     return form
 
 
-def _file_settings(request: Request) -> Settings:
-    """safehold.toml as saved (without environment overrides: what is written back)."""
-    return load_settings(runtime(request).settings.data_dir, env={})
+def _actor(p: Principal) -> cs.Actor:
+    return cs.Actor(p.username, p.source_ip)
 
 
 def _num(v: float) -> str:
@@ -199,23 +195,18 @@ def _failover_field(name: str, inputs: list[str]) -> str:
 # --- the alert channels ----------------------------------------------------------------------------
 
 
-def _secret_state(settings: Settings, channel: str, section: BaseModel | None) -> str | None:
-    """Whether the channel's secret file is set (and there): never its path's content."""
-    name = SECRET_FILES.get(channel)
-    if name is None:
+def _secret_state(config: AlertConfig, channel: str) -> str | None:
+    """Whether the channel's secret is set: never what it holds."""
+    if channel not in SECRET_FIELDS:
         return None
-    path: Path | None = getattr(section, name, None) if section is not None else None
-    if path is None:
+    section = getattr(config.section, channel)
+    if section is None:
         return "not set"
-    return "set" if settings.path(path).is_file() else "set, but the file is missing"
+    return "set" if config.secret(channel) or getattr(section, SECRET_FIELDS[channel][0], None) else "not set"
 
 
 def _locked(channel: str, spec: Spec, section: BaseModel | None) -> bool:
-    if spec.kind == "path":
-        return True
-    secret = SECRET_FILES.get(channel)
-    return spec.destination and (secret == "community_file" or (
-        section is not None and secret is not None and getattr(section, secret, None) is not None))
+    return spec.kind == "path"
 
 
 def _creatable(channel: str) -> bool:
@@ -299,34 +290,32 @@ def pydantic_errors(exc: ValidationError, fields: set[str]) -> tuple[dict[str, s
 async def _page(request: Request, p: Principal, *, status: int = 200, failover: Form | None = None,
                 forms: dict[str, Form] | None = None, results: dict[str, tuple[bool, str]] | None = None) -> Response:
     rt = runtime(request)
-    saved = _file_settings(request)
-    fo = saved.ha.failover
-    warnings = warnings_for(fo, default_gateway=default_gateway(), ping_available=ping_program() is not None)
-    if fo.enabled and rt.settings.server.role != ServerRole.READONLY:
-        warnings.append(f"enabled on a {rt.settings.server.role} server: it has no replica to promote, so it does "
-                        "not watch anything")
+    fo_in_force = await cs.failover_in_force(rt)
+    alerts_in_force = await cs.alerts_in_force(rt)
+    fo = fo_in_force.value
+    config = alerts_in_force.value
+    async with rt.read() as conn:
+        servers = await server_store.all_servers(conn)
+    warnings = await asyncio.to_thread(cs.failover_warnings, fo, servers)
     dispatcher = getattr(request.app.state, "alerts", None)
     delivery: dict[str, dict[str, Any]] = dispatcher.status() if dispatcher is not None else {}
-    saved_channels = build_channels(saved)
+    saved_channels = build_channels(rt.settings, config)
     channels = []
     for name in CHANNELS:
-        section = getattr(saved.alerts, name)
+        section = getattr(config.section, name)
         ch = saved_channels.get(name)
         channels.append({
             "name": name, "title": CHANNEL_TITLES[name], "configured": section is not None,
             "creatable": _creatable(name), "target": ch.target() if ch is not None else "",
-            "running": name in rt.settings.alerts.configured(),
-            "changed": section != getattr(rt.settings.alerts, name),
-            "secret": _secret_state(saved, name, section), "secret_field": SECRET_FILES.get(name),
+            "secret": _secret_state(config, name), "secret_label": SECRET_LABELS.get(name),
             "specs": [(s, _locked(name, s, section)) for s in SPECS[name]],
             "form": (forms or {}).get(name) or Form(values=channel_values(name, section)),
             "result": (results or {}).get(name), "delivery": delivery.get(name),
         })
     return render(request, "settings.html", p, status=status,
                   fo_form=failover or Form(values=failover_values(fo)), fo_warnings=warnings,
-                  fo_changed=fo != rt.settings.ha.failover, witness_inputs=WITNESS_INPUTS,
-                  config_path=saved.data_dir / "safehold.toml", channels=channels,
-                  saved=request.query_params.get("saved", ""))
+                  fo_source=fo_in_force.describe(), alerts_source=alerts_in_force.describe(),
+                  witness_inputs=WITNESS_INPUTS, channels=channels, saved=request.query_params.get("saved", ""))
 
 
 @router.get("/settings", response_class=HTMLResponse)
@@ -339,36 +328,20 @@ async def settings_page(request: Request, p: UiUser) -> Response:
 async def save_failover(request: Request, p: UiUser) -> Response:
     form = await _checked_form(request, p)
     rt = runtime(request)
-    async with _write_lock:
-        current = _file_settings(request)
-        fo = current.ha.failover
-        values, changes, errors, inputs = parse_failover(form, fo)
-        if not errors:
-            candidate = fo.model_copy(update=changes)  # validated below, with the CLI's messages
-            async with rt.read() as conn:
-                servers = await server_store.all_servers(conn)
-            problems = await asyncio.to_thread(check_policy, current, candidate, servers,
-                                               enabling=candidate.enabled and not fo.enabled)
-            for name, message in problems:
-                errors.setdefault(_failover_field(name, inputs), message)
-        section: FailoverSection | None = None
-        if not errors:
+    current = await cs.failover_in_force(rt)
+    values, changes, errors, inputs = parse_failover(form, current.value)
+    if not errors:
+        _, policy, problems = await cs.check_failover(rt, changes)
+        for name, message in problems:
+            errors.setdefault(_failover_field(name, inputs), message)
+        if policy is not None and not errors:
             try:
-                section = FailoverSection.model_validate(candidate.model_dump())
-            except ValidationError as exc:
-                errors, general = pydantic_errors(exc, set(values))
-                if general:
-                    errors.setdefault("enabled", general)
-        if errors or section is None:
-            return await _page(request, p, status=422, failover=Form(values=values, errors=errors))
-        write_settings(current.model_copy(update={"ha": current.ha.model_copy(update={"failover": section})}))
+                await cs.update_failover(rt, _actor(p), changes)
+            except InvalidInput as exc:
+                errors[_failover_field(exc.field or "enabled", inputs)] = exc.message
+    if errors:
+        return await _page(request, p, status=422, failover=Form(values=values, errors=errors))
     return see_other("/ui/settings?saved=failover#failover")
-
-
-def _write_channel(current: Settings, channel: str, section: BaseModel | None) -> None:
-    """safehold.toml with the channel's section replaced (None: removed)."""
-    alerts = current.alerts.model_copy(update={channel: section})
-    write_settings(current.model_copy(update={"alerts": alerts}))
 
 
 def _channel_saved(channel: str) -> Response:
@@ -378,39 +351,44 @@ def _channel_saved(channel: str) -> Response:
 @router.post("/settings/alerts/{channel}", response_class=HTMLResponse)
 async def save_channel(request: Request, channel: str, p: UiUser) -> Response:
     form = await _checked_form(request, p, channel)
-    async with _write_lock:
-        current = _file_settings(request)
-        section = getattr(current.alerts, channel)
-        if section is None and not _creatable(channel):
-            raise PermissionDenied(f"the {channel} channel needs a file set on the host: add an [alerts.{channel}] "
-                                   "section to safehold.toml there")
-        values, data = parse_channel(channel, form, section)
-        try:
-            new = MODELS[channel].model_validate(data)
-        except ValidationError as exc:
-            errors, general = pydantic_errors(exc, {s.name for s in SPECS[channel]})
-            f = Form(values=values, errors=errors, message=general)
-            return await _page(request, p, status=422, forms={channel: f})
-        _write_channel(current, channel, new)
+    rt = runtime(request)
+    config = await cs.effective_alerts(rt)
+    section = getattr(config.section, channel)
+    if section is None and not _creatable(channel):
+        raise PermissionDenied(f"the {channel} channel needs a file on the host: add it there with "
+                               f"'safehold alerts set {channel} ...'")
+    values, data = parse_channel(channel, form, section)
+    secret = str(form.get("secret", "")).strip() or None
+    try:
+        MODELS[channel].model_validate(data, context=STORED)  # every message at once, next to its field
+    except ValidationError as exc:
+        errors, general = pydantic_errors(exc, {s.name for s in SPECS[channel]})
+        return await _page(request, p, status=422, forms={channel: Form(values=values, errors=errors,
+                                                                        message=general)})
+    try:
+        await cs.change_alerts(rt, _actor(p), lambda c: set_channel(c, channel, data, secret=secret, replace=True))
+    except InvalidInput as exc:
+        field = exc.field if exc.field in values else "secret"
+        return await _page(request, p, status=422, forms={channel: Form(values=values, errors={field: exc.message})})
     return _channel_saved(channel)
 
 
 @router.post("/settings/alerts/{channel}/remove", response_class=HTMLResponse)
-async def remove_channel(request: Request, channel: str, p: UiUser) -> Response:
+async def remove(request: Request, channel: str, p: UiUser) -> Response:
     await _checked_form(request, p, channel)
-    async with _write_lock:
-        _write_channel(_file_settings(request), channel, None)
+    await cs.change_alerts(runtime(request), _actor(p), lambda c: remove_channel(c, channel))
     return _channel_saved(channel)
 
 
 @router.post("/settings/alerts/{channel}/test", response_class=HTMLResponse)
 async def test_channel(request: Request, channel: str, p: UiUser) -> Response:
-    """Send one test alert with the channel as saved (what the next start uses): the result, or why it
-    failed, next to the channel. It changes nothing, so a read-only server may send one too."""
+    """Send one test alert from this server with the channel as saved: the result, or why it failed, next to
+    the channel. It changes nothing, so a read-only server may send one too."""
     await _checked_form(request, p, channel, writes=False)
+    rt = runtime(request)
     try:
-        settings = load_settings(runtime(request).settings.data_dir)
-        result = await alerting.test_channel(runtime(request), p, settings, channel)
+        config = await cs.effective_alerts(rt)
+        result = await alerting.test_channel(rt, p, rt.settings, channel, config)
     except SafeholdError as exc:
         text = exc.message + (f" ({exc.hint})" if exc.hint else "")
         return await _page(request, p, status=502, results={channel: (False, text)})
