@@ -120,7 +120,7 @@ class HaSection(_Section):
     # the write lease: a primary or secondary acknowledges a write only while its last confirmation
     # that it is still the cluster's writer is younger than this (see docs/HA.md, "What Safehold
     # guarantees"); it must be longer than check_interval and shorter than any standby's automatic
-    # failover threshold (ping_interval x ping_iterations); unset: 5 x check_interval
+    # failover threshold (ping_interval x ping_iterations); unset: 10 s with the defaults (see write_lease)
     write_lease_seconds: float | None = Field(default=None, ge=0.4, le=600)
     lag_threshold_seconds: float = Field(default=30.0, ge=1, le=86400)
     lag_threshold_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
@@ -134,23 +134,30 @@ class HaSection(_Section):
 
     @property
     def write_lease(self) -> float:
-        """The write lease in seconds (``write_lease_seconds``, else 5 x ``check_interval``)."""
-        return self.write_lease_seconds if self.write_lease_seconds is not None else 5 * self.check_interval
+        """The write lease in seconds: ``write_lease_seconds``, else the larger of 5 x ``check_interval`` and
+        3 x ``check_interval`` + ``peer_timeout`` (10 s with the defaults)."""
+        if self.write_lease_seconds is not None:
+            return self.write_lease_seconds
+        return max(5 * self.check_interval, 3 * self.check_interval + self.peer_timeout)
 
     @model_validator(mode="after")
     def _lease(self) -> HaSection:
-        problem = lease_problem(self.write_lease, self.check_interval, self.failover)
+        problem = lease_problem(self.write_lease, self.check_interval, self.failover, self.peer_timeout)
         if problem:
             raise ValueError(problem)
         return self
 
 
-def lease_problem(lease: float, check_interval: float, failover: FailoverSection) -> str | None:
-    """Why a write lease does not fit: it must outlast a heartbeat cycle (so that normal operation
-    renews it) and end before a standby with automatic failover could promote itself."""
-    if lease < 2 * check_interval:
-        return (f"write_lease_seconds ({lease:g}) must be at least twice check_interval ({check_interval:g}): "
-                "the heartbeat renews the lease every check_interval")
+def lease_problem(lease: float, check_interval: float, failover: FailoverSection,
+                  peer_timeout: float = 0.0) -> str | None:
+    """Why a write lease does not fit: it must outlast a heartbeat cycle, even one that waits the whole
+    peer timeout for a hung peer (so that normal operation renews it), and end before a standby with
+    automatic failover could promote itself."""
+    least = 2 * check_interval + peer_timeout
+    if lease < least:
+        return (f"write_lease_seconds ({lease:g}) must be at least 2 x check_interval + peer_timeout ({least:g}): "
+                "the heartbeat renews the lease every check_interval, and asking a hung peer takes up to "
+                "peer_timeout")
     threshold = failover.ping_interval * failover.ping_iterations
     if failover.enabled and lease >= threshold:
         return (f"write_lease_seconds ({lease:g}) must be shorter than the automatic failover threshold "

@@ -25,6 +25,7 @@ def watched(server_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tupl
     base = Path(tempfile.mkdtemp(dir=server_root))
     # failover after 3 pings of 1 s: the writers' lease must be shorter (every server and CLI call inherits these)
     monkeypatch.setenv("SAFEHOLD_HA__CHECK_INTERVAL", "0.5")
+    monkeypatch.setenv("SAFEHOLD_HA__PEER_TIMEOUT", "0.5")
     monkeypatch.setenv("SAFEHOLD_HA__WRITE_LEASE_SECONDS", "1.5")
     witness, gateway = Listener("127.0.0.2"), Listener("127.0.0.3")
 

@@ -26,7 +26,8 @@ from tests.support import Listener, Server, app_connect, run_cli, running_pair, 
 
 # a short write lease and heartbeat, so that a freeze outlasts the lease quickly (every server and CLI call
 # of a test inherits them)
-FAST = {"SAFEHOLD_HA__CHECK_INTERVAL": "0.5", "SAFEHOLD_HA__WRITE_LEASE_SECONDS": "2", "SAFEHOLD_LOG_LEVEL": "INFO"}
+FAST = {"SAFEHOLD_HA__CHECK_INTERVAL": "0.5", "SAFEHOLD_HA__PEER_TIMEOUT": "0.5",
+        "SAFEHOLD_HA__WRITE_LEASE_SECONDS": "2", "SAFEHOLD_LOG_LEVEL": "INFO"}
 
 
 @pytest.fixture()

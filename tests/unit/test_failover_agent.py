@@ -26,7 +26,7 @@ def settings(primary_db: tuple[str, int] | None = DB, **failover: Any) -> Settin
     fo = FailoverSection.model_validate({"enabled": True, "ping_interval": 5, "ping_iterations": 3,
                                          "witness_targets": ["10.1.1.1:53", "10.1.1.2"], **failover})
     ha = HaSection(primary_db_host=primary_db[0] if primary_db else None,
-                   primary_db_port=primary_db[1] if primary_db else None, failover=fo, write_lease_seconds=4)
+                   primary_db_port=primary_db[1] if primary_db else None, failover=fo, write_lease_seconds=6)
     return Settings(server=ServerSection(id=str(uuid.uuid4()), name="ro", role=ServerRole.READONLY), ha=ha)
 
 

@@ -75,7 +75,7 @@ def test_confirmation_from_peer_reports(peers: list[str], reports: list[dict[str
 
 @pytest.mark.parametrize(("lease", "interval", "failover", "problem"), [
     (10.0, 2.0, FailoverSection(), None),
-    (3.0, 2.0, FailoverSection(), "must be at least twice check_interval"),
+    (3.0, 2.0, FailoverSection(), "must be at least 2 x check_interval + peer_timeout (4)"),
     (10.0, 2.0, FailoverSection(enabled=True, ping_interval=1, ping_iterations=3), "must be shorter than"),
     (2.0, 0.5, FailoverSection(enabled=True, ping_interval=1, ping_iterations=3), None),
     (10.0, 2.0, FailoverSection(enabled=False, ping_interval=1, ping_iterations=3), None),  # not on: no clash
@@ -88,7 +88,11 @@ def test_lease_against_the_failover_threshold(lease: float, interval: float, fai
 
 def test_the_default_lease_follows_the_check_interval() -> None:
     assert HaSection().write_lease == 10.0
-    assert HaSection(check_interval=0.5).write_lease == 2.5
-    assert HaSection(check_interval=0.5, write_lease_seconds=1.5).write_lease == 1.5
+    assert HaSection(check_interval=0.5).write_lease == 3.5  # 3 x 0.5 + the peer timeout (2)
+    assert HaSection(check_interval=0.5, peer_timeout=0.5).write_lease == 2.5
+    assert HaSection(check_interval=0.5, write_lease_seconds=1.5, peer_timeout=0.5).write_lease == 1.5
     with pytest.raises(ValueError, match="write_lease_seconds"):
         HaSection(failover=FailoverSection(enabled=True, ping_interval=1, ping_iterations=3))
+    with pytest.raises(ValueError, match="peer_timeout"):  # a hung peer would make a heartbeat outlast it
+        HaSection(check_interval=0.5, write_lease_seconds=2, peer_timeout=2)
+    assert HaSection(check_interval=0.5, write_lease_seconds=2, peer_timeout=0.5).write_lease == 2

@@ -522,6 +522,6 @@ def lease_problems(settings: Settings, candidate: FailoverSection, enabling: boo
     if not (enabling or candidate.enabled):
         return []
     problem = lease_problem(settings.ha.write_lease, settings.ha.check_interval, candidate.model_copy(
-        update={"enabled": True}))
+        update={"enabled": True}), settings.ha.peer_timeout)
     return [("ping_interval", problem + " (or lower ha.write_lease_seconds on every server of the cluster)")] \
         if problem else []
