@@ -33,16 +33,22 @@ from safehold.audit.spool import ship
 from safehold.config import CONFIG_NAME, load_settings
 from safehold.domain import ServerRole
 from safehold.errors import DatabaseError, SafeholdError
+from safehold.ha.failover import ReplicaReport, WriterReport
 from safehold.ha.lease import ScheduleLease, run_schedules
+from safehold.ha.lsn import lag_bytes, parse_lsn
 from safehold.ha.monitor import monitor_once
 from safehold.ha.policy import EventKind, PeerObservation, redirect_target
+from safehold.ha.writelease import Confirmation, clock
 from safehold.services.fencing import (
+    confirmation_from,
     fence_database,
-    find_newer_primary,
     peer_reports,
+    save_fence,
     superseded_by,
+    take_override,
 )
-from safehold.services.runtime import Runtime, in_cluster, public_url
+from safehold.services.ha_status import fetch_local
+from safehold.services.runtime import Fence, Runtime, in_cluster, public_url
 from safehold.storage import audit as audit_store
 from safehold.storage import cluster as cluster_store
 from safehold.storage import replication
@@ -52,20 +58,35 @@ from safehold.storage.db import DbTarget, app_target
 log = logging.getLogger(__name__)
 
 
+WRITER_UNCONFIRMED = "WriterUnconfirmed"
+SPOOL_FAILED = "AuditSpoolFailed"
+
+
 class ModeChanged(Exception):  # noqa: N818 - a signal, not an error
     """The server's mode changed: its loops are replaced by those of the new mode."""
 
 
-def data_age(view: replication.ReplicaView, now: dt.datetime) -> float | None:
-    """How old a replica's data may be: nothing while it streams and has replayed all it received;
-    else the time since it last heard from the primary."""
+def data_age(view: replication.ReplicaView, now: dt.datetime, caught_up_at: dt.datetime | None = None
+             ) -> float | None:
+    """How old the newest data a replica is known to have may be, in seconds (None: not a replica, or
+    nothing is known).  Known from two sources, the fresher wins:
+
+    - ``caught_up_at``: when the primary last reported a WAL position (over HTTPS, /ha/local) that the
+      replica had replayed by the time it was checked;
+    - the WAL receiver: while it streams and everything received is replayed, the replica is current as of
+      the last message it received from the primary (data or keepalive).
+
+    With neither, the time since the last replayed commit (an upper bound while the primary writes)."""
     if not view.in_recovery:
         return None
-    if view.streaming and not view.replay_backlog_bytes:
-        return 0.0
-    if view.last_msg_receipt_time is not None:
-        return max(0.0, (now - view.last_msg_receipt_time).total_seconds())
-    return view.replay_delay_seconds
+    ages = []
+    if caught_up_at is not None:
+        ages.append((now - caught_up_at).total_seconds())
+    if view.streaming and not view.replay_backlog_bytes and view.last_msg_receipt_time is not None:
+        ages.append((now - view.last_msg_receipt_time).total_seconds())
+    if ages:
+        return max(0.0, min(ages))
+    return None if view.replay_delay_seconds is None else max(0.0, view.replay_delay_seconds)
 
 
 class HaAgent:
@@ -75,6 +96,7 @@ class HaAgent:
         self.redirect: PeerObservation | None = None
         self.last_ship_error: str | None = None
         self.data_age_seconds: float | None = None  # how stale a read-only server's data may be
+        self._caught_up_at: dt.datetime | None = None  # when the replica last had all the primary had
         self._tasks: list[asyncio.Task[None]] = []
         self._primary_db: AsyncEngine | None = None
         self.lease: ScheduleLease | None = None
@@ -91,6 +113,7 @@ class HaAgent:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._watch_spool(loop)
         if self.rt.fence is not None:
             self._tasks.append(loop.create_task(self._every(self.fenced_watch), name="ha-fenced"))
         elif self.rt.readonly:
@@ -101,6 +124,7 @@ class HaAgent:
             # the automatic failover watch, with the cluster's policy as this replica holds it (re-read)
             self._tasks.append(loop.create_task(follow_failover(self.rt, self._failover_watch), name="ha-failover"))
         else:
+            self.rt.confirm_writer = self.confirm_writer
             self._tasks.append(loop.create_task(self._every(self.heartbeat, retry=0.5), name="ha-heartbeat"))
             # schedules (the HA monitor) run on exactly one primary/secondary: the lease holder
             self.lease = ScheduleLease(self.rt.engine, server_id=self.rt.identity.id, role=self.rt.identity.role,
@@ -116,6 +140,32 @@ class HaAgent:
             if guard_runs_on(self.rt.settings):  # synchronous mode, on the server of the primary database
                 guard = SyncGuard(self.rt.settings, self.rt.identity.id)
                 self._tasks.append(loop.create_task(guard.run_forever(), name="ha-sync-guard"))
+
+    def _watch_spool(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The local audit spool's failures (a full disk, a fork of the chain) raise the alarm AuditSpoolFailed;
+        its recovery clears it.  The spool calls from the thread that appended: hand over to the loop."""
+        spool = self.rt.spool
+        if spool is None:
+            return
+
+        def failed(message: str) -> None:
+            loop.call_soon_threadsafe(self._spool_alarm, message)
+
+        def recovered() -> None:
+            loop.call_soon_threadsafe(self._spool_alarm, None)
+
+        spool.on_failure, spool.on_recovered = failed, recovered
+        if spool.last_error:
+            self._spool_alarm(spool.last_error)
+
+    def _spool_alarm(self, message: str | None) -> None:
+        if message is not None and (self.alarm is None or self.alarm[0] == SPOOL_FAILED):
+            self.alarm = (SPOOL_FAILED, message)
+            self.publish(EventKind.RAISE_ALARM, self.rt.identity.name, message, self.alarm)
+        elif message is None and self.alarm is not None and self.alarm[0] == SPOOL_FAILED:
+            self.alarm = None
+            text_ = "the local audit spool is written again"
+            self.publish(EventKind.CLEAR_ALARM, self.rt.identity.name, text_, (text_,))
 
     async def _restart(self) -> None:
         """Replace the loops by those of the server's new mode."""
@@ -188,7 +238,14 @@ class HaAgent:
     # --- primary / secondary ------------------------------------------------------------
 
     async def heartbeat(self) -> None:
-        await self.check_generation()
+        started = clock()
+        confirmation = await self.check_generation()
+        if await asyncio.to_thread(take_override, self.rt.settings):
+            log.warning("write lease: an operator overrode the confirmation ('safehold ha override-lease'); "
+                        "this server writes again without having heard from a peer")
+            confirmation = Confirmation.OVERRIDE
+        self.rt.renew_lease(started, confirmation)
+        self._lease_alarm()
         role = await self._adopted_role()
         try:
             async with self.rt.write() as conn:
@@ -217,27 +274,72 @@ class HaAgent:
             return None
         self.rt.settings = settings
         self.rt.identity = dataclasses.replace(self.rt.identity, role=ServerRole.PRIMARY)
+        self.rt.begin_lease()
         log.info("this server is now the primary of cluster %s", settings.ha.cluster_id)
         return ServerRole.PRIMARY
 
-    async def check_generation(self) -> None:
-        """Fencing: a peer of this cluster with a higher generation superseded this server."""
+    async def check_generation(self) -> Confirmation:
+        """Fencing: a peer of this cluster with a higher generation superseded this server (then it
+        turns fenced and ModeChanged is raised).  Otherwise: whether a peer confirmed the generation."""
+        confirmation, fence = await self._ask_peers()
+        if fence is None:
+            return confirmation
+        await self._fence(fence)
+        raise ModeChanged()
+
+    async def _ask_peers(self) -> tuple[Confirmation, Fence | None]:
         if not in_cluster(self.rt.settings):
-            return
+            return Confirmation.CONFIRMED, None
         async with self.rt.read() as conn:
             row = await cluster_store.get(conn)
             urls = [r.url for r in await server_store.all_servers(conn) if r.id != self.rt.identity.id and r.url]
         if row is None:
-            return
+            return Confirmation.UNCONFIRMED, None
         self.rt.generation = row.generation
-        fence = await find_newer_primary(self.rt.settings, row.cluster_id, row.generation, urls, self._http)
-        if fence is None:
-            return
+        reports = await peer_reports(self.rt.settings, urls, self._http)
+        fence = superseded_by(row.cluster_id, row.generation, reports)
+        if fence is not None:
+            self.rt.fence = fence  # refuse writes from this instant, before anything slower
+        return confirmation_from(row.cluster_id, urls, reports), fence
+
+    async def _fence(self, fence: Fence) -> None:
+        await asyncio.to_thread(save_fence, self.rt.settings, fence)
         await self.rt.become_fenced(fence)
         await asyncio.to_thread(fence_database, self.rt.settings)
         self.publish(EventKind.FENCED, self.rt.identity.name, fence.message(),
                      (self.rt.identity.name, fence.acting_primary_name))
-        raise ModeChanged()
+
+    async def confirm_writer(self) -> None:
+        """A write found the lease expired (this server stalled): ask the peers now.  Renews the lease, or
+        sets the fence at once and leaves the rest of the fencing to a task of its own (the caller may be
+        the audit writer, which the fencing stops)."""
+        started = clock()
+        confirmation, fence = await self._ask_peers()
+        if fence is not None:
+            async def fence_and_restart() -> None:
+                await self._fence(fence)
+                await self._restart()
+
+            asyncio.get_running_loop().create_task(fence_and_restart(), name="ha-fence")
+            return
+        self.rt.renew_lease(started, confirmation)
+        self._lease_alarm()
+
+    def _lease_alarm(self) -> None:
+        """Raise the alarm WriterUnconfirmed while the lease cannot be confirmed; clear it when it is."""
+        lease = self.rt.lease
+        if lease is None:
+            return
+        now = clock()
+        if not lease.valid(now) and self.alarm is None:
+            message = (f"{lease.describe(now)}; no peer of the cluster confirmed this server's generation, so it "
+                       "refuses every change ('safehold ha override-lease' if no other server took over)")
+            self.alarm = (WRITER_UNCONFIRMED, message)
+            self.publish(EventKind.RAISE_ALARM, self.rt.identity.name, message, self.alarm)
+        elif lease.valid(now) and self.alarm is not None and self.alarm[0] == WRITER_UNCONFIRMED:
+            self.alarm = None
+            text_ = "the write lease is confirmed again: this server accepts changes"
+            self.publish(EventKind.CLEAR_ALARM, self.rt.identity.name, text_, (text_,))
 
     async def _follow_database(self) -> None:
         """A primary whose bundled database became a replica (switchover, rejoin) follows it: it reads its
@@ -284,18 +386,24 @@ class HaAgent:
     # --- read-only ----------------------------------------------------------------------
 
     async def check_peers(self) -> None:
-        async with self.rt.read() as conn:
-            rows = await server_store.all_servers(conn)
-            view = await replication.replica_view(conn)
-            row = await cluster_store.get(conn)
+        try:
+            async with self.rt.read() as conn:
+                rows = await server_store.all_servers(conn)
+                view = await replication.replica_view(conn)
+                row = await cluster_store.get(conn)
+        except DatabaseError:
+            self.data_age_seconds = None  # the replica cannot be read: how old its data is, is unknown
+            raise
         if row is not None:
             self.rt.generation = row.generation
         if not view.in_recovery:
             await self._take_over(row)
-        self.data_age_seconds = data_age(view, dt.datetime.now(dt.UTC))
         candidates = [r for r in rows if r.id != self.rt.identity.id and r.url
                       and r.role in (ServerRole.PRIMARY, ServerRole.SECONDARY, ServerRole.STANDALONE)]
-        results = await asyncio.gather(*(self._healthy(r.url) for r in candidates))
+        asked_at = dt.datetime.now(dt.UTC)
+        reports = await asyncio.gather(*(fetch_local(self._http, r.url) for r in candidates))
+        results = [rep is not None and rep.get("database_ok") is not False for rep in reports]
+        await self._freshness(view, asked_at, reports)
         self.peers = [
             PeerObservation(r.id, r.name, ServerRole.PRIMARY if r.role == ServerRole.STANDALONE else ServerRole(r.role),
                             r.url, ok)
@@ -306,6 +414,25 @@ class HaAgent:
             log.warning("read-only server: %s", f"redirecting users to {target.name} ({target.url})" if target
                         else "no primary or secondary is active: serving in read-only emergency mode")
         self.redirect = target
+
+    async def _freshness(self, view: replication.ReplicaView, asked_at: dt.datetime,
+                         reports: list[dict[str, Any] | None]) -> None:
+        """Update :attr:`data_age_seconds`: the primary database's WAL position as the app servers on it
+        reported it (the furthest), against how far the replica has replayed now."""
+        positions = [r["wal_lsn"] for r in reports if r and r.get("wal_lsn")
+                     and (r.get("database") or {}).get("role") == "primary"]
+        furthest = max(positions, key=lambda p: parse_lsn(p) or 0, default=None)
+        if furthest is not None and view.in_recovery:
+            try:
+                async with self.rt.read() as conn:
+                    now_view = await replication.replica_view(conn)
+            except DatabaseError:
+                self.data_age_seconds = None
+                return
+            if lag_bytes(furthest, now_view.replay_lsn) == 0:
+                self._caught_up_at = asked_at
+            view = now_view
+        self.data_age_seconds = data_age(view, dt.datetime.now(dt.UTC), self._caught_up_at)
 
     async def _take_over(self, row: cluster_store.ClusterRow | None) -> None:
         """The replica was promoted (by 'safehold ha promote' while this server runs): once the promotion
@@ -359,7 +486,40 @@ class HaAgent:
             self.publish(EventKind.CLEAR_ALARM, self.rt.identity.name, text, (text,))
 
         return FailoverWatch(settings, promote=promote, raise_alarm=raise_alarm, clear_alarm=clear_alarm,
-                             primary_url=registry_primary_url(self.rt.engine))
+                             primary_url=registry_primary_url(self.rt.engine), writer=self._writer_report,
+                             replica=self._replica_report)
+
+    async def _writer_report(self) -> WriterReport | None:
+        """The primary database's WAL position as the app servers on it report it now (the furthest), and
+        the write lease of the one reporting it."""
+        async with self.rt.read() as conn:
+            rows = await server_store.all_servers(conn)
+        urls = [r.url for r in rows if r.id != self.rt.identity.id and r.url
+                and r.role in (ServerRole.PRIMARY, ServerRole.SECONDARY, ServerRole.STANDALONE)]
+        reports = await asyncio.gather(*(fetch_local(self._http, u) for u in urls))
+        best: WriterReport | None = None
+        for rep in reports:
+            if not rep or not rep.get("wal_lsn") or rep.get("mode") == "fenced" \
+                    or (rep.get("database") or {}).get("role") != "primary":
+                continue
+            lease = rep.get("write_lease") or {}
+            seconds = lease.get("seconds") if isinstance(lease.get("seconds"), int | float) else None
+            candidate = WriterReport(str(rep["wal_lsn"]), seconds)
+            if best is None or (parse_lsn(candidate.wal_lsn) or 0) > (parse_lsn(best.wal_lsn) or 0):
+                best = candidate
+        return best
+
+    async def _replica_report(self) -> ReplicaReport | None:
+        try:
+            async with self.rt.read() as conn:
+                view = await replication.replica_view(conn)
+        except DatabaseError:
+            return None
+        if not view.in_recovery:
+            return None
+        heard = (None if view.last_msg_receipt_time is None
+                 else max(0.0, (dt.datetime.now(dt.UTC) - view.last_msg_receipt_time).total_seconds()))
+        return ReplicaReport(view.streaming, view.receive_lsn, heard)
 
     async def _wait_replayed(self, lsn: str, timeout: float) -> None:
         deadline = asyncio.get_running_loop().time() + timeout

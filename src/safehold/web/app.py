@@ -160,7 +160,10 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         alerting = await start_alerts(rt)
         app.state.alerts = agent.alerts = alerting.dispatcher
         agent.start()
-        await rt.record_audit(system_event(AuditAction.SERVER_STARTED, detail={"version": __version__}))
+        try:
+            await rt.record_audit(system_event(AuditAction.SERVER_STARTED, detail={"version": __version__}))
+        except SafeholdError as exc:  # e.g. a writer whose lease no peer confirmed yet: it still serves reads
+            log.warning("the start of this server is not audited: %s", exc.message)
         housekeeping = asyncio.get_running_loop().create_task(_housekeeping(rt), name="housekeeping")
         try:
             yield
