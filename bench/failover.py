@@ -5,9 +5,12 @@ What it does, end to end (nothing to set up beforehand), ``--rounds`` times, eac
 
 1. in a temporary directory, ``safehold init`` a primary on free 127.0.0.1 ports and start
    ``safehold serve``; take a setup pack and join a read-only server with it (``ha pack`` +
-   ``ha join``: its own streaming replica); turn automatic failover on for it before it starts
-   (``safehold ha failover --enable --ping-interval 1 --ping-iterations 3 --witness
-   127.0.0.2:PORT --gateway 127.0.0.3:PORT``) and start it.  The witness and the gateway are
+   ``ha join``: its own streaming replica); turn automatic failover on, on the primary (the policy is
+   the cluster's: ``safehold ha failover --enable --ping-interval 1 --ping-iterations 3 --witness
+   127.0.0.2:PORT --gateway 127.0.0.3:PORT``), and start the read-only server.  The lag guard is on
+   (the default ``max_lag_bytes``), and so is the write-lease guard: every server runs with
+   ``ha.check_interval`` 0.5 s, ``ha.peer_timeout`` 0.5 s and a write lease of half the failover
+   threshold (1.5 s with the defaults), since the lease must be shorter than the threshold.  The witness and the gateway are
    TCP listeners of the bench on 127.0.0.2 and 127.0.0.3 that accept and close connections; they
    stay up the whole time, so the read-only server knows its own side of the network is fine.
    Every server is its own process, in its own session;
@@ -161,7 +164,8 @@ def run_round(run_root: Path, n: int, args: argparse.Namespace, servers: list[St
               witness: Listener, gateway: Listener, rng: random.Random) -> Round:
 
     def enable_failover(readonly: Server) -> None:
-        out = run_cli("ha", "failover", "--data-dir", str(readonly.data_dir), "--enable",
+        primary_dir = run_root / f"r{n}-primary"  # the policy is the cluster's: set on the primary
+        out = run_cli("ha", "failover", "--data-dir", str(primary_dir), "--enable",
                       "--ping-interval", f"{args.ping_interval:g}", "--ping-iterations", str(args.ping_iterations),
                       "--witness", witness.address, "--gateway", gateway.address)
         if "enabled" not in out.stdout.lower():
@@ -289,7 +293,8 @@ def report(rounds: list[Round], args: argparse.Namespace, cpu: tuple[float, floa
     print()
     print(f"Automatic failover: kill -9 of the primary's database and app server, then POST /api/v1/resources on "
           f"the read-only server every {args.poll_interval * 1000:g} ms until 201 (ping interval "
-          f"{args.ping_interval:g} s, {args.ping_iterations} failed pings, witness and gateway up)")
+          f"{args.ping_interval:g} s, {args.ping_iterations} failed pings, witness and gateway up; lag guard on; "
+          f"write lease {os.environ.get('SAFEHOLD_HA__WRITE_LEASE_SECONDS', '?')} s)")
     for i, r in enumerate(rounds, 1):
         accepted = s(r.accepted_after) if r.accepted_after is not None else f"NOT within {args.timeout:g} s"
         steps = ", ".join(f"{name} {at:.2f} s" for name, at in sorted(r.marks.items(), key=lambda kv: kv[1]))
@@ -309,8 +314,20 @@ def report(rounds: list[Round], args: argparse.Namespace, cpu: tuple[float, floa
     return not failed
 
 
+def lease_environment(args: argparse.Namespace) -> dict[str, str]:
+    """Settings every server and command of the run inherits: a write lease shorter than the failover threshold
+    (half of it), renewed often enough (a check interval and a peer timeout that fit it)."""
+    lease = args.ping_interval * args.ping_iterations / 2
+    step = min(0.5, lease / 3)
+    return {"SAFEHOLD_HA__CHECK_INTERVAL": f"{step:g}", "SAFEHOLD_HA__PEER_TIMEOUT": f"{step:g}",
+            "SAFEHOLD_HA__WRITE_LEASE_SECONDS": f"{lease:g}"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    env = lease_environment(args)
+    os.environ.update(env)
+    log("write lease: " + ", ".join(f"{k}={v}" for k, v in env.items()))
     rounds: list[Round] = []
     ok = False
     rng = random.Random()

@@ -40,6 +40,7 @@ from safehold.ha.monitor import monitor_once
 from safehold.ha.policy import EventKind, PeerObservation, redirect_target
 from safehold.ha.writelease import Confirmation, clock
 from safehold.services.fencing import (
+    clear_fence,
     confirmation_from,
     fence_database,
     peer_reports,
@@ -303,6 +304,9 @@ class HaAgent:
         return confirmation_from(row.cluster_id, urls, reports), fence
 
     async def _fence(self, fence: Fence) -> None:
+        """Turn fenced — unless a switchover or a rejoin made this server's database a replica of the newer
+        primary and this server a read-only server: then it follows that (ModeChanged)."""
+        await self._follow_database()
         await asyncio.to_thread(save_fence, self.rt.settings, fence)
         await self.rt.become_fenced(fence)
         await asyncio.to_thread(fence_database, self.rt.settings)
@@ -317,7 +321,8 @@ class HaAgent:
         confirmation, fence = await self._ask_peers()
         if fence is not None:
             async def fence_and_restart() -> None:
-                await self._fence(fence)
+                with contextlib.suppress(ModeChanged):
+                    await self._fence(fence)
                 await self._restart()
 
             asyncio.get_running_loop().create_task(fence_and_restart(), name="ha-fence")
@@ -354,6 +359,7 @@ class HaAgent:
         settings = await asyncio.to_thread(load_settings, self.rt.settings.data_dir)
         if settings.server.role == ServerRole.READONLY:
             await self.rt.become_readonly(settings)
+            await asyncio.to_thread(clear_fence, settings)
             raise ModeChanged()
 
     def publish(self, kind: EventKind, subject: str, message: str, args: tuple[str, ...]) -> None:
