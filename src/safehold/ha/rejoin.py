@@ -388,6 +388,9 @@ def _rejoin(settings: Settings, grant: ReplicaGrant, pack: PackSource | None, *,
         for name, data in (("server.crt", pack.cert_pem), ("server.key", pack.key_pem)):
             _replace_private(tls / name, data, 0o644 if name.endswith(".crt") else 0o600)
     new = _write_readonly_settings(settings, grant, server_id=application_name)
+    from safehold.services.fencing import clear_fence
+
+    clear_fence(settings)  # a read-only server now: the fence it may have remembered is over
     return RejoinResult(new, method, divergent, out)
 
 
