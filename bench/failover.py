@@ -16,7 +16,8 @@ What it does, end to end (nothing to set up beforehand), ``--rounds`` times, eac
    Every server is its own process, in its own session;
 2. on the primary: an API token (``POST /api/v1/me/tokens``; it replicates, so it is valid on the
    read-only server's replica and, after the promotion, in its database) and one resource; wait
-   until the token is on the replica and the read-only server redirects to the primary;
+   until the token is on the replica, the read-only server redirects to the primary and its failover
+   watch has heard from the primary once (its log says "the lag guard is armed");
 3. after a random fraction of the ping interval (so the kill falls anywhere in the ping cycle),
    ``kill -9`` at the same moment the primary's database (its postmaster, from
    ``<primary>/pg/postmaster.pid``, and the postmaster's children) and its app server;
@@ -186,6 +187,9 @@ def run_round(run_root: Path, n: int, args: argparse.Namespace, servers: list[St
     wait_until(replicated, timeout=30, what="the token and the resource on the replica")
     wait_until(lambda: redirects_to_primary(readonly, token), timeout=60, interval=0.1,
                what="the read-only server to redirect to the primary")
+    # the lag guard lets a standby promote itself only once it has heard from the primary
+    wait_until(lambda: "the lag guard is armed" in readonly.log(), timeout=60, interval=0.1,
+               what="the read-only server's failover watch to hear from the primary")
     if local_role(readonly) != "readonly":
         raise RuntimeError(f"the read-only server's role is {local_role(readonly)!r} before the kill")
 

@@ -40,6 +40,8 @@ def watched(server_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tupl
             enable_failover(primary)
             wait_until(lambda: "automatic failover: enabled by the cluster's policy" in readonly.log(), timeout=30,
                        what="the read-only server to follow the cluster's failover policy")
+            # the lag guard promotes only a replica that heard from the primary: let it hear once
+            wait_until(lambda: "the lag guard is armed" in readonly.log(), timeout=30, what="a first contact")
             yield primary, readonly, witness, gateway
     finally:
         witness.close()

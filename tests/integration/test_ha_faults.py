@@ -236,8 +236,8 @@ def watched_pair(pair: tuple[Server, Server]) -> Iterator[tuple[Server, Server]]
                       "--ping-iterations", "3", "--witness", witness.address, "--gateway", witness.address,
                       "--max-lag-bytes", "4096")
         assert "enabled" in out.stdout.lower(), out.stdout + out.stderr
-        wait_until(lambda: "automatic failover: watching the primary database" in readonly.log(), timeout=30,
-                   what="the read-only server's failover watch")
+        wait_until(lambda: "the lag guard is armed" in readonly.log(), timeout=30,
+                   what="the read-only server's failover watch to hear from the primary")
         yield primary, readonly
     finally:
         witness.close()

@@ -214,6 +214,10 @@ class FailoverWatch:
         before = self.state
         self.state, decision = decide(before, obs, self.policy)
         self.last_decision = decision
+        if before.contact is None and self.state.contact is not None:
+            log.warning("automatic failover: heard from the primary (its WAL at %s; this replica %s): the lag "
+                        "guard is armed", self.state.contact.primary_lsn,
+                        "streaming" if self.state.contact.streaming else "NOT streaming")
         self._log_round(before, obs, decision)
         await self._carry_out(decision)
         return decision
