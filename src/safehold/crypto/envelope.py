@@ -8,6 +8,8 @@ ciphertext describes itself::
 
 and the identity of the row it belongs to is the associated data, so a
 ciphertext copied into another row (or another column) does not open.
+Services seal and open through :mod:`safehold.crypto.barrier`, above this
+module, which builds that associated data from what is sealed and for which row.
 Old data-key versions stay in the keyring for decryption; rotation seals new
 values with the active version and can re-encrypt old ones.
 """

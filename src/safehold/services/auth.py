@@ -16,7 +16,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from safehold.audit.chain import AuditEvent
-from safehold.crypto.envelope import aad_for
+from safehold.crypto.barrier import Barrier, Secret
 from safehold.domain import AuditAction, AuditResult, UserRole
 from safehold.errors import (
     AccountLocked,
@@ -73,10 +73,6 @@ def check_password_strength(password: str, *, field: str = "password") -> None:
         raise InvalidInput(f"password must be at least {MIN_PASSWORD_LEN} characters", field=field)
     if len(password) > 1024:
         raise InvalidInput("password is too long (at most 1024 characters)", field=field)
-
-
-def totp_aad(user_id: str) -> bytes:
-    return aad_for("users", "totp_secret_enc", user_id)
 
 
 @dataclass(frozen=True)
@@ -239,7 +235,7 @@ async def _count_failure(rt, conn, user, failures: int, source_ip: str,  # type:
 
 
 def _totp_of(rt: Runtime, user) -> pyotp.TOTP:  # type: ignore[no-untyped-def]
-    secret = rt.keyring.open_str(bytes(user.totp_secret_enc), totp_aad(user.id))
+    secret = Barrier(rt.keyring).open_str(Secret.TOTP_SECRET, user.id, bytes(user.totp_secret_enc))
     return pyotp.TOTP(secret)
 
 
@@ -343,7 +339,8 @@ async def totp_enroll(rt: Runtime, p: Principal) -> tuple[str, str]:
             raise NotFound("user not found")
         if user.totp_enabled:
             raise InvalidInput("TOTP is already enabled; disable it first", field="totp")
-        await user_store.update_user(conn, p.user_id, totp_secret_enc=rt.keyring.seal_str(secret, totp_aad(p.user_id)))
+        sealed = Barrier(rt.keyring).seal_str(Secret.TOTP_SECRET, p.user_id, secret)
+        await user_store.update_user(conn, p.user_id, totp_secret_enc=sealed)
     uri = pyotp.TOTP(secret).provisioning_uri(name=p.username, issuer_name="Safehold")
     return secret, uri
 

@@ -44,7 +44,8 @@ from safehold.alerts.settings import (
 )
 from safehold.audit.chain import AuditEvent
 from safehold.config import FailoverSection, Settings
-from safehold.crypto.envelope import Keyring, aad_for
+from safehold.crypto.barrier import Barrier, Secret
+from safehold.crypto.envelope import Keyring
 from safehold.domain import AuditAction, AuditResult
 from safehold.errors import Conflict, DatabaseError, InvalidInput, SafeholdError
 from safehold.services.runtime import Runtime
@@ -80,18 +81,17 @@ class InForce(Generic[T]):
         return f"cluster-wide (database), version {self.version}, changed {at} by {self.updated_by or '?'}"
 
 
-def _aad(key: str) -> bytes:
-    return aad_for(store.TABLE, store.SECRETS_COLUMN, key)
-
-
 def seal(keyring: Keyring, key: str, values: dict[str, str]) -> bytes | None:
-    return keyring.seal(json.dumps(values, sort_keys=True).encode(), _aad(key)) if values else None
+    """The secrets of the setting ``key``, sealed for its row (None when it has none)."""
+    if not values:
+        return None
+    return Barrier(keyring).seal(Secret.CLUSTER_SETTING, key, json.dumps(values, sort_keys=True).encode())
 
 
 def unseal(keyring: Keyring, key: str, blob: bytes | None) -> dict[str, str]:
     if blob is None:
         return {}
-    values = json.loads(keyring.open(blob, _aad(key)))
+    values = json.loads(Barrier(keyring).open(Secret.CLUSTER_SETTING, key, blob))
     return {str(k): str(v) for k, v in values.items()}
 
 

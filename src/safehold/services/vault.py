@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from safehold.audit.chain import AuditEvent
-from safehold.crypto.envelope import aad_for
+from safehold.crypto.barrier import Barrier, Secret
 from safehold.domain import AuditAction, AuditResult, Permission
 from safehold.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from safehold.ids import parse_id
@@ -33,16 +33,11 @@ EXPORT_COLUMNS = ["resource", "type", "address", "description", "tags", "usernam
 MAX_SECRET = 4096
 
 
-def password_aad(account_id: str) -> bytes:
-    return aad_for("accounts", "password_enc", account_id)
+PASSWORD, NOTES, HISTORY = Secret.ACCOUNT_PASSWORD, Secret.ACCOUNT_NOTES, Secret.HISTORY_PASSWORD
 
 
-def notes_aad(account_id: str) -> bytes:
-    return aad_for("accounts", "notes_enc", account_id)
-
-
-def history_aad(history_id: str) -> bytes:
-    return aad_for("password_history", "password_enc", history_id)
+def _barrier(rt: Runtime) -> Barrier:
+    return Barrier(rt.keyring)
 
 
 def _ev(p: Principal, action: str, target_type: str, target_id: str, target_name: str,
@@ -181,8 +176,8 @@ async def create_account(rt: Runtime, p: Principal, resource_id: str, username: 
             res, _ = await _resource_for(rt, conn, p, resource_id, Permission.MODIFY)
             await store.create_account(
                 conn, id=aid, resource_id=res.id, username=username,
-                password_enc=rt.keyring.seal_str(password, password_aad(aid)),
-                notes_enc=rt.keyring.seal_str(notes, notes_aad(aid)) if notes else None,
+                password_enc=_barrier(rt).seal_str(PASSWORD, aid, password),
+                notes_enc=_barrier(rt).seal_str(NOTES, aid, notes) if notes else None,
             )
             await rt.append_audit(conn, _ev(p, AuditAction.ACCOUNT_CREATED, "account", aid,
                                             f"{res.name}/{username}"))
@@ -221,8 +216,8 @@ async def retrieve_password(rt: Runtime, p: Principal, account_id: str, *, reaso
     """Decrypt and return a password — only after its retrieval is durably audited."""
     async with rt.read() as conn:
         row, _ = await _account_for(rt, conn, p, account_id)
-    password = rt.keyring.open_str(bytes(row.password_enc), password_aad(row.id))
-    notes = rt.keyring.open_str(bytes(row.notes_enc), notes_aad(row.id)) if row.notes_enc else None
+    password = _barrier(rt).open_str(PASSWORD, row.id, bytes(row.password_enc))
+    notes = _barrier(rt).open_str(NOTES, row.id, bytes(row.notes_enc)) if row.notes_enc else None
     detail = {"reason": reason[:200]} if reason else {}
     await rt.record_audit(_ev(p, AuditAction.PASSWORD_RETRIEVED, "account", row.id,
                               f"{row.resource_name}/{row.username}", **detail))
@@ -251,7 +246,7 @@ async def update_account(rt: Runtime, p: Principal, account_id: str, *, username
                     raise InvalidInput("username must be 1-200 characters", field="username")
                 values["username"] = username.strip()
             if notes is not None:
-                values["notes_enc"] = rt.keyring.seal_str(notes, notes_aad(row.id)) if notes else None
+                values["notes_enc"] = _barrier(rt).seal_str(NOTES, row.id, notes) if notes else None
             fields = sorted(k.removesuffix("_enc") for k in values)
             if password is not None:
                 await _retire_and_set(rt, conn, p, row.id, bytes(row.password_enc), password, **values)
@@ -273,12 +268,12 @@ async def _retire_and_set(rt: Runtime, conn: Any, p: Principal, account_id: str,
                           password: str, **values: Any) -> None:
     """Under the account's row lock: set the new password, then keep the old one in the history, retired
     at the new one's set time (taken now, after the lock wait; never before the old one's set time)."""
-    set_at = await store.change_password(conn, account_id, rt.keyring.seal_str(password, password_aad(account_id)),
+    set_at = await store.change_password(conn, account_id, _barrier(rt).seal_str(PASSWORD, account_id, password),
                                          **values)
     hid = str(uuid.uuid4())
-    old = rt.keyring.open_str(old_enc, password_aad(account_id))
+    old = _barrier(rt).open_str(PASSWORD, account_id, old_enc)
     await store.add_history(conn, id=hid, account_id=account_id, changed_by=p.username, retired_at=set_at,
-                            password_enc=rt.keyring.seal_str(old, history_aad(hid)))
+                            password_enc=_barrier(rt).seal_str(HISTORY, hid, old))
 
 
 async def delete_account(rt: Runtime, p: Principal, account_id: str, *, if_match: IfMatch | None = None) -> None:
@@ -299,7 +294,7 @@ async def password_history(rt: Runtime, p: Principal, account_id: str, *, reveal
     out = [{"id": h.id, "changed_by": h.changed_by, "retired_at": h.retired_at} for h in items]
     if reveal:
         for item, h in zip(out, items, strict=True):
-            item["password"] = rt.keyring.open_str(bytes(h.password_enc), history_aad(h.id))
+            item["password"] = _barrier(rt).open_str(HISTORY, h.id, bytes(h.password_enc))
         await rt.record_audit(_ev(p, AuditAction.PASSWORD_RETRIEVED, "account", row.id,
                                   f"{row.resource_name}/{row.username}", history=True, count=len(out)))
     return out
@@ -367,8 +362,8 @@ async def export_csv(rt: Runtime, p: Principal) -> str:
     for r in rows:
         w.writerow([
             r.resource_name, r.type, r.address, r.description, ";".join(r.tags), r.username,
-            rt.keyring.open_str(bytes(r.password_enc), password_aad(r.account_id)),
-            rt.keyring.open_str(bytes(r.notes_enc), notes_aad(r.account_id)) if r.notes_enc else "",
+            _barrier(rt).open_str(PASSWORD, r.account_id, bytes(r.password_enc)),
+            _barrier(rt).open_str(NOTES, r.account_id, bytes(r.notes_enc)) if r.notes_enc else "",
         ])
     await rt.record_audit(_ev(p, AuditAction.EXPORTED, "vault", "", "csv export", accounts=len(rows)))
     return buf.getvalue()
@@ -425,12 +420,12 @@ async def import_csv(rt: Runtime, p: Principal, text: str) -> ImportReport:
             if existing is None:
                 aid = str(uuid.uuid4())
                 await store.create_account(conn, id=aid, resource_id=rid, username=username,
-                                           password_enc=rt.keyring.seal_str(password, password_aad(aid)),
-                                           notes_enc=rt.keyring.seal_str(notes, notes_aad(aid)) if notes else None)
+                                           password_enc=_barrier(rt).seal_str(PASSWORD, aid, password),
+                                           notes_enc=_barrier(rt).seal_str(NOTES, aid, notes) if notes else None)
                 report.accounts_created += 1
             else:
                 locked = present(await store.lock_account(conn, existing.id))
-                old = rt.keyring.open_str(bytes(locked.password_enc), password_aad(existing.id))
+                old = _barrier(rt).open_str(PASSWORD, existing.id, bytes(locked.password_enc))
                 if old != password:
                     await _retire_and_set(rt, conn, p, existing.id, bytes(locked.password_enc), password)
                     report.accounts_updated += 1
