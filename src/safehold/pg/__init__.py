@@ -14,15 +14,11 @@ from safehold.pg.errors import (
     StartFailed,
     TlsUnsupported,
 )
-from safehold.pg.manager import (
-    BaseBackup,
-    ClusterSpec,
-    PgManager,
-    PgStatus,
-    ProgressCallback,
-    port_in_use,
-)
+from safehold.pg.manager import PgManager
+from safehold.pg.process import PgStatus, port_in_use
+from safehold.pg.replica import BaseBackup, ProgressCallback
 from safehold.pg.runas import ServiceUser, ensure_traversable
+from safehold.pg.spec import ClusterSpec
 
 __all__ = [
     "BaseBackup",
