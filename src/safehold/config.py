@@ -19,7 +19,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from safehold.alerts.settings import AlertsSection
+from safehold.alerts_config import AlertsSection
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError
 
