@@ -103,8 +103,11 @@ class PgManager:
         """Write safehold.conf and the TLS files from the spec (done at initdb and each start)."""
         self._bootstrap.apply_settings()
 
-    def _marker_fields(self) -> dict[str, Any]:
+    def marker_fields(self) -> dict[str, Any]:
+        """The marker's fields (a standby's primary among them), or NotSafeholdDataDir."""
         return self._bootstrap.marker_fields()
+
+    _marker_fields = marker_fields  # the name ha/teardown.py still calls
 
     # --- pg_hba.conf --------------------------------------------------------------------
 
