@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from safehold.config import FailoverSection, HaSection, lease_problem
+from safehold.ha.peers import LocalReport
 from safehold.ha.writelease import Confirmation, WriteLease, clock
 from safehold.services.fencing import confirmation_from
 
@@ -65,10 +66,12 @@ def test_descriptions() -> None:
 @pytest.mark.parametrize(("peers", "reports", "expected"), [
     pytest.param([], [], OK, id="no other server: nobody could have taken over"),
     pytest.param(["https://ro"], [], NONE, id="a peer that did not answer"),
-    pytest.param(["https://ro"], [{"cluster_id": "c1", "generation": 1}], OK, id="a peer of the cluster answered"),
-    pytest.param(["https://x"], [{"cluster_id": "other"}], NONE, id="a server of another cluster proves nothing"),
+    pytest.param(["https://ro"], [LocalReport(cluster_id="c1", generation=1)], OK, id="a peer of the cluster answered"),
+    pytest.param(["https://x"], [LocalReport(cluster_id="other")], NONE, id="a server of another cluster proves nothing"),
+    pytest.param(["https://ro"], [LocalReport.from_json({"cluster_id": "c1"})], OK,
+                 id="an older peer's report without a generation still confirms"),
 ])
-def test_confirmation_from_peer_reports(peers: list[str], reports: list[dict[str, object]],
+def test_confirmation_from_peer_reports(peers: list[str], reports: list[LocalReport],
                                         expected: Confirmation) -> None:
     assert confirmation_from("c1", peers, reports) is expected
 

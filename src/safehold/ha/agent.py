@@ -22,10 +22,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import ssl
 from typing import Any
 
-import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -35,8 +33,9 @@ from safehold.domain import ServerRole
 from safehold.errors import DatabaseError, SafeholdError
 from safehold.ha.failover import ReplicaReport, WriterReport
 from safehold.ha.lease import ScheduleLease, run_schedules
-from safehold.ha.lsn import lag_bytes, parse_lsn
+from safehold.ha.lsn import lag_bytes
 from safehold.ha.monitor import monitor_once
+from safehold.ha.peers import LocalReport, PeerClient, primary_wal, writer_report
 from safehold.ha.policy import EventKind, PeerObservation, redirect_target
 from safehold.ha.writelease import Confirmation, clock
 from safehold.services.fencing import (
@@ -48,7 +47,6 @@ from safehold.services.fencing import (
     superseded_by,
     take_override,
 )
-from safehold.services.ha_status import fetch_local
 from safehold.services.runtime import Fence, Runtime, in_cluster, public_url
 from safehold.storage import audit as audit_store
 from safehold.storage import cluster as cluster_store
@@ -105,8 +103,7 @@ class HaAgent:
         self._promote_lock = asyncio.Lock()
         self._config_mtime: int | None = None
         self.alarm: tuple[str, str] | None = None  # a raised alarm only this server knows of (condition, message)
-        ctx = ssl.create_default_context(cafile=str(rt.settings.path(rt.settings.http.tls_ca)))
-        self._http = httpx.AsyncClient(verify=ctx, timeout=rt.settings.ha.peer_timeout)
+        self._client = PeerClient.for_settings(rt.settings)  # the peers' /ha/local and health checks
 
     @property
     def interval(self) -> float:
@@ -207,7 +204,7 @@ class HaAgent:
 
     async def stop(self) -> None:
         await self._stop_loops()
-        await self._http.aclose()
+        await self._client.aclose()
         if self._primary_db is not None:
             await self._primary_db.dispose()
 
@@ -297,7 +294,7 @@ class HaAgent:
         if row is None:
             return Confirmation.UNCONFIRMED, None
         self.rt.generation = row.generation
-        reports = await peer_reports(self.rt.settings, urls, self._http)
+        reports = await peer_reports(self.rt.settings, urls, self._client)
         fence = superseded_by(row.cluster_id, row.generation, reports)
         if fence is not None:
             self.rt.fence = fence  # refuse writes from this instant, before anything slower
@@ -380,11 +377,11 @@ class HaAgent:
         if fence is None:
             raise ModeChanged()
         await self._follow_database()
-        ok = await self._healthy(fence.acting_primary_url) if fence.acting_primary_url else False
+        ok = await self._client.healthy(fence.acting_primary_url) if fence.acting_primary_url else False
         self.redirect = (PeerObservation(fence.acting_primary_id, fence.acting_primary_name, ServerRole.PRIMARY,
                                          fence.acting_primary_url, True) if ok else None)
         reports = await peer_reports(self.rt.settings, [fence.acting_primary_url] if fence.acting_primary_url else [],
-                                     self._http)
+                                     self._client)
         newer = superseded_by(self.rt.cluster_id, fence.generation, reports)
         if newer is not None:
             await self.rt.become_fenced(newer)
@@ -407,8 +404,8 @@ class HaAgent:
         candidates = [r for r in rows if r.id != self.rt.identity.id and r.url
                       and r.role in (ServerRole.PRIMARY, ServerRole.SECONDARY, ServerRole.STANDALONE)]
         asked_at = dt.datetime.now(dt.UTC)
-        reports = await asyncio.gather(*(fetch_local(self._http, r.url) for r in candidates))
-        results = [rep is not None and rep.get("database_ok") is not False for rep in reports]
+        reports = await self._client.locals([r.url for r in candidates])
+        results = [rep is not None and rep.database_ok is not False for rep in reports]
         await self._freshness(view, asked_at, reports)
         self.peers = [
             PeerObservation(r.id, r.name, ServerRole.PRIMARY if r.role == ServerRole.STANDALONE else ServerRole(r.role),
@@ -422,12 +419,10 @@ class HaAgent:
         self.redirect = target
 
     async def _freshness(self, view: replication.ReplicaView, asked_at: dt.datetime,
-                         reports: list[dict[str, Any] | None]) -> None:
+                         reports: list[LocalReport | None]) -> None:
         """Update :attr:`data_age_seconds`: the primary database's WAL position as the app servers on it
         reported it (the furthest), against how far the replica has replayed now."""
-        positions = [r["wal_lsn"] for r in reports if r and r.get("wal_lsn")
-                     and (r.get("database") or {}).get("role") == "primary"]
-        furthest = max(positions, key=lambda p: parse_lsn(p) or 0, default=None)
+        furthest = primary_wal(reports)
         if furthest is not None and view.in_recovery:
             try:
                 async with self.rt.read() as conn:
@@ -502,18 +497,7 @@ class HaAgent:
             rows = await server_store.all_servers(conn)
         urls = [r.url for r in rows if r.id != self.rt.identity.id and r.url
                 and r.role in (ServerRole.PRIMARY, ServerRole.SECONDARY, ServerRole.STANDALONE)]
-        reports = await asyncio.gather(*(fetch_local(self._http, u) for u in urls))
-        best: WriterReport | None = None
-        for rep in reports:
-            if not rep or not rep.get("wal_lsn") or rep.get("mode") == "fenced" \
-                    or (rep.get("database") or {}).get("role") != "primary":
-                continue
-            lease = rep.get("write_lease") or {}
-            seconds = lease.get("seconds") if isinstance(lease.get("seconds"), int | float) else None
-            candidate = WriterReport(str(rep["wal_lsn"]), seconds)
-            if best is None or (parse_lsn(candidate.wal_lsn) or 0) > (parse_lsn(best.wal_lsn) or 0):
-                best = candidate
-        return best
+        return writer_report(await self._client.locals(urls))
 
     async def _replica_report(self) -> ReplicaReport | None:
         try:
@@ -538,13 +522,6 @@ class HaAgent:
             if asyncio.get_running_loop().time() > deadline:
                 raise SafeholdError(f"the replica did not replay up to {lsn} within {timeout:g} s; not promoting")
             await asyncio.sleep(0.05)
-
-    async def _healthy(self, url: str) -> bool:
-        try:
-            r = await self._http.get(f"{url.rstrip('/')}/api/v1/health")
-            return r.status_code == 200
-        except (httpx.HTTPError, ssl.SSLError, OSError):
-            return False
 
     def _primary_engine(self) -> AsyncEngine:
         if self._primary_db is None:

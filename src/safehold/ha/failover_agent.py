@@ -34,12 +34,12 @@ from safehold.ha.failover import (
     needs_witnesses,
     validate_policy,
 )
+from safehold.ha.peers import PeerClient, cluster_ssl_context
 from safehold.ha.probe import (
     Target,
     default_gateway,
     parse_target,
     ping_program,
-    probe_app_async,
     probe_database_async,
     target_reachable_async,
 )
@@ -156,8 +156,9 @@ class FailoverWatch:
         if self._probes.app is not None:
             return await self._probes.app(url, self._timeout)
         if self._ssl is None:
-            self._ssl = ssl.create_default_context(cafile=str(self.settings.path(self.settings.http.tls_ca)))
-        return await probe_app_async(url, self._ssl, self._timeout)
+            self._ssl = cluster_ssl_context(self.settings)
+        async with PeerClient(self._ssl, self._timeout) as client:
+            return await client.healthy(url)
 
     async def _target_ok(self, target: Target) -> bool | None:
         try:

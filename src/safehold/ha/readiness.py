@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from safehold.config import Settings
 from safehold.crypto.keyfile import key_id_of, load_key_file
 from safehold.domain import ServerRole
 from safehold.errors import SafeholdError
+from safehold.ha.peers import PeerClient
 from safehold.storage import cluster as cluster_store
 from safehold.storage import replication
 from safehold.storage import servers as server_store
@@ -35,8 +35,6 @@ MIN_FREE_BYTES = 1 << 30
 MIN_FREE_FRACTION = 0.05
 DB_TIMEOUT = 10.0
 SPOOL_DIR = "spool"
-HEALTH_PATH = "/api/v1/health"
-LOCAL_PATH = "/api/v1/ha/local"
 
 
 @dataclass(frozen=True)
@@ -205,10 +203,8 @@ def evaluate(f: Facts) -> list[Check]:
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, SafeholdError):
         return exc.message
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+    if isinstance(exc, TimeoutError):
         return "timed out"
-    if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect ({str(exc).splitlines()[0] if str(exc) else 'refused'})"
     orig = getattr(exc, "orig", None)  # a database driver's error wrapped by SQLAlchemy
     if isinstance(orig, BaseException):
         exc = orig
@@ -292,23 +288,16 @@ async def read_database(settings: Settings, engine: AsyncEngine | None = None) -
         await own.dispose()
 
 
-async def _peer(client: httpx.AsyncClient | None, ssl_error: str | None, name: str, url: str) -> PeerFacts:
+async def _peer(client: PeerClient | None, ssl_error: str | None, name: str, url: str) -> PeerFacts:
     if client is None:
         return PeerFacts(name, url, False, error=ssl_error)
-    base = url.rstrip("/")
-    try:
-        r = await client.get(base + HEALTH_PATH)
-    except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
-        return PeerFacts(name, url, False, error=_error_text(exc))
-    generation: int | None = None
-    try:
-        local = await client.get(base + LOCAL_PATH)
-        value = local.json().get("generation") if local.status_code == 200 else None
-        generation = value if isinstance(value, int) and not isinstance(value, bool) else None
-    except (httpx.HTTPError, ssl.SSLError, OSError, ValueError, AttributeError):
-        generation = None
-    if r.status_code != 200:
-        return PeerFacts(name, url, False, error=f"health check answered {r.status_code}", generation=generation)
+    health = await client.health(url)
+    if health.status is None:
+        return PeerFacts(name, url, False, error=health.error)
+    report = await client.local(url)
+    generation = report.generation if report is not None else None
+    if not health.ok:
+        return PeerFacts(name, url, False, error=f"health check answered {health.status}", generation=generation)
     return PeerFacts(name, url, True, generation=generation)
 
 
@@ -318,11 +307,10 @@ async def gather_peers(settings: Settings, servers: Sequence[Any]) -> tuple[Peer
     others = [(s.name, s.url) for s in servers if str(s.id) != settings.server.id and s.url]
     if not others:
         return ()
-    client: httpx.AsyncClient | None = None
+    client: PeerClient | None = None
     ssl_error = None
     try:
-        ctx = ssl.create_default_context(cafile=str(settings.path(settings.http.tls_ca)))
-        client = httpx.AsyncClient(verify=ctx, timeout=settings.ha.peer_timeout)
+        client = PeerClient.for_settings(settings)
     except (OSError, ssl.SSLError) as exc:
         ssl_error = f"cannot load the cluster CA {settings.path(settings.http.tls_ca)}: {_error_text(exc)}"
     try:

@@ -14,19 +14,16 @@ database is started again as the primary and nothing changed.
 
 from __future__ import annotations
 
-import json
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
-
 from safehold.config import Settings
-from safehold.crypto import peerauth
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, SafeholdError
+from safehold.ha.peers import PeerUnreachable, PromoteAnswer, SyncPeerClient
 from safehold.ha.rejoin import RejoinResult, rejoin
 
 Say = Callable[[str], None]
@@ -111,49 +108,40 @@ def _find_target(settings: Settings, wanted: str) -> Target:
     return choose_target(asyncio.run(rows()), wanted, settings.server.id)
 
 
-def _client(settings: Settings, timeout: float) -> httpx.Client:
-    ctx = ssl.create_default_context(cafile=str(settings.path(settings.http.tls_ca)))
-    return httpx.Client(verify=ctx, timeout=timeout)
-
-
 def _preflight(settings: Settings, target: Target) -> None:
     try:
-        with _client(settings, 10) as c:
-            r = c.get(f"{target.url.rstrip('/')}/api/v1/ha/local")
-            report = r.json()
-    except (httpx.HTTPError, OSError, ValueError):
+        with SyncPeerClient(settings, 10) as c:
+            report = c.local(target.url)
+    except (ssl.SSLError, OSError):
+        report = None
+    if report is None:
         raise SafeholdError(f"{target.name} at {target.url} does not answer; not switching over",
-                            hint="start it, or choose another target") from None
-    if report.get("cluster_id") != settings.ha.cluster_id:
+                            hint="start it, or choose another target")
+    if report.cluster_id != settings.ha.cluster_id:
         raise SafeholdError(f"{target.name} serves another cluster; not switching over")
-    if report.get("role") != ServerRole.READONLY or report.get("mode") == "fenced":
-        raise SafeholdError(f"{target.name} is not a read-only server now ({report.get('role')}, "
-                            f"{report.get('mode')}); not switching over")
-    if report.get("database_ok") is False:
+    if report.role != ServerRole.READONLY or report.mode == "fenced":
+        raise SafeholdError(f"{target.name} is not a read-only server now ({report.role or None}, "
+                            f"{report.mode or None}); not switching over")
+    if report.database_ok is False:
         raise SafeholdError(f"{target.name}'s replica database does not answer; not switching over",
                             hint="start it ('safehold db start --data-dir ...' on that host) and try again")
-    age = report.get("data_age_seconds")
+    age = report.data_age_seconds
     fresh_within = max(3 * settings.ha.check_interval, 5.0) + settings.ha.peer_timeout
-    if not isinstance(age, int | float) or age > fresh_within:
+    if age is None or age > fresh_within:
         raise SafeholdError(f"{target.name}'s replica is not known to be streaming and caught up (data age "
                             f"{'unknown' if age is None else f'{age:.1f} s'}, at most {fresh_within:g} s needed); "
                             "not switching over", hint="'safehold ha status' shows its replication status")
 
 
 def _promote_target(settings: Settings, master: MasterKey, target: Target, lsn: str, timeout: float) -> int:
-    body = json.dumps({"reason": "ManualSwitch", "wait_lsn": lsn,
-                       "note": f"switchover from {settings.server.name}"}).encode()
-    headers = {"Content-Type": "application/json",
-               peerauth.HEADER: peerauth.sign(master.peer_key(), "POST", PEER_PROMOTE, body)}
+    body = {"reason": "ManualSwitch", "wait_lsn": lsn, "note": f"switchover from {settings.server.name}"}
     try:
-        with _client(settings, timeout + 30) as c:
-            r = c.post(target.url.rstrip("/") + PEER_PROMOTE, content=body, headers=headers)
-    except (httpx.HTTPError, OSError) as exc:
+        with SyncPeerClient(settings, timeout + 30) as c:
+            answer = c.post_signed(target.url, PEER_PROMOTE, body, master.peer_key())
+    except PeerUnreachable as exc:
+        raise SafeholdError(f"cannot reach {target.name} to promote it ({exc.reason})") from None
+    except OSError as exc:
         raise SafeholdError(f"cannot reach {target.name} to promote it ({type(exc).__name__})") from None
-    if r.status_code != 200:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:200]
-        raise SafeholdError(f"{target.name} refused to take over ({r.status_code}): {message}")
-    return int(r.json()["generation"])
+    if answer.status != 200:
+        raise SafeholdError(f"{target.name} refused to take over ({answer.status}): {answer.error()[0]}")
+    return PromoteAnswer.from_json(answer.body).generation

@@ -17,45 +17,37 @@ The same reports confirm the write lease (:mod:`safehold.ha.writelease`, :func:`
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
 import os
-import ssl
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
-import httpx
 import psycopg
 
 from safehold.config import Settings
 from safehold.errors import SafeholdError
+from safehold.ha.peers import LocalReport, PeerClient
 from safehold.ha.writelease import Confirmation
 from safehold.pg.runas import write_file
-from safehold.services.ha_status import fetch_local
 from safehold.services.runtime import Fence
 from safehold.storage.db import DbTarget, owner_target
 
 log = logging.getLogger(__name__)
 
 
-def superseded_by(cluster_id: str, generation: int, reports: Iterable[Mapping[str, Any]]) -> Fence | None:
-    """The newest primary among the peers' ``/ha/local`` reports that supersedes ``generation``."""
+def superseded_by(cluster_id: str, generation: int, reports: Iterable[LocalReport]) -> Fence | None:
+    """The newest primary among the peers' ``/ha/local`` reports that supersedes ``generation``: a primary of
+    the cluster at a higher generation, or the acting primary that fenced a server of the cluster there."""
     best: Fence | None = None
     for r in reports:
-        if r.get("cluster_id") != cluster_id:
+        if r.cluster_id != cluster_id or r.generation is None or r.generation <= generation:
             continue
-        gen = r.get("generation")
-        if not isinstance(gen, int) or gen <= generation:
-            continue
-        fence = r.get("fence")
-        if r.get("role") == "primary" and not fence:
-            candidate = Fence(gen, str(r.get("server_id", "")), str(r.get("server_name", "")), str(r.get("url", "")))
-        elif isinstance(fence, dict) and isinstance(fence.get("generation"), int):
-            candidate = Fence(fence["generation"], str(fence.get("acting_primary_id", "")),
-                              str(fence.get("acting_primary_name", "")), str(fence.get("acting_primary_url", "")))
+        if r.fence is not None:
+            candidate = Fence(**dataclasses.asdict(r.fence))
+        elif r.role == "primary":
+            candidate = Fence(r.generation, r.server_id, r.server_name, r.url)
         else:
             continue
         if best is None or candidate.generation > best.generation:
@@ -63,29 +55,27 @@ def superseded_by(cluster_id: str, generation: int, reports: Iterable[Mapping[st
     return best
 
 
-async def peer_reports(settings: Settings, urls: Sequence[str], client: httpx.AsyncClient | None = None
-                       ) -> list[dict[str, Any]]:
+async def peer_reports(settings: Settings, urls: Sequence[str], client: PeerClient | None = None
+                       ) -> list[LocalReport]:
     """``GET /api/v1/ha/local`` of every URL (TLS verified against the cluster CA), with ``client`` when the
     caller keeps one; unreachable ones are left out."""
     if not urls:
         return []
     if client is None:
-        ctx = ssl.create_default_context(cafile=str(settings.path(settings.http.tls_ca)))
-        async with httpx.AsyncClient(verify=ctx, timeout=settings.ha.peer_timeout) as own:
-            return await peer_reports(settings, urls, own)
-    got = await asyncio.gather(*(fetch_local(client, u) for u in urls))
-    return [{"url": u, **g} for u, g in zip(urls, got, strict=True) if g is not None]  # its own url wins
+        async with PeerClient.for_settings(settings) as own:
+            return await own.reports(urls)
+    return await client.reports(urls)
 
 
 async def find_newer_primary(settings: Settings, cluster_id: str, generation: int, peer_urls: Sequence[str],
-                             client: httpx.AsyncClient | None = None) -> Fence | None:
+                             client: PeerClient | None = None) -> Fence | None:
     return superseded_by(cluster_id, generation, await peer_reports(settings, peer_urls, client))
 
 
-def confirmation_from(cluster_id: str, peer_urls: Sequence[str], reports: Iterable[Mapping[str, Any]]) -> Confirmation:
+def confirmation_from(cluster_id: str, peer_urls: Sequence[str], reports: Iterable[LocalReport]) -> Confirmation:
     """What the peers' reports (none of them newer) say about this server's write lease: confirmed when a peer
     of the cluster answered, or when the cluster has no other server (nobody could have taken over)."""
-    if not peer_urls or any(r.get("cluster_id") == cluster_id for r in reports):
+    if not peer_urls or any(r.cluster_id == cluster_id for r in reports):
         return Confirmation.CONFIRMED
     return Confirmation.UNCONFIRMED
 

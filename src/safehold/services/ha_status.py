@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import ssl
-from dataclasses import dataclass
 from typing import Any
-
-import httpx
 
 from safehold.domain import ServerRole
 from safehold.errors import DatabaseError
+from safehold.ha.peers import (
+    AlarmReport,
+    BacklogReport,
+    DatabaseReport,
+    FenceReport,
+    LeaseReport,
+    LocalReport,
+    PeerClient,
+)
 from safehold.ha.policy import (
     Health,
     Liveness,
@@ -27,31 +32,6 @@ from safehold.storage import replication
 from safehold.storage import servers as server_store
 
 
-@dataclass(frozen=True)
-class LocalReport:
-    """What a server says about itself at /api/v1/ha/local (no secrets: counts and addresses)."""
-
-    server_id: str
-    server_name: str
-    role: str
-    cluster_id: str
-    generation: int
-    mode: str  # read-write, read-only-emergency or fenced
-    fence: dict[str, Any] | None  # the acting primary that superseded this server
-    database: dict[str, Any]
-    audit_backlog: dict[str, Any] | None
-    data_age_seconds: float | None
-    url: str
-    alarm: dict[str, str] | None = None  # an alarm only this server knows of (automatic failover)
-    # whether its database answered just now, and its WAL position: a writable database's current one, a
-    # replica's received one (a standby compares it with its own: the lag guard of automatic failover)
-    database_ok: bool | None = None
-    wal_lsn: str | None = None
-    # a primary's or secondary's write lease: its length (a standby never promotes itself before it ran
-    # out) and whether it holds now
-    write_lease: dict[str, Any] | None = None
-
-
 def local_report(rt: Runtime, data_age: float | None, alarm: tuple[str, str] | None = None,
                  wal: tuple[bool, str] | None = None) -> LocalReport:
     db = rt.settings.database
@@ -60,16 +40,16 @@ def local_report(rt: Runtime, data_age: float | None, alarm: tuple[str, str] | N
     return LocalReport(
         server_id=rt.identity.id, server_name=rt.identity.name, role=rt.identity.role.value,
         cluster_id=rt.cluster_id, generation=rt.generation, mode=rt.mode,
-        fence=dataclasses.asdict(rt.fence) if rt.fence is not None else None,
-        database={"host": db.host, "port": db.port, "mode": db.mode,
-                  "role": "replica" if rt.identity.role == ServerRole.READONLY else "primary"},
-        audit_backlog=rt.spool.backlog().as_dict() if rt.spool is not None else None,
+        fence=FenceReport(**dataclasses.asdict(rt.fence)) if rt.fence is not None else None,
+        database=DatabaseReport(db.host, db.port, db.mode,
+                                "replica" if rt.identity.role == ServerRole.READONLY else "primary"),
+        audit_backlog=BacklogReport.from_json(rt.spool.backlog().as_dict()) if rt.spool is not None else None,
         data_age_seconds=data_age, url=public_url(rt.settings),
-        alarm={"condition": alarm[0], "message": alarm[1]} if alarm else None,
+        alarm=AlarmReport(*alarm) if alarm else None,
         database_ok=wal is not None, wal_lsn=wal[1] if wal is not None else None,
-        write_lease=None if lease is None else {"seconds": lease.duration, "valid": lease.valid(now),
-                                                "remaining": round(lease.remaining(now), 3),
-                                                "confirmed_by": lease.how.value if lease.how else None},
+        write_lease=None if lease is None else LeaseReport(lease.duration, lease.valid(now),
+                                                           round(lease.remaining(now), 3),
+                                                           lease.how.value if lease.how else None),
     )
 
 
@@ -88,15 +68,6 @@ def _overall(statuses: list[Health]) -> str:
     return (Health.ALIVE if statuses and Health.FAILED not in statuses else Health.FAILED).value
 
 
-async def fetch_local(client: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
-    """A peer's ``GET /api/v1/ha/local``, or None when it does not answer it."""
-    try:
-        r = await client.get(f"{url.rstrip('/')}/api/v1/ha/local")
-        return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
-    except (httpx.HTTPError, ssl.SSLError, OSError, ValueError):
-        return None
-
-
 async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = None,
                          own_alarm: tuple[str, str] | None = None, ask_self: bool = False) -> dict[str, Any]:
     """Everything ``GET /api/v1/ha/status`` returns.  ``own_alarm``: this server's own alarm (its agent's);
@@ -109,20 +80,18 @@ async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = No
         sessions = await server_store.session_counts(conn)
         view = await replication.replica_view(conn) if rt.readonly else None
         primary = None if rt.readonly else await replication.primary_view(conn)
-    ctx = ssl.create_default_context(cafile=str(s.path(s.http.tls_ca)))
-    async with httpx.AsyncClient(verify=ctx, timeout=s.ha.peer_timeout) as client:
+    async with PeerClient.for_settings(s) as client:
         # every server's own report: read-only servers' databases and backlogs, and every server's alarm
-        reports = await asyncio.gather(*(fetch_local(client, r.url) if r.url and (r.id != rt.identity.id or ask_self)
+        reports: list[LocalReport | None] = await asyncio.gather(*(client.local(r.url) if r.url and (r.id != rt.identity.id or ask_self)
                                          else asyncio.sleep(0, None) for r in rows))
     servers = []
     alarms = []
     if own_alarm is not None:
         alarms.append({"server": rt.identity.name, "condition": own_alarm[0], "message": own_alarm[1]})
     for r, report in zip(rows, reports, strict=True):
-        alarm = (report or {}).get("alarm")
-        if isinstance(alarm, dict) and not (r.id == rt.identity.id and own_alarm is not None):
-            alarms.append({"server": r.name, "condition": str(alarm.get("condition", "")),
-                           "message": str(alarm.get("message", ""))})
+        alarm = report.alarm if report is not None else None
+        if alarm is not None and not (r.id == rt.identity.id and own_alarm is not None):
+            alarms.append({"server": r.name, "condition": alarm.condition, "message": alarm.message})
         if r.id == rt.identity.id:
             active = True
         elif r.role == ServerRole.READONLY:
@@ -151,24 +120,25 @@ async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = No
     thresholds = Thresholds(s.ha.lag_threshold_seconds, s.ha.lag_threshold_bytes)
     ha = [ha_status(r) for r in replicas]
     rep = [replication_status(r, thresholds) for r in replicas]
-    readonly_reports = [rep_ for r, rep_ in zip(rows, reports, strict=True) if rep_ and r.role == ServerRole.READONLY]
+    readonly_reports = [rep_ for r, rep_ in zip(rows, reports, strict=True) if rep_ is not None
+                        and r.role == ServerRole.READONLY]
     active_app = sum(1 for x in servers if x["status"] == "active" and x["role"] != ServerRole.READONLY)
     configured_app = sum(1 for x in servers if x["role"] != ServerRole.READONLY)
     databases = [{"host": s.database.host if not rt.readonly else (s.ha.primary_db_host or ""),
                   "port": s.database.port if not rt.readonly else (s.ha.primary_db_port or 0),
                   "role": "primary", "servers_configured": configured_app, "servers_active": active_app}]
     for report in readonly_reports:
-        db = report.get("database", {})
-        is_up = any(x["id"] == report.get("server_id") and x["status"] == "active" for x in servers)
-        databases.append({"host": db.get("host", ""), "port": db.get("port", 0), "role": "replica",
+        db = report.database
+        is_up = any(x["id"] == report.server_id and x["status"] == "active" for x in servers)
+        databases.append({"host": db.host, "port": db.port, "role": "replica",
                           "servers_configured": 1, "servers_active": 1 if is_up else 0})
-    backlogs = [r.get("audit_backlog") or {} for r in readonly_reports]
+    backlogs = [r.audit_backlog or BacklogReport() for r in readonly_reports]
     if rt.spool is not None:
-        backlogs.append(rt.spool.backlog().as_dict())
+        backlogs.append(BacklogReport.from_json(rt.spool.backlog().as_dict()))
     backlog = {
-        "pending": sum(int(b.get("pending", 0)) for b in backlogs),
-        "shipped": sum(int(b.get("shipped", 0)) for b in backlogs),
-        "oldest_pending": min((str(b["oldest_pending"]) for b in backlogs if b.get("oldest_pending")), default=None),
+        "pending": sum(b.pending for b in backlogs),
+        "shipped": sum(b.shipped for b in backlogs),
+        "oldest_pending": min((b.oldest_pending for b in backlogs if b.oldest_pending), default=None),
     }
     has_replicas = bool(replicas) or any(x["role"] == ServerRole.READONLY for x in servers)
     return {

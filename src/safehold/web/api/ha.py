@@ -59,7 +59,7 @@ async def local(request: Request, rt: RuntimeDep) -> dict[str, Any]:
     agent = getattr(request.app.state, "agent", None)
     wal = await wal_now(rt, min(1.0, rt.settings.ha.peer_timeout / 2))
     return local_report(rt, agent.data_age_seconds if agent else None, agent.alarm if agent else None,
-                        wal).__dict__
+                        wal).to_json()
 
 
 @router.patch("/servers/{server_id}", status_code=200, responses=errors(401, 403, 404, 422, 503))

@@ -17,6 +17,7 @@ from safehold import __version__
 from safehold.crypto.peerauth import HEADER, PeerVerifier
 from safehold.domain import ServerRole
 from safehold.errors import AuthenticationFailed, Conflict, InvalidInput
+from safehold.ha.peers import PromoteAnswer
 from safehold.ha.policy import EventKind
 from safehold.ha.rejoin import attach_replica, attach_secondary
 from safehold.services.runtime import Runtime, public_url
@@ -55,8 +56,7 @@ async def promote(body: PromoteRequest, request: Request, _: Peer, rt: RuntimeDe
     if rt.identity.role != ServerRole.READONLY or rt.fence is not None:
         raise Conflict(f"this server is a {rt.identity.role} server; only a read-only server can be promoted")
     generation = await agent.promote_self(reason=EventKind(body.reason), wait_lsn=body.wait_lsn, note=body.note)
-    return {"generation": generation, "server_id": rt.identity.id, "name": rt.identity.name,
-            "url": public_url(rt.settings)}
+    return PromoteAnswer(generation, rt.identity.id, rt.identity.name, public_url(rt.settings)).to_json()
 
 
 class ReplicaRequest(BaseModel):
