@@ -40,7 +40,7 @@ from safehold.config import (
 from safehold.crypto.certs import fingerprint
 from safehold.crypto.keyfile import create_key_file, load_key_file
 from safehold.domain import ServerRole
-from safehold.ha.readonly import create_pack
+from safehold.ha.pack import create_pack
 from safehold.ha.setupfile import payload, read_setup_file
 from safehold.pg import conf
 from safehold.services import database

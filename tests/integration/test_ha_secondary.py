@@ -249,7 +249,7 @@ def test_join_refuses_bad_files_keys_clusters_and_directories_changing_nothing(t
 def test_add_secondary_refuses_an_unknown_host_and_undoes_a_failure(topology: Topology,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from safehold.crypto.keyfile import load_key_file
-    from safehold.ha import secondary as secondary_module
+    from safehold.ha import add_secondary as secondary_module
     from safehold.services import database
 
     work = topology.root / "add-failures"

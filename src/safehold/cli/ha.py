@@ -111,12 +111,12 @@ def join(
     manifest = peek_kind(setup_file, passphrase)
     say = lambda m: out.print(f"• {m}")  # noqa: E731
     if manifest.kind == "readonly":
-        from safehold.ha.readonly import join_readonly
+        from safehold.ha.join_readonly import join_readonly
 
         settings = join_readonly(setup_file, passphrase, data_dir=data_dir, key_file=key_file, port=port,
                                  db_port=db_port, name=name, say=say)
     else:
-        from safehold.ha.secondary import join_secondary
+        from safehold.ha.join_secondary import join_secondary
 
         settings = join_secondary(setup_file, passphrase, data_dir=data_dir, key_file=key_file, port=port,
                                   name=name, say=say)

@@ -37,7 +37,7 @@ def pack(
     It makes a replication role and slot for that server, lets it stream (pg_hba.conf), takes an online base backup and seals it with the TLS trust, the connection settings and the cluster identity into one file: never the master key file. Join it on the read-only host with 'safehold ha join PACK --data-dir DIR --key-file K --passphrase-file P'."""
     from safehold.cli.context import load
     from safehold.errors import ConfigError
-    from safehold.ha.readonly import create_pack
+    from safehold.ha.pack import create_pack
     from safehold.services import database
 
     settings, master = load(data_dir)

@@ -27,7 +27,7 @@ def add_secondary(
     certificate and write one setup file for 'safehold ha join' (never the master key).
     A standalone server becomes the primary of its cluster."""
     from safehold.cli.context import load
-    from safehold.ha.secondary import add_secondary as add
+    from safehold.ha.add_secondary import add_secondary as add
     from safehold.services import database
 
     passphrase, generated = passphrase_for_new_file(passphrase_file)

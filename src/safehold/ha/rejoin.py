@@ -43,6 +43,7 @@ from safehold.crypto import peerauth
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, DatabaseError, SafeholdError
+from safehold.ha import names
 from safehold.pg import conf
 from safehold.pg.errors import PgError
 from safehold.storage import admin
@@ -79,13 +80,12 @@ def attach_replica(settings: Settings, *, cluster_id: str, key_check: bytes, gen
                    host: str, db_host: str | None = None) -> ReplicaGrant:
     """Make a replication role and slot for server ``server_id`` at ``host`` on this (acting primary's)
     bundled database and let it stream (and be rewound) from there.  Idempotent per server id."""
-    from safehold.ha.readonly import resolve_addresses
+    from safehold.ha.addresses import resolve_addresses
     from safehold.services.database import manager
 
     if settings.database.mode != "bundled" or settings.server.role != ServerRole.PRIMARY:
         raise ConfigError("only the acting primary, with its bundled database, can take a replica")
-    short = server_id.replace("-", "")[:12]
-    role, slot = f"repl_{short}", f"ro_{short}"
+    role, slot = names.replication_role(server_id), names.readonly_slot(server_id)
     su = owner_target(settings, dbname="postgres")
     password = secrets.token_urlsafe(32)
     admin.create_replication_role(su, role, password)
@@ -119,7 +119,7 @@ def attach_secondary(settings: Settings, *, cluster_id: str, key_check: bytes, g
                      db_user: str) -> SecondaryGrant:
     """Let a secondary of this cluster use this (acting primary's) bundled database: its login exists here
     already (roles replicate with the rest of the catalog); it needs the pg_hba.conf lines for its host."""
-    from safehold.ha.secondary import hba_lines_for, host_addresses
+    from safehold.ha.addresses import login_hba_lines, resolve_addresses
     from safehold.services.database import manager
 
     if settings.database.mode != "bundled" or settings.server.role != ServerRole.PRIMARY:
@@ -130,9 +130,9 @@ def attach_secondary(settings: Settings, *, cluster_id: str, key_check: bytes, g
     if row is None or not row[0]:
         raise ConfigError(f"{db_user} is not a secondary's database login of this cluster",
                           hint="add the server again with 'safehold ha add-secondary'")
-    addresses = [a for a in host_addresses(host) if not ipaddress.ip_address(a).is_loopback]
+    addresses = [a for a in resolve_addresses(host) if not ipaddress.ip_address(a).is_loopback]
     if addresses:
-        manager(settings).add_hba_lines(hba_lines_for(settings.database.name, db_user, addresses))
+        manager(settings).add_hba_lines(login_hba_lines(settings.database.name, db_user, addresses))
     return SecondaryGrant(conf.connect_host(settings.database.host), settings.database.port, cluster_id,
                           key_check.hex(), generation, settings.server.name)
 
@@ -298,13 +298,8 @@ def rejoin_from_pack(settings: Settings, master: MasterKey, pack_path: Path, pas
                      say: Say) -> RejoinResult:
     """The same from a setup pack of the acting primary: the server takes the pack's identity (its
     replication slot and certificate are made for that id) and its base backup is the fallback."""
-    from safehold.ha.readonly import (
-        DB_PASSWORD,
-        REPLICATION_PASSWORD,
-        SERVER_CERT,
-        SERVER_KEY,
-        _read_whole_pack,
-    )
+    from safehold.ha.join_readonly import read_whole_pack
+    from safehold.ha.pack import DB_PASSWORD, REPLICATION_PASSWORD, SERVER_CERT, SERVER_KEY
     from safehold.ha.setupfile import SetupFileError, scratch_dir
 
     _require_bundled(settings)
@@ -316,7 +311,7 @@ def rejoin_from_pack(settings: Settings, master: MasterKey, pack_path: Path, pas
 
     say(f"reading and checking {pack_path.name}")
     with scratch_dir(settings.data_dir) as scratch:
-        pack = _read_whole_pack(pack_path, passphrase, master, Path(scratch), same_cluster)
+        pack = read_whole_pack(pack_path, passphrase, master, Path(scratch), same_cluster)
         f = pack.manifest.fields
         if pack.text(DB_PASSWORD) != settings.read_secret(settings.database.password_file):
             raise ConfigError("the pack's app login is not this server's; nothing was changed")
@@ -433,9 +428,9 @@ def _wait_streaming(settings: Settings, pg: Any, timeout: float = STREAM_TIMEOUT
         except psycopg.Error as exc:
             last = type(exc).__name__
         time.sleep(0.2)
-    from safehold.ha.readonly import _last_error
+    from safehold.ha.join_readonly import last_log_error
 
-    raise DatabaseError(f"the replica did not stream within {timeout:g} s ({last}); {_last_error(pg)}")
+    raise DatabaseError(f"the replica did not stream within {timeout:g} s ({last}); {last_log_error(pg)}")
 
 
 def _fresh_copy(pg: Any, settings: Settings, grant: ReplicaGrant, application_name: str,

@@ -43,6 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from safehold.config import HaSection, Settings, load_settings, write_settings
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, DatabaseError, SafeholdError
+from safehold.ha import names
 from safehold.pg import PgManager
 from safehold.storage import admin
 from safehold.storage.db import DbTarget, app_target, owner_target
@@ -52,12 +53,10 @@ if TYPE_CHECKING:
 
 Say = Callable[[str], None]
 
-#: The names Safehold gives what it makes for other servers (see ha.readonly and ha.secondary).
-REPLICATION_ROLE = re.compile(r"repl_[0-9a-f]{12}")
-SLOT = re.compile(r"ro_[0-9a-f]{12}")
-SECONDARY_LOGIN = re.compile(r"app_[0-9a-f]{12}")
+#: The names Safehold gives what it makes for other servers (see ha.names).
+REPLICATION_ROLE, SLOT, SECONDARY_LOGIN = names.REPLICATION_ROLE, names.READONLY_SLOT, names.SECONDARY_LOGIN
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-SPOOL_DIR = "spool"  # the read-only server's audit spool (services.runtime)
+SPOOL_DIR = names.SPOOL_DIR  # the read-only server's audit spool (services.runtime)
 CATCH_UP_TIMEOUT = 20.0
 
 
@@ -230,8 +229,7 @@ def readonly_names(server_id: str, primary: Mapping[str, Any] | None) -> tuple[s
     """(replication role, slot) of a read-only server at its primary: as its replica's marker names
     them, else as 'safehold ha pack' named them (from the server id; a promoted replica's marker
     no longer names a primary)."""
-    short = uuid.UUID(server_id).hex[:12]
-    role, slot = f"repl_{short}", f"ro_{short}"
+    role, slot = names.replication_role(server_id), names.readonly_slot(server_id)
     if primary is not None:
         user, named = primary.get("user"), primary.get("slot")
         if isinstance(user, str) and _IDENTIFIER.fullmatch(user) and not user.startswith("pg_"):
@@ -277,8 +275,8 @@ def plan_secondary(self_id: str) -> Plan:
 
 
 def login_name(server_id: str) -> str:
-    """A secondary's database login (ha.secondary.login_role_name)."""
-    return "app_" + uuid.UUID(server_id).hex[:12]
+    """A secondary's database login (ha.names.secondary_login)."""
+    return names.secondary_login(server_id)
 
 
 def standalone_settings(stored: Settings) -> Settings:
@@ -607,7 +605,7 @@ class _Executor:
         self.outcome.new_cluster_id = cluster_id
 
     def drop_login(self, role: str) -> None:
-        from safehold.ha.secondary import drop_login
+        from safehold.storage.admin import drop_login
 
         _revoke_privileges(self._local_su(), role)
         drop_login(self._local_su(), role)

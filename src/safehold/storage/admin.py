@@ -197,3 +197,52 @@ def grant_monitoring(superuser: DbTarget, role: str) -> None:
     _check_name("role", role)
     with _connect(superuser) as conn:
         conn.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(role)))
+
+
+def wait_replication_allowed(host: str, port: int, role: str, password: str, sslrootcert: str,
+                             timeout: float = 15) -> None:
+    """Poll until the reloaded pg_hba.conf lets `role` open a replication connection (a reload is
+    asynchronous: pg_ctl returns once the signal is sent)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(host=host, port=port, user=role, password=password, replication="true",
+                                 dbname="replication", sslmode="verify-full", sslrootcert=sslrootcert,
+                                 connect_timeout=5):
+                return
+        except psycopg.OperationalError as exc:
+            said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "no pg_hba.conf entry" not in said or time.monotonic() > deadline:
+                raise DatabaseError(f"the replication role {role} cannot connect to {host}:{port} ({said})") from None
+        time.sleep(0.1)
+
+
+# --- secondaries' logins ------------------------------------------------------------------
+
+
+def create_login(superuser: DbTarget, role: str, password: str, *, like: str) -> None:
+    """A new LOGIN role holding exactly the privileges of the app login ``like``: it is made a
+    member of it (INHERIT), so whatever migrations grant to (or revoke from) the app login later
+    applies to this login too; it gets no privilege of its own."""
+    _check_name("role", role)
+    with _connect(superuser) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            raise DatabaseError(f"the database role {role} exists already")
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                             "NOREPLICATION NOBYPASSRLS").format(sql.Identifier(role)))
+        try:
+            _set_password(conn, role, password)
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(like), sql.Identifier(role)))
+        except BaseException:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+            raise
+
+
+def drop_login(superuser: DbTarget, role: str) -> None:
+    """Drop a secondary's login, ending its sessions first."""
+    _check_name("role", role)
+    with _connect(superuser) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                     "WHERE usename = %s AND pid <> pg_backend_pid()", (role,))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
