@@ -24,7 +24,6 @@ import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from safehold.audit.spool import ship
@@ -515,8 +514,7 @@ class HaAgent:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             async with self.rt.read() as conn:
-                done = (await conn.execute(text("SELECT pg_last_wal_replay_lsn() >= CAST(:lsn AS pg_lsn)"),
-                                           {"lsn": lsn})).scalar()
+                done = await replication.replayed_up_to(conn, lsn)
             if done:
                 return
             if asyncio.get_running_loop().time() > deadline:

@@ -31,14 +31,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
-
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from typing import Any, TypeVar
 
 from safehold.domain import ServerRole
+from safehold.storage import locks
+from safehold.storage.db import DB_ERRORS, AsyncConnection, AsyncEngine, database_time
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +45,7 @@ SCHEDULES = 1
 APPLICATION_PREFIX = "safehold-lease "
 #: Roles that take a free lease at once (a standalone server is its cluster's primary).
 PREFERRED = (ServerRole.PRIMARY, ServerRole.STANDALONE)
+_T = TypeVar("_T")
 
 
 class LeaseAction(StrEnum):
@@ -158,16 +156,8 @@ class ScheduleLease:
         self.server_id, self.role, self.key = server_id, ServerRole(role), key
         self.config = config or LeaseConfig()
         self.poll_interval, self.timeout, self._clock = poll_interval, timeout, clock
-        keepalive = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
-        self._engine = create_async_engine(
-            engine.url, poolclass=NullPool, isolation_level="AUTOCOMMIT",
-            connect_args={
-                **keepalive, "connect_timeout": max(1, int(timeout)),
-                "application_name": f"{APPLICATION_PREFIX}{server_id}"[:63],
-                # the server gives up on a vanished holder (and frees the lock) within ~11 s
-                "options": "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
-            },
-        )
+        self._engine = locks.session_engine(engine.url, application_name=f"{APPLICATION_PREFIX}{server_id}",
+                                            timeout=timeout)
         self._conn: AsyncConnection | None = None
         self._free_since: float | None = None
         self.holding = False
@@ -179,7 +169,7 @@ class ScheduleLease:
     async def step(self, on_acquire: OnAcquire = _nothing, on_release: OnRelease = _nothing) -> Decision:
         try:
             seen = await asyncio.wait_for(self._observe(), self.timeout)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        except (*DB_ERRORS, OSError, TimeoutError) as exc:
             return await self._lost(on_release, f"the database cannot be reached ({type(exc).__name__})")
         self.holder = seen.holder
         mine = seen.holder is not None and seen.holder.mine
@@ -191,18 +181,18 @@ class ScheduleLease:
             return self._say(Decision(LeaseAction.WAIT, "dropped a session holding the lease unknowingly"))
         decision = decide(self._view(seen), self.config)
         if decision.action == LeaseAction.ACQUIRE:
-            row = await self._try(self._lock_sql, "taken")
-            if row is not None and row.ok:
+            taken = await self._try(lambda conn: locks.try_lock(conn, NAMESPACE, self.key), "taken")
+            if taken is not None and taken.ok:
                 self.holding, self._free_since = True, None
-                self.holder = LeaseHolder(self.server_id, int(row.pid), True)
+                self.holder = LeaseHolder(self.server_id, taken.pid, True)
                 await on_acquire()
             else:
                 decision = Decision(LeaseAction.WAIT, "another server took the lease first")
         elif decision.action == LeaseAction.RELEASE:
             await on_release(False)
             self.holding, self.holder = False, None
-            row = await self._try(self._unlock_sql, "released")
-            if row is None or not row.ok:
+            released = await self._try(lambda conn: locks.unlock(conn, NAMESPACE, self.key), "released")
+            if not released:
                 await self._drop_connection()
         return self._say(decision)
 
@@ -258,23 +248,21 @@ class ScheduleLease:
 
         conn = await self._connection()
         holder = None
-        row = (await conn.execute(self._holder_sql, {"ns": NAMESPACE, "key": self.key})).first()
-        if row is not None:
-            name = row.application_name or ""
+        seen = await locks.holder(conn, NAMESPACE, self.key)
+        if seen is not None:
+            name = seen.application_name
             holder = LeaseHolder(name[len(APPLICATION_PREFIX):] if name.startswith(APPLICATION_PREFIX) else "",
-                                 int(row.pid), bool(row.mine))
+                                 seen.pid, seen.mine)
         servers = await server_store.all_servers(conn)
-        now = (await conn.execute(text("SELECT now()"))).scalar_one()
+        now = await database_time(conn)
         return _Observation(holder, list(servers), now)
 
-    async def _try(self, statement: Any, what: str) -> Any:
-        """Run a lock statement; its row, or None (and the session dropped) if it failed."""
+    async def _try(self, call: Callable[[AsyncConnection], Awaitable[_T]], what: str) -> _T | None:
+        """Take or release the lock; its answer, or None (and the session dropped) if that failed."""
         try:
             conn = await self._connection()
-            result = await asyncio.wait_for(conn.execute(statement, {"ns": NAMESPACE, "key": self.key}),
-                                            self.timeout)
-            return result.one()
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            return await asyncio.wait_for(call(conn), self.timeout)
+        except (*DB_ERRORS, OSError, TimeoutError) as exc:
             log.warning("schedules lease could not be %s: %s", what, type(exc).__name__)
             await self._drop_connection()
             return None
@@ -301,15 +289,6 @@ class ScheduleLease:
             log.info("schedules lease (%s): %s", self.role, decision.reason)
         self.last = decision
         return decision
-
-    # These belong in storage (advisory locks are SQL); they live here until it grows a module for them.
-    _holder_sql = text(
-        "SELECT l.pid, a.application_name, l.pid = pg_backend_pid() AS mine FROM pg_locks l "
-        "LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-        "AND l.classid::bigint = :ns AND l.objid::bigint = :key AND l.objsubid = 2 LIMIT 1")
-    _lock_sql = text("SELECT pg_try_advisory_lock(CAST(:ns AS int), CAST(:key AS int)) AS ok, "
-                     "pg_backend_pid() AS pid")
-    _unlock_sql = text("SELECT pg_advisory_unlock(CAST(:ns AS int), CAST(:key AS int)) AS ok")
 
 
 def _shape(reason: str) -> str:

@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
-from psycopg import sql
 
 from safehold.config import Settings, load_settings, write_settings
 from safehold.crypto import peerauth
@@ -46,8 +44,9 @@ from safehold.errors import ConfigError, DatabaseError, SafeholdError
 from safehold.ha import names
 from safehold.pg import conf
 from safehold.pg.errors import PgError
-from safehold.storage import admin
-from safehold.storage.db import DbTarget, app_target, owner_target
+from safehold.storage import admin, divergence, roles
+from safehold.storage.db import DB_ERRORS, DbTarget, app_target, owner_target
+from safehold.storage.replication import receiver_state
 
 Say = Callable[[str], None]
 PEER_REPLICAS = "/api/v1/ha/peer/replicas"
@@ -124,10 +123,7 @@ def attach_secondary(settings: Settings, *, cluster_id: str, key_check: bytes, g
 
     if settings.database.mode != "bundled" or settings.server.role != ServerRole.PRIMARY:
         raise ConfigError("only the acting primary, with its bundled database, can take a secondary")
-    with _connect(owner_target(settings, dbname="postgres")) as conn:
-        row = conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER') FROM pg_roles WHERE rolname = %s",
-                           (db_user, settings.database.user, db_user)).fetchone()
-    if row is None or not row[0]:
+    if not roles.is_member(owner_target(settings, dbname="postgres"), db_user, settings.database.user):
         raise ConfigError(f"{db_user} is not a secondary's database login of this cluster",
                           hint="add the server again with 'safehold ha add-secondary'")
     addresses = [a for a in resolve_addresses(host) if not ipaddress.ip_address(a).is_loopback]
@@ -157,52 +153,16 @@ def _host_of(url: str) -> str:
     return httpx.URL(url).host
 
 
-def _connect(t: DbTarget, dbname: str | None = None) -> psycopg.Connection[Any]:
-    return psycopg.connect(host=t.host, port=t.port, user=t.user, password=t.password, dbname=dbname or t.dbname,
-                           sslmode="verify-full", sslrootcert=str(t.sslrootcert), autocommit=True,
-                           connect_timeout=10)
-
-
-def _row_digests(conn: psycopg.Connection[Any], table: str, pk: list[str]) -> dict[str, str]:
-    q = sql.SQL("SELECT ({pk})::text, md5(t::text) FROM {t} AS t").format(
-        pk=sql.SQL(", ").join(sql.Identifier(c) for c in pk) if len(pk) == 1 else
-        sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in pk)),
-        t=sql.Identifier(table))
-    return {str(k): str(v) for k, v in conn.execute(q).fetchall()}
-
-
-def _tables(conn: psycopg.Connection[Any]) -> dict[str, list[str]]:
-    rows = conn.execute("""
-        SELECT c.relname, array_agg(a.attname ORDER BY array_position(i.indkey, a.attnum))
-        FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
-        WHERE i.indisprimary AND n.nspname = 'public' GROUP BY c.relname ORDER BY c.relname""").fetchall()
-    return {str(name): list(cols) for name, cols in rows}
-
-
 def export_divergence(local: DbTarget, source: DbTarget, out: Path) -> dict[str, int]:
     """Write every row the local database holds that the source lacks or holds differently, as JSON lines
     ``{"table", "key", "status": "only-here" | "differs", "row"}``; returns counts per table (the file is
     written only when there is something to report).  Rows hold ciphertext, never a clear password."""
     counts: dict[str, int] = {}
     lines: list[str] = []
-    with _connect(local) as lc, _connect(source) as sc:
-        for table, pk in _tables(lc).items():
-            if table in VOLATILE_TABLES:
-                continue
-            mine, theirs = _row_digests(lc, table, pk), _row_digests(sc, table, pk)
-            diff = {k: ("only-here" if k not in theirs else "differs") for k, d in mine.items() if theirs.get(k) != d}
-            if not diff:
-                continue
-            counts[table] = len(diff)
-            q = sql.SQL("SELECT ({pk})::text, to_jsonb(t) FROM {t} AS t").format(
-                pk=sql.SQL(", ").join(sql.Identifier(c) for c in pk) if len(pk) == 1 else
-                sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in pk)),
-                t=sql.Identifier(table))
-            for key, row in lc.execute(q):
-                if str(key) in diff:
-                    lines.append(json.dumps({"table": table, "key": str(key), "status": diff[str(key)], "row": row},
-                                            default=str, sort_keys=True))
+    for d in divergence.divergent_rows(local, source, skip=VOLATILE_TABLES):
+        counts[d.table] = counts.get(d.table, 0) + 1
+        lines.append(json.dumps({"table": d.table, "key": d.key, "status": d.status, "row": d.row},
+                                default=str, sort_keys=True))
     if lines:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -420,12 +380,13 @@ def _wait_streaming(settings: Settings, pg: Any, timeout: float = STREAM_TIMEOUT
     last = "not connected"
     while time.monotonic() < deadline:
         try:
-            with _connect(target) as conn:
-                row = conn.execute("SELECT pg_is_in_recovery(), (SELECT status FROM pg_stat_wal_receiver)").fetchone()
-            if row is not None and row[0] and row[1] == "streaming":
+            in_recovery, status = receiver_state(target)
+            if in_recovery and status == "streaming":
                 return
-            last = f"receiver {row[1] if row else None}"
-        except psycopg.Error as exc:
+            last = f"receiver {status}"
+        except DatabaseError:  # no connection (yet)
+            last = "not connected"
+        except DB_ERRORS as exc:
             last = type(exc).__name__
         time.sleep(0.2)
     from safehold.ha.join_readonly import last_log_error

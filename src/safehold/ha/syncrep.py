@@ -26,18 +26,14 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from psycopg import sql
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-
 from safehold.config import Settings, load_settings
 from safehold.domain import ServerRole
 from safehold.errors import SafeholdError
 from safehold.ha.policy import EventKind
 from safehold.storage import ha as ha_store
-from safehold.storage import replication
+from safehold.storage import replication, system_settings
 from safehold.storage import servers as server_store
-from safehold.storage.db import owner_target
+from safehold.storage.db import AsyncConnection, AsyncEngine, make_engine, owner_target
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +42,7 @@ log = logging.getLogger(__name__)
 SYNC_CONDITION = "SyncStandbyMissing"
 #: The subject of the guard's events in the HA event log.
 SUBJECT = "synchronous replication"
-SETTING = "synchronous_standby_names"
+SETTING = system_settings.SYNC_NAMES
 
 
 # --- the pure part ------------------------------------------------------------------------------------
@@ -192,11 +188,9 @@ def guard_runs_on(settings: Settings) -> bool:
 def superuser_engine(settings: Settings) -> AsyncEngine:
     """One autocommit connection as the bundled database's superuser.  Its commits never wait for a
     standby (synchronous_commit = local) and no statement runs longer than 10 s."""
-    target = owner_target(settings)
-    return create_async_engine(
-        target.sqlalchemy_url(), pool_size=1, max_overflow=0, pool_pre_ping=True, isolation_level="AUTOCOMMIT",
-        connect_args={"connect_timeout": 5, "application_name": "safehold-sync-guard",
-                      "options": "-c synchronous_commit=local -c statement_timeout=10000"})
+    return make_engine(owner_target(settings), pool_size=1, autocommit=True, connect_timeout=5,
+                       application_name="safehold-sync-guard",
+                       options="-c synchronous_commit=local -c statement_timeout=10000")
 
 
 async def observe(conn: AsyncConnection) -> SyncView | None:
@@ -209,22 +203,8 @@ async def observe(conn: AsyncConnection) -> SyncView | None:
                             if r.role == ServerRole.READONLY.value))
     streaming = frozenset(s.application_name for s in view.standbys
                           if s.application_name and s.state == "streaming")
-    current = (await conn.execute(text("SELECT current_setting(:name)"), {"name": SETTING})).scalar_one()
-    return SyncView(standbys=standbys, streaming=streaming, current=str(current or ""))
-
-
-async def set_sync_names(conn: AsyncConnection, value: str) -> None:
-    """ALTER SYSTEM (postgresql.auto.conf, read after safehold.conf) and reload.  Neither waits for a
-    synchronous standby: no transaction id, no commit record."""
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None  # a connection checked out of the pool is open
-    if value:
-        stmt = sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(SETTING), sql.Literal(value))
-    else:
-        stmt = sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(SETTING))
-    await driver.execute(stmt)
-    await driver.execute("SELECT pg_reload_conf()")
+    current = await system_settings.current_setting(conn, SETTING)
+    return SyncView(standbys=standbys, streaming=streaming, current=current)
 
 
 def _reason(exc: BaseException) -> str:
@@ -291,7 +271,7 @@ class SyncGuard:
                                          degrade_after=degrade_after)
             for a in actions:
                 if isinstance(a, SetSyncNames):
-                    await set_sync_names(conn, a.value)  # a failure keeps the old state: retried
+                    await system_settings.set_sync_names(conn, a.value)  # a failure keeps the old state: retried
             alarms = [a for a in actions if not isinstance(a, SetSyncNames)]
             if alarms:
                 try:
@@ -345,7 +325,7 @@ async def apply_now(settings: Settings, enabled: bool) -> tuple[SyncView, str | 
                 wanted = desired_sync_names(view.standbys)
             if wanted is None or wanted == view.current:
                 return view, None
-            await set_sync_names(conn, wanted)
+            await system_settings.set_sync_names(conn, wanted)
             return view, wanted
     finally:
         await engine.dispose()

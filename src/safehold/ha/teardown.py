@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,17 +35,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import psycopg
-from psycopg import sql
-from sqlalchemy.exc import SQLAlchemyError
-
 from safehold.config import HaSection, Settings, load_settings, write_settings
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, DatabaseError, SafeholdError
 from safehold.ha import names
 from safehold.pg import PgManager
-from safehold.storage import admin
-from safehold.storage.db import DbTarget, app_target, owner_target
+from safehold.storage import admin, replication, roles, system_settings
+from safehold.storage import cluster as cluster_store
+from safehold.storage import servers as server_store
+from safehold.storage.db import DB_ERRORS, DbTarget, app_target, check_reachable, owner_target
+from safehold.storage.roles import RoleInfo
+from safehold.storage.servers import RegistryEntry
 
 if TYPE_CHECKING:
     from safehold.audit.spool import AuditSpool
@@ -89,24 +88,10 @@ def kind_of(settings: Settings) -> Kind:
     return Kind.NOTHING
 
 
-class RoleInfo(NamedTuple):
-    name: str
-    replication: bool
-    superuser: bool
-    app_member: bool  # a member of the app login (what a secondary's login is)
-
-
 class SlotInfo(NamedTuple):
     name: str
     slot_type: str
     active: bool
-
-
-class RegistryEntry(NamedTuple):
-    id: str
-    name: str
-    role: str
-    url: str
 
 
 @dataclass(frozen=True)
@@ -309,49 +294,11 @@ def leftover_sql(role: str | None, slot: str | None, server_id: str | None) -> l
 
 
 # --- what the database holds (read) ------------------------------------------------------------
-# This SQL belongs in storage (admin, servers, cluster); it lives here until those modules grow it.
-
-
-def _connect(target: DbTarget, dbname: str | None = None) -> psycopg.Connection:
-    if target.url is not None:  # an external database, as its URL says
-        try:
-            return psycopg.connect(target.url, autocommit=True, connect_timeout=10)
-        except psycopg.Error as exc:
-            raise DatabaseError(f"cannot connect to the database ({_reason(exc)})") from None
-    return admin._connect(target, dbname or target.dbname)
-
-
-_ROLES_SQL = """
-SELECT r.rolname, r.rolreplication, r.rolsuper,
-       EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles a ON a.oid = m.roleid
-               WHERE m.member = r.oid AND a.rolname = %s)
-FROM pg_roles r
-WHERE r.rolname ~ '^(repl|app)_[0-9a-f]{12}$'
-"""
-
-
-def _revoke_privileges(superuser: DbTarget, role: str) -> None:
-    """Revoke whatever was granted to `role` in any database (e.g. EXECUTE on the functions pg_rewind
-    reads, granted to every replication role), so DROP ROLE does not fail on it.  A role that owns
-    objects is refused: DROP OWNED BY would drop them."""
-    admin._check_name("role", role)
-    with _connect(superuser, "postgres") as conn:
-        rows = conn.execute(
-            "SELECT DISTINCT d.datname, s.deptype = 'o' FROM pg_shdepend s JOIN pg_roles r ON r.oid = s.refobjid "
-            "LEFT JOIN pg_database d ON d.oid = s.dbid "
-            "WHERE s.refclassid = 'pg_authid'::regclass AND r.rolname = %s", (role,)).fetchall()
-    if any(owns for _, owns in rows):
-        raise DatabaseError(f"the role {role} owns database objects; leaving it alone",
-                            hint=f"reassign them (REASSIGN OWNED BY {role} TO ...) and run the teardown again")
-    # privileges on shared objects (a database's CONNECT) are revoked from any database
-    for dbname in sorted({str(r[0]) for r in rows if r[0] is not None} | ({"postgres"} if rows else set())):
-        with _connect(superuser, dbname) as conn:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
 
 
 def drop_replication_role(superuser: DbTarget, role: str) -> bool:
     """admin.drop_replication_role, after revoking what was granted to the role; False if it was gone."""
-    _revoke_privileges(superuser, role)
+    roles.revoke_privileges(superuser, role)
     return admin.drop_replication_role(superuser, role)
 
 
@@ -360,23 +307,18 @@ def read_inventory(settings: Settings, pg: PgManager | None, *, superuser: bool)
     as the superuser when it may)."""
 
     try:
-        roles: tuple[RoleInfo, ...] = ()
+        found: tuple[RoleInfo, ...] = ()
         slots: tuple[SlotInfo, ...] = ()
         if superuser:
             su = owner_target(settings, dbname="postgres")
-            with _connect(su) as conn:
-                roles = tuple(RoleInfo(str(r[0]), bool(r[1]), bool(r[2]), bool(r[3]))
-                              for r in conn.execute(_ROLES_SQL, (settings.database.user,)).fetchall())
+            found = tuple(roles.safehold_roles(su, settings.database.user))
             slots = tuple(SlotInfo(s.name, s.slot_type, s.active) for s in admin.list_slots(su))
-        with _connect(app_target(settings)) as conn:
-            registry = tuple(RegistryEntry(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in conn.execute(
-                "SELECT id::text, name, role, url FROM servers ORDER BY registered_at").fetchall())
-            row = conn.execute("SELECT cluster_id::text FROM cluster WHERE id = 1").fetchone()
-    except psycopg.Error as exc:
+        registry = tuple(server_store.registry(app_target(settings)))
+        cluster_id = cluster_store.cluster_id(app_target(settings))
+    except DB_ERRORS as exc:
         raise DatabaseError(f"cannot read this server's database ({_reason(exc)})") from None
     extra = tuple(pg.extra_hba_lines()) if pg is not None else ()
-    return Inventory(roles=roles, slots=slots, registry=registry, extra_hba=extra,
-                     cluster_id=str(row[0]) if row else None)
+    return Inventory(roles=found, slots=slots, registry=registry, extra_hba=extra, cluster_id=cluster_id)
 
 
 def _reason(exc: BaseException) -> str:
@@ -423,7 +365,7 @@ def prepare(settings: Settings, pg: PgManager | None) -> Plan:
     assert pg is not None
     superuser = has_superuser_password(settings)
     standby = pg.is_standby()
-    marker = pg._marker_fields().get("primary") if standby else None
+    marker = pg.marker_fields().get("primary") if standby else None
     return plan_readonly(me, read_inventory(settings, pg, superuser=superuser),
                          names=readonly_names(me, marker if isinstance(marker, dict) else None),
                          standby=standby, settings_cluster_id=settings.ha.cluster_id,
@@ -490,7 +432,7 @@ class _Executor:
             self.say(step.message)
             try:
                 handlers[step.action](step.target)
-            except (SafeholdError, psycopg.Error, SQLAlchemyError, OSError) as exc:
+            except (SafeholdError, *DB_ERRORS, OSError) as exc:
                 if step.action not in REMOTE:
                     raise DatabaseError(f"{step.message} failed: {_reason(exc)}",
                                         hint="nothing after this step was done; fix the cause and run "
@@ -506,9 +448,8 @@ class _Executor:
         step there is tried (each would wait for its connection to time out)."""
         self.say("reaching the primary database")
         try:
-            with _connect(self._primary(superuser=False)) as conn:
-                conn.execute("SELECT 1")
-        except (SafeholdError, psycopg.Error) as exc:
+            check_reachable(self._primary(superuser=False))
+        except (SafeholdError, *DB_ERRORS) as exc:
             self.primary_down = _reason(exc)
             self.warn(f"the primary database cannot be reached ({self.primary_down}); carrying on without it")
 
@@ -551,21 +492,10 @@ class _Executor:
         self.say(f"  shipped {asyncio.run(go())} record(s)")
 
     def catch_up(self, _: str) -> None:
-        with _connect(self._primary(superuser=False)) as conn:
-            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-        lsn = str(row[0]) if row else "0/0"
-        deadline = time.monotonic() + CATCH_UP_TIMEOUT
-        with _connect(app_target(self.settings)) as conn:
-            while True:
-                done = conn.execute("SELECT coalesce(pg_last_wal_replay_lsn() >= %s::pg_lsn, false)",
-                                    (lsn,)).fetchone()
-                if done and done[0]:
-                    return
-                if time.monotonic() > deadline:
-                    self.warn(f"the replica had not replayed up to {lsn} after {CATCH_UP_TIMEOUT:g}s; "
-                              "the copy holds what it had")
-                    return
-                time.sleep(0.2)
+        lsn = replication.current_wal_lsn(self._primary(superuser=False))
+        if not replication.wait_replayed(app_target(self.settings), lsn, CATCH_UP_TIMEOUT):
+            self.warn(f"the replica had not replayed up to {lsn} after {CATCH_UP_TIMEOUT:g}s; "
+                      "the copy holds what it had")
 
     def drop_primary_role(self, role: str) -> None:
         if not drop_replication_role(self._primary(superuser=True), role):
@@ -583,9 +513,8 @@ class _Executor:
         failure: BaseException | None = None
         for target in candidates:
             try:
-                with _connect(target) as conn:
-                    gone = conn.execute("DELETE FROM servers WHERE id = %s::uuid", (server_id,)).rowcount
-            except (SafeholdError, psycopg.Error) as exc:
+                gone = server_store.unregister(target, server_id)
+            except (SafeholdError, *DB_ERRORS) as exc:
                 failure = exc
                 continue
             if not gone:
@@ -599,15 +528,13 @@ class _Executor:
         self.pg.promote()
 
     def renew_cluster_id(self, cluster_id: str) -> None:
-        with _connect(app_target(self.settings)) as conn:
-            conn.execute("UPDATE cluster SET cluster_id = %s::uuid, generation = 1, acting_primary = NULL, "
-                         "promoted_at = NULL WHERE id = 1", (cluster_id,))
+        cluster_store.renew_identity(app_target(self.settings), cluster_id)
         self.outcome.new_cluster_id = cluster_id
 
     def drop_login(self, role: str) -> None:
         from safehold.storage.admin import drop_login
 
-        _revoke_privileges(self._local_su(), role)
+        roles.revoke_privileges(self._local_su(), role)
         drop_login(self._local_su(), role)
 
     def reset_hba(self, _: str) -> None:
@@ -615,15 +542,10 @@ class _Executor:
         self.pg.write_hba([])
 
     def reset_sync(self, _: str) -> None:
-        with _connect(self._local_su()) as conn:
-            conn.execute(sql.SQL("ALTER SYSTEM RESET synchronous_standby_names"))
-            conn.execute("SELECT pg_reload_conf()")
+        system_settings.reset_sync_names(self._local_su())
 
     def forget_servers(self, self_id: str) -> None:
-        with _connect(app_target(self.settings)) as conn, conn.transaction():
-            conn.execute("DELETE FROM servers WHERE id <> %s::uuid", (self_id,))
-            conn.execute("UPDATE servers SET role = %s WHERE id = %s::uuid",
-                         (ServerRole.STANDALONE.value, self_id))
+        server_store.keep_only(app_target(self.settings), self_id, ServerRole.STANDALONE.value)
 
     def write_settings(self, _: str) -> None:
         write_settings(standalone_settings(load_settings(self.settings.data_dir, env={})))

@@ -24,15 +24,14 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 
-import psycopg
-
 from safehold.config import Settings
 from safehold.errors import SafeholdError
 from safehold.ha.peers import LocalReport, PeerClient
 from safehold.ha.writelease import Confirmation
 from safehold.pg.runas import write_file
 from safehold.services.runtime import Fence
-from safehold.storage.db import DbTarget, owner_target
+from safehold.storage import system_settings
+from safehold.storage.db import DB_ERRORS, owner_target
 
 log = logging.getLogger(__name__)
 
@@ -140,35 +139,15 @@ def take_override(settings: Settings) -> bool:
     return time.time() - st.st_mtime < OVERRIDE_TTL
 
 
-def _set_read_only(target: DbTarget, on: bool) -> None:
-    with psycopg.connect(host=target.host, port=target.port, user=target.user, password=target.password,
-                         dbname="postgres", sslmode="verify-full", sslrootcert=str(target.sslrootcert),
-                         autocommit=True, connect_timeout=5) as conn:
-        if on:
-            conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
-        else:
-            conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
-        conn.execute("SELECT pg_reload_conf()")
-        if on:
-            # sessions already in a transaction keep it; end them so nothing more commits
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = "
-                         "'client backend' AND pid <> pg_backend_pid() AND datname = %s", (target.dbname,))
-
-
 def database_read_only(settings: Settings) -> bool:
     """Whether the bundled database was set read-only by fencing (False when it cannot be asked)."""
     if settings.database.mode != "bundled":
         return False
     try:
-        target = owner_target(settings)
-        with psycopg.connect(host=target.host, port=target.port, user=target.user, password=target.password,
-                             dbname="postgres", sslmode="verify-full", sslrootcert=str(target.sslrootcert),
-                             autocommit=True, connect_timeout=5) as conn:
-            row = conn.execute("SELECT current_setting('default_transaction_read_only'), pg_is_in_recovery()"
-                               ).fetchone()
-    except (SafeholdError, psycopg.Error, OSError):
+        read_only, in_recovery = system_settings.read_only_state(owner_target(settings))
+    except (SafeholdError, *DB_ERRORS, OSError):
         return False
-    return row is not None and row[0] == "on" and not row[1]
+    return read_only and not in_recovery
 
 
 def fence_database(settings: Settings, on: bool = True) -> bool:
@@ -177,10 +156,8 @@ def fence_database(settings: Settings, on: bool = True) -> bool:
     if settings.database.mode != "bundled":
         return False
     try:
-        target = owner_target(settings)
-        _set_read_only(DbTarget(target.host, target.port, settings.database.name, target.user, target.password,
-                                target.sslrootcert), on)
-    except (SafeholdError, psycopg.Error, OSError) as exc:
+        system_settings.set_read_only(owner_target(settings), on)  # its database's sessions are ended
+    except (SafeholdError, *DB_ERRORS, OSError) as exc:
         log.warning("could not %s the bundled database: %s", "fence" if on else "unfence",
                     exc.message if isinstance(exc, SafeholdError) else type(exc).__name__)
         return False

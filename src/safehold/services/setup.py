@@ -27,7 +27,7 @@ from safehold.services import database
 from safehold.services.runtime import bootstrap_cluster, open_runtime
 from safehold.services.users import Actor, create_user
 from safehold.storage import admin
-from safehold.storage.db import app_target, owner_target
+from safehold.storage.db import app_target, make_engine, owner_target
 
 Say = Callable[[str], None]
 
@@ -158,9 +158,7 @@ def _initialise(opts: InitOptions, data_dir: Path, say: Say) -> InitResult:
 
 
 async def _bootstrap(settings: Settings, master: MasterKey, opts: InitOptions) -> str:
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(app_target(settings).sqlalchemy_url())
+    engine = make_engine(app_target(settings), pool_size=1)
     try:
         async with engine.begin() as conn:
             from safehold.storage import cluster

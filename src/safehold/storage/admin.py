@@ -10,22 +10,14 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from safehold.errors import DatabaseError, InvalidInput
-from safehold.storage.db import DbTarget
+from safehold.storage.db import DbTarget, connect
 from safehold.storage.replication import SLOTS_SQL, Slot, slot_from_row
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def _connect(target: DbTarget, dbname: str = "postgres") -> psycopg.Connection:
-    params = {"host": target.host, "port": target.port, "user": target.user, "password": target.password,
-              "dbname": dbname, "sslmode": "verify-full", "connect_timeout": 10}
-    if target.sslrootcert is not None:
-        params["sslrootcert"] = str(target.sslrootcert)
-    try:
-        return psycopg.connect(**params, autocommit=True)  # type: ignore[arg-type]
-    except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to the database as {target.user} "
-                            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    return connect(target, dbname)  # the one connect helper; cluster-level work goes to "postgres"
 
 
 def _set_password(conn: psycopg.Connection, role: str, password: str) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from safehold.storage.db import DbTarget, connect
 from safehold.storage.schema import cluster, keyring
 
 
@@ -69,3 +70,30 @@ async def database_read_only(conn: AsyncConnection) -> bool:
     """Whether the database refuses writes by default (fencing sets ``default_transaction_read_only``)."""
     value = (await conn.execute(text("SELECT current_setting('default_transaction_read_only')"))).scalar()
     return value == "on"
+
+
+async def raise_generation(conn: AsyncConnection, acting_primary: str) -> int:
+    """A promotion, in the caller's transaction: the next generation (returned), with ``acting_primary``
+    as the server holding it from now on (the row is locked until the transaction ends)."""
+    row = (await conn.execute(select(cluster.c.generation).where(cluster.c.id == 1).with_for_update())).one()
+    generation = int(row.generation) + 1
+    await conn.execute(update(cluster).where(cluster.c.id == 1).values(
+        generation=generation, acting_primary=acting_primary, promoted_at=func.now()))
+    return generation
+
+
+# --- synchronously, on a connection of their own (the CLI's teardown) ---------------------------
+
+
+def cluster_id(target: DbTarget) -> str | None:
+    """The database's cluster id (None before the cluster row exists)."""
+    with connect(target) as conn:
+        row = conn.execute("SELECT cluster_id::text FROM cluster WHERE id = 1").fetchone()
+    return str(row[0]) if row else None
+
+
+def renew_identity(target: DbTarget, new_cluster_id: str) -> None:
+    """A new cluster under ``new_cluster_id``: generation 1, no acting primary, never promoted."""
+    with connect(target) as conn:
+        conn.execute("UPDATE cluster SET cluster_id = %s::uuid, generation = 1, acting_primary = NULL, "
+                     "promoted_at = NULL WHERE id = 1", (new_cluster_id,))

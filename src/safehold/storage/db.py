@@ -7,16 +7,32 @@ connection as the database owner.
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psycopg
 from sqlalchemy import URL, create_engine, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from safehold.config import Settings
 from safehold.errors import DatabaseError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+#: The connection and engine types callers above storage name (AsyncConnection, AsyncEngine) are imported
+#: from here, so that nothing above storage imports the driver.
+__all__ = ["DB_ERRORS", "AsyncConnection", "AsyncEngine", "DbTarget", "app_target", "check_reachable", "connect",
+           "database_time", "grant_app_privileges", "make_engine", "owner_target", "ping", "run_migrations",
+           "schema_is_current"]
+
+#: What a database call may raise below storage (the sync driver's and the async engine's errors):
+#: callers above storage catch these without naming a driver.
+DB_ERRORS: tuple[type[psycopg.Error], type[SQLAlchemyError]] = (psycopg.Error, SQLAlchemyError)
 
 
 @dataclass(frozen=True)
@@ -82,14 +98,76 @@ def owner_target(settings: Settings, dbname: str | None = None) -> DbTarget:
     )
 
 
-def make_engine(target: DbTarget, *, pool_size: int = 10) -> AsyncEngine:
+def _first_line(exc: BaseException) -> str:
+    text_ = str(exc).strip()
+    return text_.splitlines()[0] if text_ else type(exc).__name__
+
+
+def connect(target: DbTarget, dbname: str | None = None, *, timeout: float = 10) -> psycopg.Connection:
+    """The one synchronous connection helper: an autocommit psycopg connection to ``target`` (its
+    database, or ``dbname``), TLS verified against the cluster CA (verify-full), giving up after
+    ``timeout`` seconds.  An external database is reached as its URL says.  A connection that cannot
+    be made raises DatabaseError; statements raise the driver's errors (see DB_ERRORS)."""
+    if target.url is not None:  # an external database, as its URL says
+        try:
+            return psycopg.connect(target.url, autocommit=True, connect_timeout=max(1, int(timeout)))
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot connect to the database ({_first_line(exc)})") from None
+    params: dict[str, Any] = {"host": target.host, "port": target.port, "user": target.user,
+                              "password": target.password, "dbname": dbname or target.dbname,
+                              "sslmode": "verify-full", "connect_timeout": max(1, int(timeout))}
+    if target.sslrootcert is not None:
+        params["sslrootcert"] = str(target.sslrootcert)
+    try:
+        return psycopg.connect(**params, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"cannot connect to the database as {target.user} ({_first_line(exc)})") from None
+
+
+def check_reachable(target: DbTarget, *, timeout: float = 10) -> None:
+    """Connect and make one round trip; raises (DatabaseError or DB_ERRORS) when the database does not answer."""
+    with connect(target, timeout=timeout) as conn:
+        conn.execute("SELECT 1")
+
+
+def make_engine(target: DbTarget | URL, *, pool_size: int = 10, pooled: bool = True, autocommit: bool = False,
+                connect_timeout: float | None = None, application_name: str | None = None,
+                options: str | None = None, connect_args: Mapping[str, Any] | None = None) -> AsyncEngine:
+    """The one async engine factory (SQLAlchemy Core over psycopg 3, TLS verify-full as
+    :meth:`DbTarget.sqlalchemy_url` says).  ``pooled=False``: every connection is a session of its
+    own that closing really ends (advisory locks); ``options``: server settings for every session
+    (``-c name=value``)."""
+    args: dict[str, Any] = dict(connect_args or {})
+    if connect_timeout is not None:
+        args["connect_timeout"] = max(1, int(connect_timeout))
+    if application_name is not None:
+        args["application_name"] = application_name[:63]
+    if options is not None:
+        args["options"] = options
+    url = target.sqlalchemy_url() if isinstance(target, DbTarget) else target
+    extra: dict[str, Any] = {"connect_args": args} if args else {}
+    if autocommit:
+        extra["isolation_level"] = "AUTOCOMMIT"
+    if not pooled:
+        return create_async_engine(url, poolclass=NullPool, **extra)
     # A fixed pool (no overflow connections opened and closed under load: each costs a TLS
     # handshake and a SCRAM exchange).  Pre-ping stays: after a database restart or failover a
     # stale connection is replaced instead of failing a request.
     return create_async_engine(
-        target.sqlalchemy_url(), pool_size=pool_size, max_overflow=0, pool_timeout=10,
-        pool_pre_ping=True, pool_recycle=1800,
+        url, pool_size=pool_size, max_overflow=0, pool_timeout=10,
+        pool_pre_ping=True, pool_recycle=1800, **extra,
     )
+
+
+async def ping(conn: AsyncConnection) -> None:
+    """A round trip to the database (raises when it does not answer)."""
+    await conn.execute(text("SELECT 1"))
+
+
+async def database_time(conn: AsyncConnection) -> dt.datetime:
+    """The database's clock (the start of the current transaction)."""
+    value: dt.datetime = (await conn.execute(text("SELECT now()"))).scalar_one()
+    return value
 
 
 def schema_is_current(target: DbTarget) -> bool:

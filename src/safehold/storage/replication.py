@@ -14,6 +14,7 @@ server itself, so no clock of ours takes part.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,8 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from safehold.storage.db import DbTarget, connect
 
 
 @dataclass(frozen=True)
@@ -207,3 +210,40 @@ async def wal_position(conn: AsyncConnection) -> tuple[bool, str]:
         "coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) ELSE pg_current_wal_lsn() END)::text"
     ))).one()
     return bool(r[0]), str(r[1])
+
+
+async def replayed_up_to(conn: AsyncConnection, lsn: str) -> bool:
+    """Whether this replica has replayed the WAL up to ``lsn``."""
+    return bool((await conn.execute(text("SELECT pg_last_wal_replay_lsn() >= CAST(:lsn AS pg_lsn)"),
+                                    {"lsn": lsn})).scalar())
+
+
+# --- synchronously, on a connection of their own (the CLI) -------------------------------------
+
+
+def current_wal_lsn(target: DbTarget) -> str:
+    """The database's current WAL position ('0/0' when it reports none)."""
+    with connect(target) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    return str(row[0]) if row else "0/0"
+
+
+def wait_replayed(target: DbTarget, lsn: str, timeout: float, *, interval: float = 0.2) -> bool:
+    """Poll the replica at ``target`` until it has replayed up to ``lsn``; False after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    with connect(target) as conn:
+        while True:
+            done = conn.execute("SELECT coalesce(pg_last_wal_replay_lsn() >= %s::pg_lsn, false)",
+                                (lsn,)).fetchone()
+            if done and done[0]:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(interval)
+
+
+def receiver_state(target: DbTarget, *, timeout: float = 10) -> tuple[bool, str | None]:
+    """(in recovery, WAL receiver status) of the database at ``target``."""
+    with connect(target, timeout=timeout) as conn:
+        row = conn.execute("SELECT pg_is_in_recovery(), (SELECT status FROM pg_stat_wal_receiver)").fetchone()
+    return (bool(row[0]), None if row[1] is None else str(row[1])) if row else (False, None)

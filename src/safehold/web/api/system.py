@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from safehold import __version__
 from safehold.errors import DatabaseError
+from safehold.storage.db import ping
 from safehold.web.deps import RuntimeDep
 from safehold.web.schemas import Health, ServerInfo
 
@@ -20,7 +20,7 @@ async def health(rt: RuntimeDep) -> JSONResponse:
     database = "ok"
     try:
         async with rt.read() as conn:
-            await conn.execute(text("SELECT 1"))
+            await ping(conn)
     except DatabaseError:
         database = "unavailable"
     body = Health(status="ok" if database == "ok" else "degraded", version=__version__,
