@@ -3,9 +3,13 @@ against the server's own bundled PostgreSQL."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import shutil
 import tarfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -125,6 +129,27 @@ def test_restart_keeps_data_and_the_audit_chain_detects_an_edit(server: Server) 
     bad = server.cli("audit", "verify", check=False)
     assert bad.returncode == 1
     assert f"record id {row[0]}" in bad.stderr and "altered" in bad.stderr
+
+
+def test_the_command_line_exports_what_the_api_exports(shared_server: Server, admin_token: str,
+                                                       tmp_path: Path) -> None:
+    """'safehold audit export' writes the API's CSV byte for byte, and the same records as JSON lines."""
+    reason = 'ticket "4711", on call'
+    _, account = seed_account(shared_server, admin_token, SECRET, resource=f"export-{uuid.uuid4().hex[:8]}")
+    with shared_server.client(admin_token) as c:
+        assert c.get(f"/accounts/{account}/password", params={"reason": reason}).status_code == 200
+        server_id = c.get("/health").json()["server"]["id"]
+        api_csv = c.get("/audit/export", params={"server": server_id}).text
+    out = tmp_path / "audit.csv"
+    shared_server.cli("audit", "export", "--server", server_id, "--out", str(out))
+    assert out.read_bytes().decode() == api_csv
+    rows = list(csv.DictReader(io.StringIO(api_csv)))
+    assert rows[-1]["target_id"] == account and json.loads(rows[-1]["detail"]) == {"reason": reason}
+
+    lines = shared_server.cli("audit", "export", "--server", server_id, "--format", "jsonl").stdout.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [str(r["id"]) for r in records] == [row["id"] for row in rows]
+    assert records[-1]["detail"] == {"reason": reason} and records[-1]["server_id"] == server_id
 
 
 def test_deleting_audit_records_is_detected(server: Server) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import os
 import sys
@@ -334,13 +333,9 @@ def token_create(
 @audit_app.command("verify")
 def audit_verify(data_dir: DataDir) -> None:
     """Check every server's audit chain; exit 1 and name each altered or missing record."""
-    from safehold.audit.verify import verify_all
+    from safehold.services import audit
 
-    async def go(rt: Runtime) -> Any:
-        async with rt.read() as conn:
-            return await verify_all(conn, rt.keys.audit_key)
-
-    report = with_runtime(data_dir, go)
+    report = with_runtime(data_dir, audit.verify)
     t = Table("server", "records")
     for sid, n in sorted(report.servers.items()):
         t.add_row(sid, str(n))
@@ -362,21 +357,16 @@ def audit_export(
     since: Annotated[dt.datetime | None, typer.Option(help="From this time.")] = None,
 ) -> None:
     """Export audit records."""
-    from safehold.storage import audit as store
-    from safehold.web.api.audit import records_csv
+    from safehold.services import audit
 
     if fmt not in ("csv", "jsonl"):
         fail("--format must be csv or jsonl")
 
     async def go(rt: Runtime) -> list[Any]:
-        async with rt.read() as conn:
-            return await store.export(conn, server=server, since=since)
+        return await audit.export(rt, audit.RecordFilter(server=server, since=since))
 
     rows = with_runtime(data_dir, go)
-    if fmt == "csv":
-        text = records_csv(rows)
-    else:
-        text = "".join(json.dumps(dict(r._mapping), default=str, sort_keys=True) + "\n" for r in rows)
+    text = audit.records_csv(rows) if fmt == "csv" else audit.records_jsonl(rows)
     if output:
         output.write_text(text)
         err.print(f"{len(rows)} record(s) written to {output}")

@@ -14,6 +14,7 @@ from safehold.services import access
 from safehold.services.ha_status import cluster_status, local_report, wal_now
 from safehold.storage import ha as ha_store
 from safehold.storage import servers as server_store
+from safehold.web.agent import live_peers as _live_peers
 from safehold.web.api.common import AUTH_ERRORS, Limit, errors
 from safehold.web.deps import CurrentUser, RuntimeDep
 from safehold.web.schemas import In, Text100Required
@@ -23,13 +24,6 @@ router = APIRouter(prefix="/ha", tags=["high availability"])
 
 class ServerRename(In):
     name: Text100Required
-
-
-def _live_peers(request: Request) -> dict[str, bool] | None:
-    agent = getattr(request.app.state, "agent", None)
-    if agent is None or not agent.peers:
-        return None
-    return {p.server_id: p.healthy for p in agent.peers}
 
 
 @router.get("/status", responses=AUTH_ERRORS)

@@ -4,25 +4,19 @@ the read-only servers' spool backlog (administrators and auditors)."""
 from __future__ import annotations
 
 import datetime as dt
-import json
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
-from safehold.audit.verify import verify_all
 from safehold.domain import AuditAction, AuditResult, ServerRole
-from safehold.services import access
+from safehold.services import access, audit
 from safehold.services.access import Principal
-from safehold.services.ha_status import cluster_status
-from safehold.storage import audit as store
-from safehold.storage import servers as server_store
-from safehold.web.api.audit import records_csv
-from safehold.web.api.ha import _live_peers
+from safehold.services.audit import RecordFilter
+from safehold.web.agent import live_peers
 from safehold.web.ui.core import Form, UiUser, render, runtime
 
 router = APIRouter()
@@ -34,16 +28,15 @@ FILTERS = ("actor", "action", "result", "since", "until", "text")
 ROLE_ORDER = {ServerRole.PRIMARY: 0, ServerRole.STANDALONE: 0, ServerRole.SECONDARY: 1, ServerRole.READONLY: 2}
 ROLE_LABEL = {ServerRole.PRIMARY: "Primary", ServerRole.STANDALONE: "Standalone", ServerRole.SECONDARY: "Secondary",
               ServerRole.READONLY: "Read-only"}
-TEXT_COLUMNS = ("actor", "action", "result", "source_ip", "target_type", "target_id", "target_name", "server_name")
 
 
 @dataclass
 class Query:
-    """The filters as typed (``form``), those that parsed (``service``: for the audit store), the server
-    tab and the page."""
+    """The filters as typed (``form``), those that parsed (``filter``: for the audit service), the
+    server tab and the page."""
 
     form: Form
-    service: dict[str, Any] = field(default_factory=dict)
+    filter: RecordFilter = RecordFilter()
     text: str = ""
     server: str = ""
     page: int = 1
@@ -92,24 +85,15 @@ def parse_query(request: Request) -> Query:
         f.errors["until"] = "must be later than “from”"
     server = qp.get("server", "").strip()
     if server:
-        try:
-            server = str(uuid.UUID(server))
-        except ValueError:
-            server = "00000000-0000-0000-0000-000000000000"  # matches nothing, as the API
+        server = audit.server_filter(server)  # one that is not an id matches nothing, as in the API
     q.server = server
     try:
         q.page = max(1, min(int(qp.get("page", "1")), 1_000_000))
     except ValueError:
         q.page = 1
-    q.service = {"action": action, "actor": values["actor"] or None, "server": server or None, "role": None,
-                 "result": result, "since": since, "until": until}
+    q.filter = RecordFilter(action=action, actor=values["actor"] or None, server=server or None, result=result,
+                            since=since, until=until)
     return q
-
-
-def _matches(row: Any, text: str) -> bool:
-    m = row._mapping
-    hay = [str(m[c] or "") for c in TEXT_COLUMNS] + [json.dumps(m["detail"], sort_keys=True, ensure_ascii=False)]
-    return any(text in h.lower() for h in hay)
 
 
 def server_tabs(rows: Sequence[Any]) -> list[dict[str, str]]:
@@ -132,30 +116,15 @@ async def audit_page(request: Request, p: UiUser, verify: str = "") -> Response:
     _require(p)
     rt = runtime(request)
     q = parse_query(request)
-    rows: list[Any] = []
-    total = 0
-    truncated = False
-    report = None
-    async with rt.read() as conn:
-        servers = await server_store.all_servers(conn)
-        if not q.form.errors:
-            offset = (q.page - 1) * PAGE
-            if q.text:
-                scanned, all_total = await store.search(conn, limit=TEXT_SCAN, offset=0, **q.service)
-                hits = [r for r in scanned if _matches(r, q.text)]
-                truncated = all_total > len(scanned)
-                total = len(hits)
-                rows = hits[offset:offset + PAGE]
-            else:
-                rows, total = await store.search(conn, limit=PAGE, offset=offset, **q.service)
-        if verify:
-            report = (await verify_all(conn, rt.keys.audit_key)).as_dict()
-    status = await cluster_status(rt, live_peers=_live_peers(request))
-    pages = max(1, -(-total // PAGE))
+    found = await audit.browse(rt, None if q.form.errors else q.filter, text=q.text, limit=PAGE,
+                               offset=(q.page - 1) * PAGE, scan=TEXT_SCAN, verify=bool(verify))
+    backlog = await audit.spool_backlog(rt, live_peers(request))
+    pages = max(1, -(-found.total // PAGE))
     return render(request, "audit.html", p, status=422 if q.form.errors else 200,
-                  form=q.form, q=q, rows=rows, total=total, truncated=truncated, text_scan=TEXT_SCAN,
-                  tabs=server_tabs(servers), actions=[a.value for a in AuditAction],
-                  results=[r.value for r in AuditResult], report=report, backlog=status["audit_backlog"],
+                  form=q.form, q=q, rows=found.rows, total=found.total, truncated=found.truncated,
+                  text_scan=TEXT_SCAN, tabs=server_tabs(found.servers), actions=[a.value for a in AuditAction],
+                  results=[r.value for r in AuditResult],
+                  report=found.report.as_dict() if found.report is not None else None, backlog=backlog,
                   page=q.page, pages=pages, export_link="/ui/audit/export.csv" + q.link(page=None),
                   verify_link=q.link(verify=1, page=None), when=when)
 
@@ -168,10 +137,7 @@ async def audit_export(request: Request, p: UiUser) -> Response:
     q = parse_query(request)
     if q.form.errors:
         return PlainTextResponse("; ".join(f"{k}: {v}" for k, v in q.form.errors.items()), status_code=422)
-    async with rt.read() as conn:
-        rows = await store.export(conn, **q.service)
-    if q.text:
-        rows = [r for r in rows if _matches(r, q.text)]
-    return PlainTextResponse(records_csv(rows), media_type="text/csv",
+    rows = await audit.export(rt, q.filter, q.text)
+    return PlainTextResponse(audit.records_csv(rows), media_type="text/csv",
                              headers={"Content-Disposition": 'attachment; filename="safehold-audit.csv"',
                                       "Cache-Control": "no-store"})
