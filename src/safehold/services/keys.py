@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safehold.audit.chain import AuditEvent
-from safehold.crypto.envelope import Keyring, aad_for, new_data_key
+from safehold.crypto.barrier import Secret
+from safehold.crypto.envelope import Keyring, new_data_key
 from safehold.crypto.keyfile import MasterKey, create_key_file
 from safehold.domain import AuditAction, AuditResult
 from safehold.errors import KeyFileError
@@ -59,7 +60,7 @@ async def reencrypt(rt: Runtime, master: MasterKey, progress: Callable[[int, int
             async with rt.write() as conn:
                 batch = await vault_store.secret_batch(conn, table.name, column.name, after, BATCH)
                 for row_id, blob in batch:
-                    aad = aad_for(table.name, column.name, row_id)
+                    aad = Secret.stored_in(table.name, column.name).aad(str(row_id))
                     if Keyring.version_of(blob) != version:
                         await vault_store.replace_secret(conn, table.name, column.name, row_id,
                                                          new_ring.seal(new_ring.open(blob, aad), aad))

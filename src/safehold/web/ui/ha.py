@@ -19,6 +19,7 @@ from safehold.services.access import Principal
 from safehold.services.ha_status import cluster_status
 from safehold.services.runtime import Runtime
 from safehold.storage import ha as ha_store
+from safehold.web.agent import live_peers
 from safehold.web.api import ha as ha_api
 from safehold.web.ui.audit import ROLE_LABEL, ROLE_ORDER, when
 from safehold.web.ui.core import (
@@ -165,7 +166,7 @@ def _lag(status: dict[str, Any]) -> str:
 async def live_context(request: Request, rt: Runtime) -> dict[str, Any]:
     """What the live part shows: the cluster status, its drawing, the event log."""
     agent = getattr(request.app.state, "agent", None)
-    status = await cluster_status(rt, live_peers=ha_api._live_peers(request),
+    status = await cluster_status(rt, live_peers=live_peers(request),
                                   own_alarm=agent.alarm if agent else None)
     async with rt.read() as conn:
         events = await ha_store.recent_events(conn, EVENTS)
