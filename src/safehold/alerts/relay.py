@@ -15,10 +15,9 @@ import logging
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from safehold.alerts.events import AlertEvent
 from safehold.storage import alerts as alerts_store
+from safehold.storage.db import AsyncConnection
 
 log = logging.getLogger(__name__)
 BATCH = 500

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from safehold.audit.chain import ChainChecker, Problem
 from safehold.storage import audit as store
+from safehold.storage.db import AsyncConnection
 
 PAGE = 2000
 

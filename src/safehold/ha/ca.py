@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from safehold.config import Settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.errors import ConfigError
 from safehold.services.runtime import wrap_label
 from safehold.storage import cluster as cluster_store
-from safehold.storage.db import app_target, make_engine
+from safehold.storage.db import AsyncConnection, app_target, make_engine
 
 CA = "ca"
 

@@ -18,8 +18,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from safehold.config import Settings
 from safehold.domain import ServerRole
 from safehold.ha.failover import (
@@ -44,6 +42,7 @@ from safehold.ha.probe import (
     target_reachable_async,
 )
 from safehold.storage import servers as server_store
+from safehold.storage.db import AsyncEngine
 
 log = logging.getLogger(__name__)
 

@@ -18,23 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from safehold.config import Settings
 from safehold.crypto.keyfile import key_id_of, load_key_file
 from safehold.domain import ServerRole
 from safehold.errors import SafeholdError
+from safehold.ha import names
 from safehold.ha.peers import PeerClient
 from safehold.storage import cluster as cluster_store
 from safehold.storage import replication
 from safehold.storage import servers as server_store
-from safehold.storage.db import app_target, make_engine
+from safehold.storage.db import AsyncEngine, app_target, make_engine
 
 #: A disk fails the check with less free space than this, or less than this fraction of it.
 MIN_FREE_BYTES = 1 << 30
 MIN_FREE_FRACTION = 0.05
 DB_TIMEOUT = 10.0
-SPOOL_DIR = "spool"
+SPOOL_DIR = names.SPOOL_DIR  # the read-only server's audit spool
 
 
 @dataclass(frozen=True)

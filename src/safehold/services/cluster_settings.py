@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from safehold.alerts.dispatch import Dispatcher
 from safehold.alerts.settings import (
@@ -50,6 +49,7 @@ from safehold.domain import AuditAction, AuditResult
 from safehold.errors import Conflict, DatabaseError, InvalidInput, SafeholdError
 from safehold.services.runtime import Runtime
 from safehold.storage import cluster_settings as store
+from safehold.storage.db import AsyncConnection
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
 from safehold.audit.chain import AuditEvent
 from safehold.crypto.barrier import Barrier, Secret
 from safehold.domain import AuditAction, AuditResult, Permission
@@ -27,6 +25,7 @@ from safehold.services.access import IfMatch, Principal
 from safehold.services.runtime import Runtime
 from safehold.storage import users as user_store
 from safehold.storage import vault as store
+from safehold.storage.db import IntegrityError
 from safehold.storage.rows import present
 
 EXPORT_COLUMNS = ["resource", "type", "address", "description", "tags", "username", "password", "notes"]

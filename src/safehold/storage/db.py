@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import URL, create_engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -24,11 +24,12 @@ from safehold.errors import DatabaseError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
-#: The connection and engine types callers above storage name (AsyncConnection, AsyncEngine) are imported
-#: from here, so that nothing above storage imports the driver.
-__all__ = ["DB_ERRORS", "AsyncConnection", "AsyncEngine", "DbTarget", "app_target", "check_reachable", "connect",
-           "database_time", "grant_app_privileges", "make_engine", "owner_target", "ping", "run_migrations",
-           "schema_is_current"]
+#: The connection and engine types callers above storage name (AsyncConnection, AsyncEngine), and the
+#: errors they tell apart (IntegrityError, DataError, SQLAlchemyError), are imported from here, so that
+#: nothing above storage imports the driver.
+__all__ = ["DB_ERRORS", "AsyncConnection", "AsyncEngine", "DataError", "DbTarget", "IntegrityError",
+           "SQLAlchemyError", "app_target", "check_reachable", "connect", "database_time", "grant_app_privileges",
+           "make_engine", "owner_target", "ping", "run_migrations", "schema_is_current"]
 
 #: What a database call may raise below storage (the sync driver's and the async engine's errors):
 #: callers above storage catch these without naming a driver.
