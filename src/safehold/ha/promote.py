@@ -26,6 +26,7 @@ from safehold.config import Settings, load_settings, write_settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, SafeholdError
+from safehold.ha import names
 from safehold.ha.policy import EventKind
 from safehold.storage import cluster as cluster_store
 from safehold.storage import ha as ha_store
@@ -222,7 +223,7 @@ async def replay_spool(settings: Settings, audit_key: bytes, engine: AsyncEngine
     from safehold.audit.spool import AuditSpool, ship
     from safehold.storage import audit as audit_store
 
-    directory = settings.data_dir / "spool"
+    directory = settings.data_dir / names.SPOOL_DIR
     if not directory.is_dir():
         return 0
     async with engine.connect() as conn:
