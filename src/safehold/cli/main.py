@@ -28,7 +28,7 @@ user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 token_app = typer.Typer(help="Personal API tokens.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 key_app = typer.Typer(help="The master key.", no_args_is_help=True)
-from safehold.cli import ha_readonly, ha_secondary  # noqa: E402,F401 - they add their commands to ha_app
+from safehold.cli import ha_pack, ha_secondary  # noqa: E402,F401 - they add their commands to ha_app
 from safehold.cli.alerts import alerts_app  # noqa: E402
 from safehold.cli.ha import ha_app  # noqa: E402
 

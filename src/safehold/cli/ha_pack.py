@@ -1,4 +1,4 @@
-"""``safehold ha`` commands run on the primary for a new readonly server (registered on ha_app)."""
+"""``safehold ha pack``: on the primary, the setup pack of a new read-only server (registered on ha_app)."""
 
 from __future__ import annotations
 
