@@ -10,7 +10,7 @@ from typing import Any
 
 from safehold.domain import ServerRole
 from safehold.ha.policy import Event, Health, Liveness, Snapshot, transitions
-from safehold.services.ha_status import cluster_status
+from safehold.services.ha_status import ClusterView, cluster_view
 from safehold.services.runtime import Runtime
 from safehold.storage import ha as ha_store
 
@@ -18,15 +18,15 @@ log = logging.getLogger(__name__)
 REPLICAS = "read-only replicas"
 
 
-def snapshot_of(status: dict[str, Any]) -> Snapshot:
-    """The parts of ``GET /ha/status`` that transitions are computed from."""
-    ha = {REPLICAS: Health(status["ha_status"])} if status.get("ha_status") else {}
-    rep = {REPLICAS: Health(status["replication_status"])} if status.get("replication_status") else {}
-    servers = {s["name"]: Liveness(s["status"]) for s in status["servers"]}
-    standbys = frozenset(s["name"] for s in status["servers"] if s["role"] == ServerRole.READONLY)
+def snapshot_of(view: ClusterView) -> Snapshot:
+    """The parts of the cluster view (``GET /ha/status``) that transitions are computed from."""
+    ha = {REPLICAS: view.ha_status} if view.ha_status else {}
+    rep = {REPLICAS: view.replication_status} if view.replication_status else {}
+    servers = {s.name: s.status for s in view.servers}
+    standbys = frozenset(s.name for s in view.servers if s.role == ServerRole.READONLY)
     # (a primary that was standalone when it last started is still registered as such)
-    active = next((s["name"] for role in (ServerRole.PRIMARY, ServerRole.STANDALONE) for s in status["servers"]
-                   if s["role"] == role), "")
+    active = next((s.name for role in (ServerRole.PRIMARY, ServerRole.STANDALONE) for s in view.servers
+                   if s.role == role), "")
     return Snapshot(ha, rep, servers, standbys, active)
 
 
@@ -45,7 +45,7 @@ def from_json(d: dict[str, Any] | None) -> Snapshot | None:
 
 
 async def monitor_once(rt: Runtime) -> list[Event]:
-    now = snapshot_of(await cluster_status(rt))
+    now = snapshot_of(await cluster_view(rt))
     async with rt.write() as conn:
         before = from_json(await ha_store.last_snapshot(conn))
         events = transitions(before, now)

@@ -1,10 +1,15 @@
-"""The HA view of the cluster, as one server sees it: servers, databases, HA and replication status."""
+"""The HA view of the cluster, as one server sees it: servers, databases, HA and replication status.
+
+:func:`local_report` is what this server says about itself to its peers (``GET /api/v1/ha/local``);
+:func:`cluster_view` gathers the registry, this server's database and every peer's report into a
+:class:`ClusterView` (``GET /api/v1/ha/status``, the HA monitor, the HA page and ``safehold ha status``)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from safehold.domain import ServerRole
@@ -27,7 +32,7 @@ from safehold.ha.policy import (
     replication_status,
 )
 from safehold.ha.writelease import clock
-from safehold.services.runtime import Runtime, public_url
+from safehold.services.runtime import Fence, Runtime, public_url
 from safehold.storage import replication
 from safehold.storage import servers as server_store
 
@@ -63,15 +68,131 @@ async def wal_now(rt: Runtime, timeout: float) -> tuple[bool, str] | None:
         return None
 
 
-def _overall(statuses: list[Health]) -> str:
+def _overall(statuses: list[Health]) -> Health:
     """Alive only when there is a replica and every replica is Alive."""
-    return (Health.ALIVE if statuses and Health.FAILED not in statuses else Health.FAILED).value
+    return Health.ALIVE if statuses and Health.FAILED not in statuses else Health.FAILED
+
+
+# --- the cluster view: what GET /api/v1/ha/status answers, and what the HA monitor compares -------------------
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """A registered server as this one sees it."""
+
+    id: str
+    name: str
+    role: str
+    status: Liveness
+    hostname: str | None = None
+    dns_name: str | None = None
+    url: str | None = None
+    port: int | None = None
+    sessions: int = 0
+    last_seen: str | None = None  # ISO 8601
+
+    @property
+    def active(self) -> bool:
+        return self.status is Liveness.ACTIVE
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "hostname": self.hostname, "dns_name": self.dns_name,
+                "role": self.role, "url": self.url, "port": self.port, "status": self.status.value,
+                "sessions": self.sessions, "last_seen": self.last_seen}
+
+
+@dataclass(frozen=True)
+class DatabaseStatus:
+    """The primary database, or a read-only server's replica, and how many app servers use it."""
+
+    host: str
+    port: int
+    role: str  # primary or replica
+    servers_configured: int
+    servers_active: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class BacklogTotal:
+    """The audit records of every read-only server not yet in the primary database."""
+
+    pending: int = 0
+    shipped: int = 0
+    oldest_pending: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ClusterAlarm:
+    server: str
+    condition: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ThisServer:
+    id: str
+    name: str
+    role: str
+    mode: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """The cluster as one server sees it: ``GET /api/v1/ha/status`` answers :meth:`to_json`."""
+
+    cluster_id: str
+    generation: int
+    server: ThisServer
+    fence: Fence | None
+    servers: tuple[ServerStatus, ...]
+    databases: tuple[DatabaseStatus, ...]
+    ha_status: Health | None  # None: the cluster has no read-only server
+    replication_status: Health | None
+    replication_lag_bytes: int | None
+    replication_lag_seconds: float | None
+    audit_backlog: BacklogTotal
+    alarms: tuple[ClusterAlarm, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cluster_id": self.cluster_id,
+            "generation": self.generation,
+            "server": self.server.to_json(),
+            "fence": dataclasses.asdict(self.fence) if self.fence is not None else None,
+            "servers": [x.to_json() for x in self.servers],
+            "databases": [x.to_json() for x in self.databases],
+            "ha_status": self.ha_status.value if self.ha_status is not None else None,
+            "replication_status": self.replication_status.value if self.replication_status is not None else None,
+            "replication_lag_bytes": self.replication_lag_bytes,
+            "replication_lag_seconds": self.replication_lag_seconds,
+            "audit_backlog": self.audit_backlog.to_json(),
+            "alarms": [x.to_json() for x in self.alarms],
+        }
 
 
 async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = None,
                          own_alarm: tuple[str, str] | None = None, ask_self: bool = False) -> dict[str, Any]:
-    """Everything ``GET /api/v1/ha/status`` returns.  ``own_alarm``: this server's own alarm (its agent's);
-    ``ask_self``: ask this server's own /ha/local too (a command beside the running server has no agent)."""
+    """:func:`cluster_view` as JSON (the pages and the CLI read it so)."""
+    return (await cluster_view(rt, live_peers=live_peers, own_alarm=own_alarm, ask_self=ask_self)).to_json()
+
+
+async def cluster_view(rt: Runtime, *, live_peers: dict[str, bool] | None = None,
+                       own_alarm: tuple[str, str] | None = None, ask_self: bool = False) -> ClusterView:
+    """Servers (active or not), databases, HA and replication status, the read-only servers' audit backlog
+    and the alarms.  ``own_alarm``: this server's own alarm (its agent's); ``ask_self``: ask this server's own
+    /ha/local too (a command beside the running server has no agent)."""
     s = rt.settings
     now = dt.datetime.now(dt.UTC)
     stale_after = dt.timedelta(seconds=max(3 * s.ha.check_interval, 5))
@@ -82,16 +203,16 @@ async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = No
         primary = None if rt.readonly else await replication.primary_view(conn)
     async with PeerClient.for_settings(s) as client:
         # every server's own report: read-only servers' databases and backlogs, and every server's alarm
-        reports: list[LocalReport | None] = await asyncio.gather(*(client.local(r.url) if r.url and (r.id != rt.identity.id or ask_self)
-                                         else asyncio.sleep(0, None) for r in rows))
-    servers = []
-    alarms = []
+        asked = [r.url if r.url and (r.id != rt.identity.id or ask_self) else None for r in rows]
+        reports = await asyncio.gather(*(client.local(u) if u else _nothing() for u in asked))
+    servers: list[ServerStatus] = []
+    alarms: list[ClusterAlarm] = []
     if own_alarm is not None:
-        alarms.append({"server": rt.identity.name, "condition": own_alarm[0], "message": own_alarm[1]})
+        alarms.append(ClusterAlarm(rt.identity.name, *own_alarm))
     for r, report in zip(rows, reports, strict=True):
         alarm = report.alarm if report is not None else None
         if alarm is not None and not (r.id == rt.identity.id and own_alarm is not None):
-            alarms.append({"server": r.name, "condition": alarm.condition, "message": alarm.message})
+            alarms.append(ClusterAlarm(r.name, alarm.condition, alarm.message))
         if r.id == rt.identity.id:
             active = True
         elif r.role == ServerRole.READONLY:
@@ -100,13 +221,12 @@ async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = No
             active = live_peers[r.id]
         else:
             active = r.last_heartbeat is not None and now - r.last_heartbeat < stale_after
-        servers.append({
-            "id": r.id, "name": r.name, "hostname": r.hostname, "dns_name": r.dns_name, "role": r.role,
-            "url": r.url, "port": r.port, "status": (Liveness.ACTIVE if active else Liveness.INACTIVE).value,
-            "sessions": sessions.get(r.id, 0),
-            "last_seen": now.isoformat() if r.id == rt.identity.id else
+        servers.append(ServerStatus(
+            id=r.id, name=r.name, hostname=r.hostname, dns_name=r.dns_name, role=r.role, url=r.url, port=r.port,
+            status=Liveness.ACTIVE if active else Liveness.INACTIVE, sessions=sessions.get(r.id, 0),
+            last_seen=now.isoformat() if r.id == rt.identity.id else
             (r.last_heartbeat.isoformat() if r.last_heartbeat else None),
-        })
+        ))
 
     replicas: list[ReplicaObservation] = []
     if primary is not None:
@@ -122,36 +242,31 @@ async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = No
     rep = [replication_status(r, thresholds) for r in replicas]
     readonly_reports = [rep_ for r, rep_ in zip(rows, reports, strict=True) if rep_ is not None
                         and r.role == ServerRole.READONLY]
-    active_app = sum(1 for x in servers if x["status"] == "active" and x["role"] != ServerRole.READONLY)
-    configured_app = sum(1 for x in servers if x["role"] != ServerRole.READONLY)
-    databases = [{"host": s.database.host if not rt.readonly else (s.ha.primary_db_host or ""),
-                  "port": s.database.port if not rt.readonly else (s.ha.primary_db_port or 0),
-                  "role": "primary", "servers_configured": configured_app, "servers_active": active_app}]
+    active_app = sum(1 for x in servers if x.active and x.role != ServerRole.READONLY)
+    configured_app = sum(1 for x in servers if x.role != ServerRole.READONLY)
+    databases = [DatabaseStatus(s.database.host if not rt.readonly else (s.ha.primary_db_host or ""),
+                                s.database.port if not rt.readonly else (s.ha.primary_db_port or 0),
+                                "primary", configured_app, active_app)]
     for report in readonly_reports:
-        db = report.database
-        is_up = any(x["id"] == report.server_id and x["status"] == "active" for x in servers)
-        databases.append({"host": db.host, "port": db.port, "role": "replica",
-                          "servers_configured": 1, "servers_active": 1 if is_up else 0})
+        is_up = any(x.id == report.server_id and x.active for x in servers)
+        databases.append(DatabaseStatus(report.database.host, report.database.port, "replica", 1, 1 if is_up else 0))
     backlogs = [r.audit_backlog or BacklogReport() for r in readonly_reports]
     if rt.spool is not None:
         backlogs.append(BacklogReport.from_json(rt.spool.backlog().as_dict()))
-    backlog = {
-        "pending": sum(b.pending for b in backlogs),
-        "shipped": sum(b.shipped for b in backlogs),
-        "oldest_pending": min((b.oldest_pending for b in backlogs if b.oldest_pending), default=None),
-    }
-    has_replicas = bool(replicas) or any(x["role"] == ServerRole.READONLY for x in servers)
-    return {
-        "cluster_id": rt.cluster_id,
-        "generation": rt.generation,
-        "server": {"id": rt.identity.id, "name": rt.identity.name, "role": rt.identity.role.value, "mode": rt.mode},
-        "fence": dataclasses.asdict(rt.fence) if rt.fence is not None else None,
-        "servers": servers,
-        "databases": databases,
-        "ha_status": _overall(ha) if has_replicas else None,
-        "replication_status": _overall(rep) if has_replicas else None,
-        "replication_lag_bytes": max((r.lag_bytes or 0 for r in replicas), default=None),
-        "replication_lag_seconds": max((r.lag_seconds or 0.0 for r in replicas), default=None),
-        "audit_backlog": backlog,
-        "alarms": alarms,
-    }
+    backlog = BacklogTotal(sum(b.pending for b in backlogs), sum(b.shipped for b in backlogs),
+                           min((b.oldest_pending for b in backlogs if b.oldest_pending), default=None))
+    has_replicas = bool(replicas) or any(x.role == ServerRole.READONLY for x in servers)
+    return ClusterView(
+        cluster_id=rt.cluster_id, generation=rt.generation,
+        server=ThisServer(rt.identity.id, rt.identity.name, rt.identity.role.value, rt.mode),
+        fence=rt.fence, servers=tuple(servers), databases=tuple(databases),
+        ha_status=_overall(ha) if has_replicas else None,
+        replication_status=_overall(rep) if has_replicas else None,
+        replication_lag_bytes=max((r.lag_bytes or 0 for r in replicas), default=None),
+        replication_lag_seconds=max((r.lag_seconds or 0.0 for r in replicas), default=None),
+        audit_backlog=backlog, alarms=tuple(alarms),
+    )
+
+
+async def _nothing() -> LocalReport | None:
+    return None

@@ -11,7 +11,7 @@ from safehold.domain import AuditAction, AuditResult
 from safehold.errors import NotFound
 from safehold.ids import parse_id
 from safehold.services import access
-from safehold.services.ha_status import cluster_status, local_report, wal_now
+from safehold.services.ha_status import cluster_view, local_report, wal_now
 from safehold.storage import ha as ha_store
 from safehold.storage import servers as server_store
 from safehold.web.agent import live_peers as _live_peers
@@ -32,7 +32,8 @@ async def status(request: Request, p: CurrentUser, rt: RuntimeDep) -> dict[str, 
     read-only servers' audit backlog — as this server sees them (administrators)."""
     access.require(p.is_admin, "only administrators can see the HA status")
     agent = getattr(request.app.state, "agent", None)
-    return await cluster_status(rt, live_peers=_live_peers(request), own_alarm=agent.alarm if agent else None)
+    view = await cluster_view(rt, live_peers=_live_peers(request), own_alarm=agent.alarm if agent else None)
+    return view.to_json()
 
 
 @router.get("/events", responses=AUTH_ERRORS)

@@ -1,0 +1,82 @@
+"""The typed cluster view: ``GET /api/v1/ha/status`` keeps its JSON, and the HA monitor's snapshot of it, as
+tables (no servers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from safehold.ha.monitor import snapshot_of
+from safehold.ha.policy import Health, Liveness, Snapshot
+from safehold.services.ha_status import (
+    BacklogTotal,
+    ClusterAlarm,
+    ClusterView,
+    DatabaseStatus,
+    ServerStatus,
+    ThisServer,
+)
+from safehold.services.runtime import Fence
+
+ACTIVE, INACTIVE = Liveness.ACTIVE, Liveness.INACTIVE
+
+
+def server(name: str, role: str, status: Liveness = ACTIVE) -> ServerStatus:
+    return ServerStatus(id=f"id-{name}", name=name, role=role, status=status)
+
+
+def view(*servers: ServerStatus, ha: Health | None = None, rep: Health | None = None) -> ClusterView:
+    return ClusterView(cluster_id="c1", generation=2, server=ThisServer("id-a", "a", "primary", "read-write"),
+                       fence=None, servers=servers, databases=(), ha_status=ha, replication_status=rep,
+                       replication_lag_bytes=None, replication_lag_seconds=None, audit_backlog=BacklogTotal(),
+                       alarms=())
+
+
+def test_the_status_json_keeps_its_field_names_and_shapes() -> None:
+    v = ClusterView(
+        cluster_id="c1", generation=3, server=ThisServer("id-a", "a", "readonly", "read-only-emergency"),
+        fence=Fence(4, "id-p", "p", "https://p:8443"),
+        servers=(ServerStatus("id-a", "a", "readonly", ACTIVE, "host-a", None, "https://a:8443", 8443, 2,
+                              "2026-01-01T00:00:00+00:00"),),
+        databases=(DatabaseStatus("db", 5432, "primary", 2, 1),), ha_status=Health.ALIVE,
+        replication_status=Health.FAILED, replication_lag_bytes=10, replication_lag_seconds=0.5,
+        audit_backlog=BacklogTotal(1, 2, "2026-01-01T00:00:00+00:00"), alarms=(ClusterAlarm("a", "X", "y"),))
+    expected: dict[str, Any] = {
+        "cluster_id": "c1", "generation": 3,
+        "server": {"id": "id-a", "name": "a", "role": "readonly", "mode": "read-only-emergency"},
+        "fence": {"generation": 4, "acting_primary_id": "id-p", "acting_primary_name": "p",
+                  "acting_primary_url": "https://p:8443"},
+        "servers": [{"id": "id-a", "name": "a", "hostname": "host-a", "dns_name": None, "role": "readonly",
+                     "url": "https://a:8443", "port": 8443, "status": "active", "sessions": 2,
+                     "last_seen": "2026-01-01T00:00:00+00:00"}],
+        "databases": [{"host": "db", "port": 5432, "role": "primary", "servers_configured": 2, "servers_active": 1}],
+        "ha_status": "Alive", "replication_status": "Failed",
+        "replication_lag_bytes": 10, "replication_lag_seconds": 0.5,
+        "audit_backlog": {"pending": 1, "shipped": 2, "oldest_pending": "2026-01-01T00:00:00+00:00"},
+        "alarms": [{"server": "a", "condition": "X", "message": "y"}],
+    }
+    assert v.to_json() == expected
+    assert list(v.to_json()) == list(expected)
+    assert list(v.to_json()["servers"][0]) == list(expected["servers"][0])
+
+
+R = "read-only replicas"
+
+
+@pytest.mark.parametrize(("cluster", "expected"), [
+    pytest.param(view(server("a", "standalone")), Snapshot({}, {}, {"a": ACTIVE}, frozenset(), "a"),
+                 id="a standalone server: no replica, it is the active one"),
+    pytest.param(view(server("a", "primary"), server("b", "secondary", INACTIVE), server("r", "readonly"),
+                      ha=Health.ALIVE, rep=Health.FAILED),
+                 Snapshot({R: Health.ALIVE}, {R: Health.FAILED}, {"a": ACTIVE, "b": INACTIVE, "r": ACTIVE},
+                          frozenset({"r"}), "a"), id="a cluster"),
+    pytest.param(view(server("s", "secondary"), server("old", "standalone"), server("p", "primary")),
+                 Snapshot({}, {}, {"s": ACTIVE, "old": ACTIVE, "p": ACTIVE}, frozenset(), "p"),
+                 id="the primary before a server still registered as standalone"),
+    pytest.param(view(server("r", "readonly", INACTIVE), ha=Health.FAILED, rep=Health.FAILED),
+                 Snapshot({R: Health.FAILED}, {R: Health.FAILED}, {"r": INACTIVE}, frozenset({"r"}), ""),
+                 id="no primary registered"),
+])
+def test_the_monitor_snapshot(cluster: ClusterView, expected: Snapshot) -> None:
+    assert snapshot_of(cluster) == expected
