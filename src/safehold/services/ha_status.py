@@ -111,9 +111,6 @@ class DatabaseStatus:
     servers_configured: int
     servers_active: int
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
 class BacklogTotal:
@@ -123,18 +120,12 @@ class BacklogTotal:
     shipped: int = 0
     oldest_pending: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
 class ClusterAlarm:
     server: str
     condition: str
     message: str
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -143,9 +134,6 @@ class ThisServer:
     name: str
     role: str
     mode: str
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -169,16 +157,16 @@ class ClusterView:
         return {
             "cluster_id": self.cluster_id,
             "generation": self.generation,
-            "server": self.server.to_json(),
+            "server": dataclasses.asdict(self.server),
             "fence": dataclasses.asdict(self.fence) if self.fence is not None else None,
             "servers": [x.to_json() for x in self.servers],
-            "databases": [x.to_json() for x in self.databases],
+            "databases": [dataclasses.asdict(x) for x in self.databases],
             "ha_status": self.ha_status.value if self.ha_status is not None else None,
             "replication_status": self.replication_status.value if self.replication_status is not None else None,
             "replication_lag_bytes": self.replication_lag_bytes,
             "replication_lag_seconds": self.replication_lag_seconds,
-            "audit_backlog": self.audit_backlog.to_json(),
-            "alarms": [x.to_json() for x in self.alarms],
+            "audit_backlog": dataclasses.asdict(self.audit_backlog),
+            "alarms": [dataclasses.asdict(x) for x in self.alarms],
         }
 
 
