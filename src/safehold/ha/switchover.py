@@ -23,7 +23,7 @@ from safehold.config import Settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, SafeholdError
-from safehold.ha.peers import PeerUnreachable, PromoteAnswer, SyncPeerClient
+from safehold.ha.peers import LocalReport, PeerUnreachable, PromoteAnswer, SyncPeerClient
 from safehold.ha.rejoin import RejoinResult, rejoin
 
 Say = Callable[[str], None]
@@ -114,10 +114,18 @@ def _preflight(settings: Settings, target: Target) -> None:
             report = c.local(target.url)
     except (ssl.SSLError, OSError):
         report = None
+    check_target(target, report, settings.ha.cluster_id,
+                 max(3 * settings.ha.check_interval, 5.0) + settings.ha.peer_timeout)
+
+
+def check_target(target: Target, report: LocalReport | None, cluster_id: str | None, fresh_within: float) -> None:
+    """Whether the target can take over now, from its own report (pure): a read-only server of this cluster,
+    not fenced, its replica answering and known to be current within ``fresh_within`` seconds (else
+    SafeholdError, saying why)."""
     if report is None:
         raise SafeholdError(f"{target.name} at {target.url} does not answer; not switching over",
                             hint="start it, or choose another target")
-    if report.cluster_id != settings.ha.cluster_id:
+    if report.cluster_id != cluster_id:
         raise SafeholdError(f"{target.name} serves another cluster; not switching over")
     if report.role != ServerRole.READONLY or report.mode == "fenced":
         raise SafeholdError(f"{target.name} is not a read-only server now ({report.role or None}, "
@@ -126,7 +134,6 @@ def _preflight(settings: Settings, target: Target) -> None:
         raise SafeholdError(f"{target.name}'s replica database does not answer; not switching over",
                             hint="start it ('safehold db start --data-dir ...' on that host) and try again")
     age = report.data_age_seconds
-    fresh_within = max(3 * settings.ha.check_interval, 5.0) + settings.ha.peer_timeout
     if age is None or age > fresh_within:
         raise SafeholdError(f"{target.name}'s replica is not known to be streaming and caught up (data age "
                             f"{'unknown' if age is None else f'{age:.1f} s'}, at most {fresh_within:g} s needed); "
