@@ -9,10 +9,13 @@
 
 Before each heartbeat a primary/secondary asks its peers for their generation (fencing, see
 services.fencing).  When the server's mode changes — promoted, fenced, turned into a replica by a
-switchover — its loops are replaced by those of the new mode.
+switchover — its step says so (:class:`After`) and its loops are replaced by those of the new mode.
 
-Each loop re-reads the truth every cycle and never raises: an error is logged and the next cycle
-tries again.
+Each cycle of the heartbeat, the peer check and the fenced watch reads the truth into a view, asks the
+pure decision of :mod:`safehold.ha.cycle` for one action and one sentence, logs the sentence when it
+changes and carries the action out.  One long action at a time: while a promotion runs (its lock is
+held) the peer check does nothing else.  A loop never raises: an error is logged and the next cycle
+re-reads the truth.
 """
 
 from __future__ import annotations
@@ -22,20 +25,40 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
+from enum import Enum
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from safehold.audit.spool import ship
-from safehold.config import CONFIG_NAME, load_settings
+from safehold.config import CONFIG_NAME, Settings, load_settings
 from safehold.domain import ServerRole
 from safehold.errors import DatabaseError, SafeholdError
+from safehold.ha.cycle import (
+    PROMOTION_GRACE,
+    WRITER_UNCONFIRMED,
+    FencedAction,
+    FencedView,
+    ReadOnlyAction,
+    ReadOnlyView,
+    WriterAction,
+    WriterDecision,
+    WriterView,
+    data_age,
+    decide_fenced,
+    decide_readonly,
+    decide_writer,
+    fenced_needs_peers,
+    lease_alarm,
+    readonly_needs_peers,
+)
 from safehold.ha.failover import ReplicaReport, WriterReport
 from safehold.ha.lease import ScheduleLease, run_schedules
 from safehold.ha.lsn import lag_bytes
 from safehold.ha.monitor import monitor_once
 from safehold.ha.peers import LocalReport, PeerClient, primary_wal, writer_report
-from safehold.ha.policy import EventKind, PeerObservation, redirect_target
+from safehold.ha.policy import Event, EventKind, PeerObservation
 from safehold.ha.writelease import Confirmation, clock
 from safehold.services.fencing import (
     clear_fence,
@@ -56,35 +79,17 @@ from safehold.storage.db import DbTarget, app_target
 log = logging.getLogger(__name__)
 
 
-WRITER_UNCONFIRMED = "WriterUnconfirmed"
 SPOOL_FAILED = "AuditSpoolFailed"
+__all__ = ["WRITER_UNCONFIRMED", "After", "HaAgent", "data_age"]  # WRITER_UNCONFIRMED: from ha.cycle
 
 
-class ModeChanged(Exception):  # noqa: N818 - a signal, not an error
-    """The server's mode changed: its loops are replaced by those of the new mode."""
+class After(Enum):
+    """What a loop's step asks of its loop: the next cycle as usual, again after the retry delay (a state
+    about to change), or new loops (the server's mode changed: they are replaced by those of the new mode)."""
 
-
-def data_age(view: replication.ReplicaView, now: dt.datetime, caught_up_at: dt.datetime | None = None
-             ) -> float | None:
-    """How old the newest data a replica is known to have may be, in seconds (None: not a replica, or
-    nothing is known).  Known from two sources, the fresher wins:
-
-    - ``caught_up_at``: when the primary last reported a WAL position (over HTTPS, /ha/local) that the
-      replica had replayed by the time it was checked;
-    - the WAL receiver: while it streams and everything received is replayed, the replica is current as of
-      the last message it received from the primary (data or keepalive).
-
-    With neither, the time since the last replayed commit (an upper bound while the primary writes)."""
-    if not view.in_recovery:
-        return None
-    ages = []
-    if caught_up_at is not None:
-        ages.append((now - caught_up_at).total_seconds())
-    if view.streaming and not view.replay_backlog_bytes and view.last_msg_receipt_time is not None:
-        ages.append((now - view.last_msg_receipt_time).total_seconds())
-    if ages:
-        return max(0.0, min(ages))
-    return None if view.replay_delay_seconds is None else max(0.0, view.replay_delay_seconds)
+    NEXT = "next"
+    SOON = "soon"
+    NEW_MODE = "new_mode"
 
 
 class HaAgent:
@@ -102,6 +107,8 @@ class HaAgent:
         self._promote_lock = asyncio.Lock()
         self._config_mtime: int | None = None
         self.alarm: tuple[str, str] | None = None  # a raised alarm only this server knows of (condition, message)
+        self._said: dict[str, str] = {}  # each loop's last decision, logged when it changes
+        self._incomplete_since: float | None = None  # since when a promotion of this server looks interrupted
         self._client = PeerClient.for_settings(rt.settings)  # the peers' /ha/local and health checks
 
     @property
@@ -169,6 +176,7 @@ class HaAgent:
         await self._stop_loops()
         self.redirect = None
         self.peers = []
+        self._said, self._incomplete_since = {}, None
         self.start()
 
     async def _stop_loops(self) -> None:
@@ -207,82 +215,116 @@ class HaAgent:
         if self._primary_db is not None:
             await self._primary_db.dispose()
 
-    async def _every(self, step, *, retry: float | None = None) -> None:  # type: ignore[no-untyped-def]
-        """Run ``step`` every check interval; after a failure, again after ``retry`` seconds if given (the
-        heartbeat: a primary whose database went away notices at once what it came back as).  The same
-        failure is logged once per half minute, not every cycle."""
+    async def _every(self, step: Callable[[], Awaitable[After | None]], *, retry: float | None = None) -> None:
+        """Run ``step`` every check interval; after a failure (or when the step says so), again after ``retry``
+        seconds if given (the heartbeat: a primary whose database went away notices at once what it came back
+        as); when the step says the mode changed, the loops are replaced.  The same failure is logged once per
+        half minute, not every cycle."""
         loop = asyncio.get_running_loop()
         said, said_at = "", 0.0
         while True:
-            failed = False
+            soon = False
             try:
-                await step()
-            except ModeChanged:
-                loop.create_task(self._restart(), name="ha-restart")
-                return
+                after = await step()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reconcile next cycle; never die
-                failed = True
+                soon = True
                 text = str(exc) if isinstance(exc, SafeholdError) else type(exc).__name__
                 if text != said or loop.time() - said_at > 30:
                     log.warning("%s: %s", step.__name__, text)
                     said, said_at = text, loop.time()
             else:
                 said = ""
-            await asyncio.sleep(retry if failed and retry is not None else self.interval)
+                if after is After.NEW_MODE:
+                    loop.create_task(self._restart(), name="ha-restart")
+                    return
+                soon = after is After.SOON
+            await asyncio.sleep(retry if soon and retry is not None else self.interval)
+
+    def _say(self, loop: str, sentence: str, level: int = logging.WARNING) -> None:
+        """Log a loop's decision when it differs from its last one (not every cycle)."""
+        if self._said.get(loop) != sentence:
+            self._said[loop] = sentence
+            log.log(level, "%s: %s", loop, sentence)
+
+    def _publish(self, event: Event | None) -> None:
+        """Carry out a decision's event: this server's alarm is raised or cleared, and the channels told."""
+        if event is None:
+            return
+        if event.kind is EventKind.RAISE_ALARM:
+            self.alarm = (event.args[0], event.message)
+        elif event.kind is EventKind.CLEAR_ALARM:
+            self.alarm = None
+        self.publish(event.kind, event.subject, event.message, event.args)
+
+    @property
+    def _alarm_condition(self) -> str | None:
+        return None if self.alarm is None else self.alarm[0]
 
     # --- primary / secondary ------------------------------------------------------------
 
-    async def heartbeat(self) -> None:
+    async def heartbeat(self) -> After:
+        """Read (the peers, the database, the settings file when it matters), decide (ha.cycle), act."""
         started = clock()
-        confirmation = await self.check_generation()
-        if await asyncio.to_thread(take_override, self.rt.settings):
+        confirmation, newer = await self._ask_peers()
+        view, loaded = await self._writer_view(started, confirmation, newer)
+        return await self._carry_out(view, decide_writer(view), loaded)
+
+    async def _writer_view(self, started: float, confirmation: Confirmation, newer: Fence | None
+                           ) -> tuple[WriterView, Settings | None]:
+        """The heartbeat's view, and the settings file when it was read: when the database is a replica
+        (follow it?) or a standalone server's file changed ('ha pack' may have made it a primary)."""
+        replica = await self._database_is_replica()
+        loaded = None
+        if replica or self._settings_changed():
+            loaded = await asyncio.to_thread(load_settings, self.rt.settings.data_dir)
+        override = newer is None and await asyncio.to_thread(take_override, self.rt.settings)
+        rt = self.rt
+        return WriterView(rt.identity.name, rt.identity.role, replica, loaded.server.role if loaded else None, newer,
+                          confirmation, override, rt.lease, started, clock(), self._alarm_condition), loaded
+
+    async def _carry_out(self, view: WriterView, d: WriterDecision, loaded: Settings | None) -> After:
+        self._say("heartbeat", d.sentence, logging.INFO if d.action is WriterAction.HEARTBEAT else logging.WARNING)
+        if d.action is WriterAction.FOLLOW and loaded is not None:
+            await self._become_readonly(loaded)
+            return After.NEW_MODE
+        if d.action is WriterAction.FENCE and view.newer is not None:
+            await asyncio.to_thread(save_fence, self.rt.settings, view.newer)
+            await self.rt.become_fenced(view.newer)
+            await asyncio.to_thread(fence_database, self.rt.settings)
+            self._publish(d.event)
+            return After.NEW_MODE
+        if d.confirmation is Confirmation.OVERRIDE:
             log.warning("write lease: an operator overrode the confirmation ('safehold ha override-lease'); "
                         "this server writes again without having heard from a peer")
-            confirmation = Confirmation.OVERRIDE
-        self.rt.renew_lease(started, confirmation)
-        self._lease_alarm()
-        role = await self._adopted_role()
-        try:
-            async with self.rt.write() as conn:
-                if role is not None:
-                    await server_store.set_role(conn, self.rt.identity.id, role)
-                await server_store.heartbeat(conn, self.rt.identity.id)
-        except DatabaseError:
-            await self._follow_database()
-            raise
+        if d.confirmation is not None:
+            self.rt.renew_lease(view.started, d.confirmation)
+        self._publish(d.event)
+        if d.action is WriterAction.WAIT:
+            return After.SOON
+        adopt = d.action is WriterAction.ADOPT and loaded is not None
+        if adopt and loaded is not None:  # the primary from now on, not only from its next start
+            self.rt.settings = loaded
+            self.rt.identity = dataclasses.replace(self.rt.identity, role=ServerRole.PRIMARY)
+            self.rt.begin_lease()
+            log.info("this server is now the primary of cluster %s", loaded.ha.cluster_id)
+        async with self.rt.write() as conn:
+            if adopt:
+                await server_store.set_role(conn, self.rt.identity.id, ServerRole.PRIMARY)
+            await server_store.heartbeat(conn, self.rt.identity.id)
+        return After.NEXT
 
-    async def _adopted_role(self) -> ServerRole | None:
-        """A standalone server that 'ha pack' or 'ha add-secondary' made a primary (in its settings file)
-        is the primary from now on, not only from its next start."""
+    def _settings_changed(self) -> bool:
+        """Whether a standalone server's settings file changed since it last looked."""
         if self.rt.identity.role != ServerRole.STANDALONE:
-            return None
-        path = self.rt.settings.data_dir / CONFIG_NAME
+            return False
         try:
-            mtime = path.stat().st_mtime_ns
+            mtime = (self.rt.settings.data_dir / CONFIG_NAME).stat().st_mtime_ns
         except OSError:
-            return None
-        if mtime == self._config_mtime:
-            return None
-        self._config_mtime = mtime
-        settings = await asyncio.to_thread(load_settings, self.rt.settings.data_dir)
-        if settings.server.role != ServerRole.PRIMARY:
-            return None
-        self.rt.settings = settings
-        self.rt.identity = dataclasses.replace(self.rt.identity, role=ServerRole.PRIMARY)
-        self.rt.begin_lease()
-        log.info("this server is now the primary of cluster %s", settings.ha.cluster_id)
-        return ServerRole.PRIMARY
-
-    async def check_generation(self) -> Confirmation:
-        """Fencing: a peer of this cluster with a higher generation superseded this server (then it
-        turns fenced and ModeChanged is raised).  Otherwise: whether a peer confirmed the generation."""
-        confirmation, fence = await self._ask_peers()
-        if fence is None:
-            return confirmation
-        await self._fence(fence)
-        raise ModeChanged()
+            return False
+        changed, self._config_mtime = mtime != self._config_mtime, mtime
+        return changed
 
     async def _ask_peers(self) -> tuple[Confirmation, Fence | None]:
         if not in_cluster(self.rt.settings):
@@ -299,16 +341,6 @@ class HaAgent:
             self.rt.fence = fence  # refuse writes from this instant, before anything slower
         return confirmation_from(row.cluster_id, urls, reports), fence
 
-    async def _fence(self, fence: Fence) -> None:
-        """Turn fenced — unless a switchover or a rejoin made this server's database a replica of the newer
-        primary and this server a read-only server: then it follows that (ModeChanged)."""
-        await self._follow_database()
-        await asyncio.to_thread(save_fence, self.rt.settings, fence)
-        await self.rt.become_fenced(fence)
-        await asyncio.to_thread(fence_database, self.rt.settings)
-        self.publish(EventKind.FENCED, self.rt.identity.name, fence.message(),
-                     (self.rt.identity.name, fence.acting_primary_name))
-
     async def confirm_writer(self) -> None:
         """A write found the lease expired (this server stalled): ask the peers now.  Renews the lease, or
         sets the fence at once and leaves the rest of the fencing to a task of its own (the caller may be
@@ -316,47 +348,29 @@ class HaAgent:
         started = clock()
         confirmation, fence = await self._ask_peers()
         if fence is not None:
-            async def fence_and_restart() -> None:
-                with contextlib.suppress(ModeChanged):
-                    await self._fence(fence)
+            async def fence_and_restart() -> None:  # the heartbeat's decision: fence, or follow the database
+                view, loaded = await self._writer_view(started, confirmation, fence)
+                await self._carry_out(view, decide_writer(view), loaded)
                 await self._restart()
 
             asyncio.get_running_loop().create_task(fence_and_restart(), name="ha-fence")
             return
         self.rt.renew_lease(started, confirmation)
-        self._lease_alarm()
+        self._publish(lease_alarm(self.rt.identity.name, self.rt.lease, clock(), self._alarm_condition))
 
-    def _lease_alarm(self) -> None:
-        """Raise the alarm WriterUnconfirmed while the lease cannot be confirmed; clear it when it is."""
-        lease = self.rt.lease
-        if lease is None:
-            return
-        now = clock()
-        if not lease.valid(now) and self.alarm is None:
-            message = (f"{lease.describe(now)}; no peer of the cluster confirmed this server's generation, so it "
-                       "refuses every change ('safehold ha override-lease' if no other server took over)")
-            self.alarm = (WRITER_UNCONFIRMED, message)
-            self.publish(EventKind.RAISE_ALARM, self.rt.identity.name, message, self.alarm)
-        elif lease.valid(now) and self.alarm is not None and self.alarm[0] == WRITER_UNCONFIRMED:
-            self.alarm = None
-            text_ = "the write lease is confirmed again: this server accepts changes"
-            self.publish(EventKind.CLEAR_ALARM, self.rt.identity.name, text_, (text_,))
-
-    async def _follow_database(self) -> None:
-        """A primary whose bundled database became a replica (switchover, rejoin) follows it: it reads its
-        settings again and, when they say read-only, carries on as a read-only server."""
+    async def _database_is_replica(self) -> bool:
+        """Whether this server's database is in recovery (a switchover or a rejoin made it a replica of the
+        acting primary); False when it cannot be read."""
         try:
             async with self.rt.read() as conn:
-                view = await replication.replica_view(conn)
+                return (await replication.replica_view(conn)).in_recovery
         except DatabaseError:
-            return
-        if not view.in_recovery:
-            return
-        settings = await asyncio.to_thread(load_settings, self.rt.settings.data_dir)
-        if settings.server.role == ServerRole.READONLY:
-            await self.rt.become_readonly(settings)
-            await asyncio.to_thread(clear_fence, settings)
-            raise ModeChanged()
+            return False
+
+    async def _become_readonly(self, settings: Settings) -> None:
+        """Follow the database: carry on as a read-only server, forgetting any fence."""
+        await self.rt.become_readonly(settings)
+        await asyncio.to_thread(clear_fence, settings)
 
     def publish(self, kind: EventKind, subject: str, message: str, args: tuple[str, ...]) -> None:
         """An event this server cannot log in a database (fenced, or a read-only server): alerts only."""
@@ -369,53 +383,74 @@ class HaAgent:
 
     # --- fenced -------------------------------------------------------------------------
 
-    async def fenced_watch(self) -> None:
+    async def fenced_watch(self) -> After:
         """Redirect users to the acting primary while it answers; notice an even newer generation; follow
-        the database when an operator has rejoined it as a replica."""
+        the database when an operator has rejoined it as a replica (ha.cycle.decide_fenced)."""
         fence = self.rt.fence
-        if fence is None:
-            raise ModeChanged()
-        await self._follow_database()
-        ok = await self._client.healthy(fence.acting_primary_url) if fence.acting_primary_url else False
-        self.redirect = (PeerObservation(fence.acting_primary_id, fence.acting_primary_name, ServerRole.PRIMARY,
-                                         fence.acting_primary_url, True) if ok else None)
-        reports = await peer_reports(self.rt.settings, [fence.acting_primary_url] if fence.acting_primary_url else [],
-                                     self._client)
-        newer = superseded_by(self.rt.cluster_id, fence.generation, reports)
-        if newer is not None:
-            await self.rt.become_fenced(newer)
+        replica = fence is not None and await self._database_is_replica()
+        loaded = await asyncio.to_thread(load_settings, self.rt.settings.data_dir) if replica else None
+        view = FencedView(fence, replica, loaded.server.role if loaded else None)
+        if fence is not None and fenced_needs_peers(view):
+            url = fence.acting_primary_url
+            answers = await self._client.healthy(url) if url else False
+            reports = await peer_reports(self.rt.settings, [url] if url else [], self._client)
+            view = dataclasses.replace(view, acting_answers=answers,
+                                       newer=superseded_by(self.rt.cluster_id, fence.generation, reports))
+        d = decide_fenced(view)
+        self._say("fenced server", d.sentence)
+        if d.action is FencedAction.RESTART:
+            return After.NEW_MODE
+        if d.action is FencedAction.FOLLOW and loaded is not None:
+            await self._become_readonly(loaded)
+            return After.NEW_MODE
+        self.redirect = d.target
+        if d.fence is not None:
+            await self.rt.become_fenced(d.fence)
+        return After.NEXT
 
     # --- read-only ----------------------------------------------------------------------
 
-    async def check_peers(self) -> None:
+    async def check_peers(self) -> After:
+        """Read (the replica, the cluster row, the settings file once promoted, the other servers when they
+        matter), decide (ha.cycle.decide_readonly: take over, redirect, or emergency mode), act."""
         try:
             async with self.rt.read() as conn:
                 rows = await server_store.all_servers(conn)
-                view = await replication.replica_view(conn)
+                db = await replication.replica_view(conn)
                 row = await cluster_store.get(conn)
         except DatabaseError:
             self.data_age_seconds = None  # the replica cannot be read: how old its data is, is unknown
             raise
         if row is not None:
             self.rt.generation = row.generation
-        if not view.in_recovery:
-            await self._take_over(row)
-        candidates = [r for r in rows if r.id != self.rt.identity.id and r.url
-                      and r.role in (ServerRole.PRIMARY, ServerRole.SECONDARY, ServerRole.STANDALONE)]
-        asked_at = dt.datetime.now(dt.UTC)
-        reports = await self._client.locals([r.url for r in candidates])
-        results = [rep is not None and rep.database_ok is not False for rep in reports]
-        await self._freshness(view, asked_at, reports)
-        self.peers = [
-            PeerObservation(r.id, r.name, ServerRole.PRIMARY if r.role == ServerRole.STANDALONE else ServerRole(r.role),
-                            r.url, ok)
-            for r, ok in zip(candidates, results, strict=True)
-        ]
-        target = redirect_target(self.peers)
-        if (target and target.server_id) != (self.redirect and self.redirect.server_id):
-            log.warning("read-only server: %s", f"redirecting users to {target.name} ({target.url})" if target
-                        else "no primary or secondary is active: serving in read-only emergency mode")
-        self.redirect = target
+        loaded = None if db.in_recovery else await asyncio.to_thread(load_settings, self.rt.settings.data_dir)
+        view = ReadOnlyView(self.rt.identity.id, self.rt.identity.name, not db.in_recovery,
+                            row.acting_primary if row else None, row.generation if row else None,
+                            loaded.server.role if loaded else None, promoting=self._promote_lock.locked(),
+                            alarm=self._alarm_condition, now=asyncio.get_running_loop().time(),
+                            incomplete_since=self._incomplete_since, grace=max(PROMOTION_GRACE, 3 * self.interval))
+        if readonly_needs_peers(view):
+            candidates = [r for r in rows if r.id != self.rt.identity.id and r.url
+                          and r.role in (ServerRole.PRIMARY, ServerRole.SECONDARY, ServerRole.STANDALONE)]
+            asked_at = dt.datetime.now(dt.UTC)
+            reports = await self._client.locals([r.url for r in candidates])
+            results = [rep is not None and rep.database_ok is not False for rep in reports]
+            await self._freshness(db, asked_at, reports)
+            view = dataclasses.replace(view, peers=tuple(
+                PeerObservation(r.id, r.name, ServerRole.PRIMARY if r.role == ServerRole.STANDALONE
+                                else ServerRole(r.role), r.url, ok)
+                for r, ok in zip(candidates, results, strict=True)))
+        d = decide_readonly(view)
+        self._incomplete_since = d.incomplete_since
+        self._say("read-only server", d.sentence)
+        self._publish(d.event)
+        if d.action is ReadOnlyAction.TAKE_OVER and loaded is not None and row is not None:
+            await self.rt.become_primary(loaded, row.generation)  # a promotion by 'safehold ha promote'
+            return After.NEW_MODE
+        if d.action is not ReadOnlyAction.WAIT:
+            self.peers = list(view.peers or ())
+            self.redirect = d.target
+        return After.NEXT
 
     async def _freshness(self, view: replication.ReplicaView, asked_at: dt.datetime,
                          reports: list[LocalReport | None]) -> None:
@@ -433,17 +468,6 @@ class HaAgent:
                 self._caught_up_at = asked_at
             view = now_view
         self.data_age_seconds = data_age(view, dt.datetime.now(dt.UTC), self._caught_up_at)
-
-    async def _take_over(self, row: cluster_store.ClusterRow | None) -> None:
-        """The replica was promoted (by 'safehold ha promote' while this server runs): once the promotion
-        names this server the acting primary and its settings say so, it carries on as the primary."""
-        if row is None or row.acting_primary != self.rt.identity.id:
-            return
-        settings = await asyncio.to_thread(load_settings, self.rt.settings.data_dir)
-        if settings.server.role != ServerRole.PRIMARY:
-            return
-        await self.rt.become_primary(settings, row.generation)
-        raise ModeChanged()
 
     async def promote_self(self, *, reason: EventKind, wait_lsn: str | None = None, note: str = "",
                            timeout: float = 30) -> int:

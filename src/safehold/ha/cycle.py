@@ -27,10 +27,14 @@ out; the sentence is logged when it changes (and asserted in ``tests/unit/test_h
 
 - the fenced server's watch — :func:`decide_fenced`: follow its database when an operator rejoined it as
   a replica; take a newer fence; redirect users to the acting primary while it answers.
+
+:func:`data_age` (how old a read-only server's data may be) is pure too: the peer check, the promotion's
+checks and the readiness checks weigh it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -41,10 +45,14 @@ from safehold.ha.writelease import Confirmation, WriteLease
 
 if TYPE_CHECKING:
     from safehold.services.runtime import Fence
+    from safehold.storage.replication import ReplicaView
 
 #: Alarm conditions (the first argument of a ``RaiseAlarm`` event); the values never change.
 WRITER_UNCONFIRMED = "WriterUnconfirmed"
 PROMOTION_INCOMPLETE = "PromotionIncomplete"
+#: How long a promotion may look interrupted (promoted, not yet recorded or written) before the alarm: a
+#: promotion in progress passes through these states in a second or two.
+PROMOTION_GRACE = 15.0
 
 
 def raise_alarm(subject: str, condition: str, message: str) -> Event:
@@ -178,7 +186,7 @@ class ReadOnlyView:
     alarm: str | None = None              # the condition of this server's raised alarm, if any
     now: float = 0.0                      # a monotonic clock
     incomplete_since: float | None = None  # since when the promotion has looked interrupted
-    grace: float = 15.0                   # how long a promotion may look interrupted before the alarm
+    grace: float = PROMOTION_GRACE        # how long a promotion may look interrupted before the alarm
 
 
 @dataclass(frozen=True)
@@ -303,3 +311,29 @@ def decide_fenced(view: FencedView) -> FencedDecision:
                               "change until an operator rejoins it")
     return FencedDecision(FencedAction.REFUSE, f"the acting primary {f.acting_primary_name} ({f.acting_primary_url}) "
                           "does not answer: this server redirects nobody and refuses every change")
+
+
+# --- a read-only server's data age (what promotion and the readiness checks weigh) ---------------------
+
+
+def data_age(view: ReplicaView, now: dt.datetime, caught_up_at: dt.datetime | None = None
+             ) -> float | None:
+    """How old the newest data a replica is known to have may be, in seconds (None: not a replica, or
+    nothing is known).  Known from two sources, the fresher wins:
+
+    - ``caught_up_at``: when the primary last reported a WAL position (over HTTPS, /ha/local) that the
+      replica had replayed by the time it was checked;
+    - the WAL receiver: while it streams and everything received is replayed, the replica is current as of
+      the last message it received from the primary (data or keepalive).
+
+    With neither, the time since the last replayed commit (an upper bound while the primary writes)."""
+    if not view.in_recovery:
+        return None
+    ages = []
+    if caught_up_at is not None:
+        ages.append((now - caught_up_at).total_seconds())
+    if view.streaming and not view.replay_backlog_bytes and view.last_msg_receipt_time is not None:
+        ages.append((now - view.last_msg_receipt_time).total_seconds())
+    if ages:
+        return max(0.0, min(ages))
+    return None if view.replay_delay_seconds is None else max(0.0, view.replay_delay_seconds)
