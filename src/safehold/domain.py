@@ -17,6 +17,14 @@ class ServerRole(StrEnum):
     READONLY = "readonly"
 
 
+class ServerMode(StrEnum):
+    """What a server does with changes now (``/api/v1/ha/local``'s ``mode``; the values never change)."""
+
+    READ_WRITE = "read-write"
+    READ_ONLY_EMERGENCY = "read-only-emergency"  # a read-only server serving users itself
+    FENCED = "fenced"  # superseded by a newer primary
+
+
 class UserRole(StrEnum):
     ADMINISTRATOR = "administrator"
     PASSWORD_ADMINISTRATOR = "password_administrator"

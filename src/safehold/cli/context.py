@@ -14,6 +14,7 @@ from safehold.config import Settings, load_settings
 from safehold.crypto.keyfile import MasterKey, load_key_file
 from safehold.errors import SafeholdError
 from safehold.services import database
+from safehold.services.fencing import STARTUP
 from safehold.services.runtime import Runtime, open_runtime
 
 T = TypeVar("T")
@@ -73,7 +74,7 @@ def with_runtime(data_dir: Path, fn: Callable[[Runtime], Awaitable[T]]) -> T:
 
 @contextlib.asynccontextmanager
 async def runtime(settings: Settings, master: MasterKey) -> AsyncIterator[Runtime]:
-    rt = await open_runtime(settings, master, register=False)
+    rt = await open_runtime(settings, master, register=False, fencing=STARTUP)
     try:
         yield rt
     finally:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from safehold.cli.ha import DataDir, out
+from safehold.cli.common import DataDir, out
 
 
 def _say(message: str) -> None:
@@ -57,8 +57,8 @@ def rejoin(
     exported to a file first."""
     import sys
 
+    from safehold.cli.common import read_passphrase
     from safehold.cli.context import load, refuse_if_serving
-    from safehold.cli.ha import read_passphrase
     from safehold.ha.rejoin import rejoin as from_url
     from safehold.ha.rejoin import rejoin_from_pack
 

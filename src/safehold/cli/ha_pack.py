@@ -16,7 +16,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from safehold.cli.ha import DataDir, ha_app, out, passphrase_for_new_file, show_passphrase
+from safehold.cli.common import DataDir, ha_app, out, passphrase_for_new_file, show_passphrase
 
 
 @ha_app.command()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from safehold.cli.ha import DataDir, ha_app, out, passphrase_for_new_file, show_passphrase
+from safehold.cli.common import DataDir, ha_app, out, passphrase_for_new_file, show_passphrase
 
 
 @ha_app.command("add-secondary")

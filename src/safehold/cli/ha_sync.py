@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from safehold.cli.ha import DataDir, out
+from safehold.cli.common import DataDir, out
 
 MIN_DEGRADE, MAX_DEGRADE = 1.0, 86400.0
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from safehold.cli.ha import DataDir, err, out
+from safehold.cli.common import DataDir, err, out
 from safehold.errors import SafeholdError
 
 if TYPE_CHECKING:

@@ -163,7 +163,7 @@ def promote_here(settings: Settings, master: MasterKey, *, force: bool, max_data
         pg.wait_ready()
 
     async def facts() -> ReplicaFacts:
-        from safehold.ha.agent import data_age
+        from safehold.ha.cycle import data_age
         from safehold.storage import replication
 
         engine = make_engine(app_target(settings), pool_size=1)

@@ -73,7 +73,7 @@ class PeerFacts:
 @dataclass(frozen=True)
 class ReplicaFacts:
     view: replication.ReplicaView | None = None
-    data_age: float | None = None  # seconds, see safehold.ha.agent.data_age
+    data_age: float | None = None  # seconds, see safehold.ha.cycle.data_age
     error: str | None = None
 
 
@@ -320,7 +320,7 @@ async def gather_peers(settings: Settings, servers: Sequence[Any]) -> tuple[Peer
 
 
 async def gather(settings: Settings, *, engine: AsyncEngine | None = None) -> Facts:
-    from safehold.ha.agent import data_age
+    from safehold.ha.cycle import data_age
 
     role = settings.server.role
     readonly = role == ServerRole.READONLY

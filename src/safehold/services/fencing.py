@@ -17,6 +17,7 @@ The same reports confirm the write lease (:mod:`safehold.ha.writelease`, :func:`
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -162,3 +163,21 @@ def fence_database(settings: Settings, on: bool = True) -> bool:
                     exc.message if isinstance(exc, SafeholdError) else type(exc).__name__)
         return False
     return True
+
+
+class StartupFencing:
+    """The start-up check a primary or secondary runs before it writes anything (see
+    ``Runtime``'s ``open_runtime``): the peers' reports, then this server's memory of an earlier fence."""
+
+    async def check(self, settings: Settings, cluster_id: str, generation: int,
+                    peer_urls: Sequence[str]) -> tuple[Fence | None, Confirmation]:
+        reports = await peer_reports(settings, peer_urls)
+        fence = superseded_by(cluster_id, generation, reports) or load_fence(settings, generation)
+        return fence, confirmation_from(cluster_id, peer_urls, reports)
+
+    async def remember(self, settings: Settings, fence: Fence) -> None:
+        await asyncio.to_thread(save_fence, settings, fence)
+        await asyncio.to_thread(fence_database, settings)
+
+
+STARTUP = StartupFencing()

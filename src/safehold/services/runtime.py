@@ -11,12 +11,10 @@ import datetime as dt
 import logging
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from typing import Protocol
 
 from safehold import __version__
 from safehold.audit.chain import GENESIS, AuditEvent
@@ -25,7 +23,7 @@ from safehold.audit.writer import AuditWriter
 from safehold.config import Settings
 from safehold.crypto.envelope import Keyring, new_data_key
 from safehold.crypto.keyfile import MasterKey
-from safehold.domain import AuditResult, ServerRole
+from safehold.domain import AuditResult, ServerMode, ServerRole
 from safehold.errors import AuditUnavailable, DatabaseError, InvalidInput, KeyFileError, Unavailable
 from safehold.ha.writelease import Confirmation, WriteLease, clock
 from safehold.metrics import Metrics
@@ -33,7 +31,15 @@ from safehold.services.local_state import LocalState
 from safehold.storage import audit as audit_store
 from safehold.storage import cluster as cluster_store
 from safehold.storage import servers as server_store
-from safehold.storage.db import app_target, make_engine
+from safehold.storage.db import (
+    AsyncConnection,
+    AsyncEngine,
+    DataError,
+    IntegrityError,
+    SQLAlchemyError,
+    app_target,
+    make_engine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +169,10 @@ class Runtime:
         return self.identity.role == ServerRole.READONLY or self.fence is not None
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> ServerMode:
         if self.fence is not None:
-            return "fenced"
-        return "read-only-emergency" if self.identity.role == ServerRole.READONLY else "read-write"
+            return ServerMode.FENCED
+        return ServerMode.READ_ONLY_EMERGENCY if self.identity.role == ServerRole.READONLY else ServerMode.READ_WRITE
 
     @property
     def keyring(self) -> Keyring:
@@ -318,9 +324,27 @@ class Runtime:
         await self.engine.dispose()
 
 
-async def open_runtime(settings: Settings, master: MasterKey, *, register: bool = True) -> Runtime:
+class StartupFencing(Protocol):
+    """How a primary or secondary finds out, before it writes anything, whether a newer primary superseded it
+    (the HA layer's fencing, handed in by whoever opens the runtime: the runtime knows nothing of peers)."""
+
+    async def check(self, settings: Settings, cluster_id: str, generation: int,
+                    peer_urls: Sequence[str]) -> tuple[Fence | None, Confirmation]:
+        """The fence, if a peer (or this server's memory of an earlier fence) says it was superseded; and
+        whether the peers confirm its generation (its write lease)."""
+        ...
+
+    async def remember(self, settings: Settings, fence: Fence) -> None:
+        """Keep the fence across restarts and make the database refuse writes too."""
+        ...
+
+
+async def open_runtime(settings: Settings, master: MasterKey, *, register: bool = True,
+                       fencing: StartupFencing | None = None) -> Runtime:
     """Connect, check the key file against the database, unwrap the keys.  ``register``: this is the serving
-    process (it registers and holds the write lease); a command's runtime checks the fence only."""
+    process (it registers and holds the write lease); a command's runtime checks the fence only.  Without
+    ``fencing`` no peer is asked (a server that was never in a cluster, ``safehold init``): only a database
+    that fencing set read-only fences it."""
     serving = register
     engine = make_engine(app_target(settings), pool_size=settings.database.pool_size)
     try:
@@ -334,18 +358,14 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
                 lease = None
                 if in_cluster(settings) and identity.role != ServerRole.READONLY:
                     # before this server writes anything: was it superseded by a newer primary?
-                    from safehold.services import fencing
-
                     started = clock()
                     peers = [r.url for r in await server_store.all_servers(conn) if r.id != identity.id and r.url]
-                    reports = await fencing.peer_reports(settings, peers)
-                    fence = (fencing.superseded_by(row.cluster_id, row.generation, reports)
-                             or fencing.load_fence(settings, row.generation)
-                             or await _read_only_fence(conn, row.generation))
+                    fence, confirmation = (await fencing.check(settings, row.cluster_id, row.generation, peers)
+                                           if fencing is not None else (None, Confirmation.CONFIRMED))
+                    fence = fence or await _read_only_fence(conn, row.generation)
                     # a writer starts with a lease only when a peer confirmed it (or it has none): after a
                     # restart it may have been away long enough for a standby to take over
-                    lease = WriteLease(settings.ha.write_lease).renew(
-                        started, fencing.confirmation_from(row.cluster_id, peers, reports))
+                    lease = WriteLease(settings.ha.write_lease).renew(started, confirmation)
                 if fence is not None:
                     register = False
                     spool = AuditSpool(settings.data_dir / "spool", keys.audit_key, identity.id, identity.role,
@@ -373,11 +393,9 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
                  spool=spool, generation=row.generation, fence=fence, peer_key=master.peer_key(),
                  lease=lease if fence is None and serving else None)
     if fence is not None:
-        from safehold.services.fencing import fence_database, save_fence
-
         log.error("FENCED at start-up: %s", fence.message())
-        await asyncio.to_thread(save_fence, settings, fence)
-        await asyncio.to_thread(fence_database, settings)
+        if fencing is not None:
+            await fencing.remember(settings, fence)
     elif serving and lease is not None and not lease.valid(clock()):
         log.warning("no peer of the cluster answered at start-up: changes are refused until one confirms "
                     "this server's generation ('safehold ha override-lease' if no other server took over)")

@@ -24,6 +24,7 @@ from safehold.errors import SafeholdError
 from safehold.ha.agent import HaAgent
 from safehold.services import auth as auth_service
 from safehold.services.cluster_settings import start_alerts
+from safehold.services.fencing import STARTUP
 from safehold.services.runtime import FencedMode, Runtime, open_runtime, system_event
 from safehold.web import errors, ui
 from safehold.web.api import alerts, audit, auth, ha, ha_checks, ha_peer, system, users, vault
@@ -150,7 +151,7 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         rt = runtime
         if rt is None:
             assert master is not None
-            rt = await open_runtime(settings, master)
+            rt = await open_runtime(settings, master, fencing=STARTUP)
         master = None  # the key is not kept once the data keys are unwrapped
         rt.start_background()
         app.state.runtime = rt

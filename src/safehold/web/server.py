@@ -13,6 +13,7 @@ import uvicorn
 from safehold.config import Settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.errors import ConfigError
+from safehold.services.fencing import STARTUP
 from safehold.services.runtime import open_runtime
 from safehold.web.app import create_app
 
@@ -32,7 +33,7 @@ def check_port_free(host: str, port: int) -> None:
 
 async def serve(settings: Settings, master: MasterKey) -> None:
     """Open the runtime first (fail fast on a wrong key or an unreachable database), then serve."""
-    rt = await open_runtime(settings, master)
+    rt = await open_runtime(settings, master, fencing=STARTUP)
     app = create_app(settings, runtime=rt)
     config = uvicorn.Config(
         app, host=settings.http.listen, port=settings.http.port, log_level="warning", access_log=False,
