@@ -31,15 +31,13 @@ from safehold.ha.addresses import (
     resolve_addresses,
 )
 from safehold.ha.ca import cluster_ca_key
-from safehold.ha.pack import record_primary
+from safehold.ha.pack import Say, record_primary
 from safehold.ha.setupfile import Manifest, add_bytes, write_setup_file
 from safehold.pg import PgManager, conf
 from safehold.storage import admin
 from safehold.storage import cluster as cluster_store
 from safehold.storage.db import app_target, owner_target
 from safehold.storage.short_lived import StatementFailed, run_once
-
-Say = Callable[[str], None]
 
 # --- the setup file's format (read back by ha.join_secondary) --------------------------------------------
 

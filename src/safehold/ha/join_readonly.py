@@ -51,6 +51,7 @@ from safehold.ha.pack import (
     SERVER_CERT,
     SERVER_KEY,
     SMALL_MEMBERS,
+    Say,
 )
 from safehold.ha.setupfile import Manifest, SetupFileError, payload, read_setup_file, scratch_dir
 from safehold.pg import PgManager, conf
@@ -60,8 +61,6 @@ from safehold.storage import replication
 from safehold.storage import servers as server_store
 from safehold.storage.db import DbTarget, app_target
 from safehold.storage.short_lived import StatementFailed, one_connection, run_once
-
-Say = Callable[[str], None]
 
 DEFAULT_HTTP_PORT = 8443
 STREAM_TIMEOUT = 60.0

@@ -11,7 +11,6 @@ import asyncio
 import shutil
 import socket
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from safehold.ha.add_secondary import (
     PAYLOAD,
     SERVER_CERT,
     SERVER_KEY,
+    Say,
 )
 from safehold.ha.addresses import is_loopback_address
 from safehold.ha.files import nearest_existing, write_private
@@ -46,8 +46,6 @@ from safehold.ha.setupfile import Manifest, SetupFileError, payload, read_setup_
 from safehold.storage import cluster as cluster_store
 from safehold.storage.db import app_target
 from safehold.storage.short_lived import StatementFailed, one_connection
-
-Say = Callable[[str], None]
 
 
 def _quiet(_: str) -> None:

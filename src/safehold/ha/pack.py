@@ -60,6 +60,7 @@ from safehold.storage import servers as server_store
 from safehold.storage.db import DbTarget, app_target, owner_target
 from safehold.storage.short_lived import run_once
 
+#: How a setup command tells the operator what it does (a line each; the CLI prints it).
 Say = Callable[[str], None]
 #: Called with (phase, bytes done, bytes expected) while a pack is written; phase is
 #: "backup" (pg_basebackup copying the primary) or "seal" (encrypting into the pack).
