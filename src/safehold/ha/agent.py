@@ -29,8 +29,6 @@ from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-
 from safehold.audit.spool import ship
 from safehold.config import CONFIG_NAME, Settings, load_settings
 from safehold.domain import ServerRole
@@ -74,7 +72,7 @@ from safehold.storage import audit as audit_store
 from safehold.storage import cluster as cluster_store
 from safehold.storage import replication
 from safehold.storage import servers as server_store
-from safehold.storage.db import DbTarget, app_target
+from safehold.storage.db import AsyncEngine, DbTarget, app_target, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -553,8 +551,7 @@ class HaAgent:
             local = app_target(s)
             target = DbTarget(s.ha.primary_db_host, s.ha.primary_db_port, local.dbname, local.user, local.password,
                               local.sslrootcert)
-            self._primary_db = create_async_engine(target.sqlalchemy_url(), pool_size=1, max_overflow=0,
-                                                   pool_pre_ping=True, connect_args={"connect_timeout": 5})
+            self._primary_db = make_engine(target, pool_size=1, connect_timeout=5)
         return self._primary_db
 
     async def ship_audit(self) -> None:
