@@ -3,12 +3,15 @@ the operator's limit and --force -> refused, the reasons not to promote, or go a
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import replace
 
 import pytest
 
 from safehold.domain import ServerRole
+from safehold.ha.cycle import data_age
 from safehold.ha.promote import PromotionRefused, ReplicaFacts, check_promotable
+from safehold.storage.replication import ReplicaView
 
 R = ServerRole
 FRESH = ReplicaFacts(role=R.READONLY, in_recovery=True, key_matches=True, data_age_seconds=2.0)
@@ -64,3 +67,33 @@ def test_the_wrong_key_says_which_key_to_use() -> None:
     with pytest.raises(PromotionRefused) as refused:
         check_promotable(replace(FRESH, key_matches=False), max_data_age=60.0, force=True)
     assert refused.value.hint == "use this cluster's key file (security.key_file)"
+
+
+# --- the data age the limit is weighed against (ha.cycle.data_age) ----------------------------------------
+
+NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
+STREAMING = ReplicaView(in_recovery=True, receiver_status="streaming", sender_host="10.0.0.5", sender_port=5432,
+                        slot_name="ro", last_msg_send_time=None, last_msg_receipt_time=NOW - dt.timedelta(seconds=3),
+                        latest_end_lsn=None, receive_lsn="0/10", replay_lsn="0/10", replay_backlog_bytes=0,
+                        replay_delay_seconds=40.0)
+CUT = replace(STREAMING, receiver_status=None)
+
+
+def ago(seconds: float) -> dt.datetime:
+    return NOW - dt.timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(("view", "caught_up_at", "age"), [
+    pytest.param(STREAMING, None, 3.0, id="streaming, all replayed: as old as the last message from the primary"),
+    pytest.param(STREAMING, ago(1), 1.0, id="the primary's reported position was replayed more recently: that"),
+    pytest.param(STREAMING, ago(10), 3.0, id="the fresher of the two wins"),
+    pytest.param(replace(STREAMING, replay_backlog_bytes=100), None, 40.0,
+                 id="a replay backlog: only the last replayed commit's age"),
+    pytest.param(CUT, None, 40.0, id="not streaming: the last replayed commit's age"),
+    pytest.param(CUT, ago(25), 25.0, id="not streaming, but caught up 25 s ago"),
+    pytest.param(replace(CUT, replay_delay_seconds=None), None, None, id="never heard from its primary: unknown"),
+    pytest.param(replace(CUT, replay_delay_seconds=-2.0), None, 0.0, id="a clock ahead: never negative"),
+    pytest.param(replace(STREAMING, in_recovery=False), ago(1), None, id="promoted: no data age"),
+])
+def test_data_age(view: ReplicaView, caught_up_at: dt.datetime | None, age: float | None) -> None:
+    assert data_age(view, NOW, caught_up_at) == age
