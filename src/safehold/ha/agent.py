@@ -35,7 +35,6 @@ from safehold.domain import ServerRole
 from safehold.errors import DatabaseError, SafeholdError
 from safehold.ha.cycle import (
     PROMOTION_GRACE,
-    WRITER_UNCONFIRMED,
     FencedAction,
     FencedView,
     ReadOnlyAction,
@@ -78,7 +77,6 @@ log = logging.getLogger(__name__)
 
 
 SPOOL_FAILED = "AuditSpoolFailed"
-__all__ = ["WRITER_UNCONFIRMED", "After", "HaAgent", "data_age"]  # WRITER_UNCONFIRMED: from ha.cycle
 
 
 class After(Enum):
