@@ -19,7 +19,7 @@ What it does, end to end (nothing to set up beforehand):
    primary app server again;
 4. scenario ``db``, ``--repeats`` times, with the primary app server up: ``kill -9`` the
    primary *database* (the postmaster and its children, as
-   ``safehold.services.database.manager(settings).kill()`` does) and poll the same way
+   ``safehold.runtime.database.manager(settings).kill()`` does) and poll the same way
    until the read-only server serves the password from its replica.  Then
    ``safehold db start`` on the primary and wait until the read-only server redirects
    to the primary again;
@@ -70,7 +70,7 @@ from tests.support import (  # noqa: E402
 )
 
 from safehold.config import load_settings  # noqa: E402 - after the sys.path line
-from safehold.services import database  # noqa: E402
+from safehold.runtime import database  # noqa: E402
 
 DEFAULT_CHECK_INTERVAL = 2.0  # safehold.config.HaSection.check_interval
 TARGET_SECONDS = 3.0

@@ -24,7 +24,7 @@ from bench._common import bench_run  # noqa: E402
 from tests.support import Server, make_readonly  # noqa: E402
 
 from safehold.config import load_settings  # noqa: E402
-from safehold.services import database  # noqa: E402
+from safehold.runtime import database  # noqa: E402
 
 
 def _until(predicate, timeout: float = 60) -> float:  # type: ignore[no-untyped-def]

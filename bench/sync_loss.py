@@ -14,7 +14,7 @@ What it does, end to end (nothing to set up beforehand), ``--rounds`` times per 
    whose ``201`` they received: the acknowledged writes;
 3. after ``--write-seconds`` (default: a random 2 to 5 s, so the kill falls anywhere in the
    stream) ``kill -9`` the primary *database* (its postmaster, from ``pg/postmaster.pid``, and
-   the postmaster's children, as ``safehold.services.database.manager(settings).kill()`` does),
+   the postmaster's children, as ``safehold.runtime.database.manager(settings).kill()`` does),
    then the primary app server;
 4. promote the read-only server (``safehold ha promote --force``: its replica becomes the
    primary database) and count the acknowledged ids missing from the promoted database;
@@ -73,7 +73,7 @@ from tests.support import (  # noqa: E402
 )
 
 from safehold.config import load_settings  # noqa: E402 - after the sys.path line
-from safehold.services import database  # noqa: E402
+from safehold.runtime import database  # noqa: E402
 
 # --- the writers ----------------------------------------------------------------------------------------
 

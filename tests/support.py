@@ -151,7 +151,7 @@ class Server:
         pid_file = pg_dir / "postmaster.pid"
         if pid_file.exists():
             from safehold.config import load_settings
-            from safehold.services import database
+            from safehold.runtime import database
 
             try:
                 pg = database.manager(load_settings(self.data_dir))
@@ -204,7 +204,7 @@ def superuser_connect(server: Server, dbname: str = "safehold") -> Any:
 def pg_dump(server: Server) -> bytes:
     """A plain-SQL dump of the vault database, made with the bundled pg_dump."""
     from safehold.config import load_settings
-    from safehold.services import database
+    from safehold.runtime import database
     from safehold.storage.db import owner_target
 
     settings = load_settings(server.data_dir)

@@ -4,6 +4,7 @@ they are stored in the database and appear in the API."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 
 #: What a username may be: 1-64 letters, digits and . _ @ - (starting with a letter or digit).
@@ -77,3 +78,20 @@ class AuditAction(StrEnum):
     SERVER_RENAMED = "server_renamed"
     ALERT_TESTED = "alert_tested"
     SETTINGS_CHANGED = "settings_changed"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of a request."""
+
+    user_id: str
+    username: str
+    role: UserRole
+    token_id: str
+    kind: str  # 'session' | 'api' | 'cli'
+    source_ip: str = ""
+    csrf_token: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == UserRole.ADMINISTRATOR

@@ -43,7 +43,7 @@ from safehold.domain import ServerRole
 from safehold.ha.pack import create_pack
 from safehold.ha.setupfile import payload, read_setup_file
 from safehold.pg import conf
-from safehold.services import database
+from safehold.runtime import database
 from safehold.storage import admin
 from safehold.storage.db import owner_target
 from tests.support import (

@@ -250,7 +250,7 @@ def test_add_secondary_refuses_an_unknown_host_and_undoes_a_failure(topology: To
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from safehold.crypto.keyfile import load_key_file
     from safehold.ha import add_secondary as secondary_module
-    from safehold.services import database
+    from safehold.runtime import database
 
     work = topology.root / "add-failures"
     work.mkdir()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from safehold.config import load_settings
-from safehold.services import database
+from safehold.runtime import database
 from tests.support import Server, running_topology, wait_until
 
 

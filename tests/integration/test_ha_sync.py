@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 from safehold.config import load_settings
-from safehold.services import database
+from safehold.runtime import database
 from tests.support import (
     Server,
     app_connect,

@@ -9,7 +9,7 @@ import pytest
 
 from safehold.ha.monitor import snapshot_of
 from safehold.ha.policy import Health, Liveness, Snapshot
-from safehold.services.ha_status import (
+from safehold.ha.status import (
     BacklogTotal,
     ClusterAlarm,
     ClusterView,
@@ -17,7 +17,7 @@ from safehold.services.ha_status import (
     ServerStatus,
     ThisServer,
 )
-from safehold.services.runtime import Fence
+from safehold.runtime import Fence
 
 ACTIVE, INACTIVE = Liveness.ACTIVE, Liveness.INACTIVE
 

@@ -27,8 +27,8 @@ from safehold.ha.cycle import (
     readonly_needs_peers,
 )
 from safehold.ha.policy import EventKind, PeerObservation
-from safehold.ha.writelease import Confirmation, WriteLease
-from safehold.services.runtime import Fence
+from safehold.runtime import Fence
+from safehold.runtime.writelease import Confirmation, WriteLease
 
 R = ServerRole
 C = Confirmation

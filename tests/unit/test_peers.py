@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from safehold.ha.failover import WriterReport
+from safehold.ha.fencing import superseded_by
 from safehold.ha.peers import (
     AlarmReport,
     BacklogReport,
@@ -29,8 +30,7 @@ from safehold.ha.peers import (
     primary_wal,
     writer_report,
 )
-from safehold.services.fencing import superseded_by
-from safehold.services.runtime import Fence
+from safehold.runtime import Fence
 
 HOST = "127.0.0.1"
 

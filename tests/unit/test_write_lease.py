@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from safehold.config import FailoverSection, HaSection, lease_problem
+from safehold.ha.fencing import confirmation_from
 from safehold.ha.peers import LocalReport
-from safehold.ha.writelease import Confirmation, WriteLease, clock
-from safehold.services.fencing import confirmation_from
+from safehold.runtime.writelease import Confirmation, WriteLease, clock
 
 OK, NONE, OVERRIDE = Confirmation.CONFIRMED, Confirmation.UNCONFIRMED, Confirmation.OVERRIDE
 
@@ -68,12 +68,17 @@ def test_descriptions() -> None:
     pytest.param(["https://ro"], [], NONE, id="a peer that did not answer"),
     pytest.param(["https://ro"], [LocalReport(cluster_id="c1", generation=1)], OK, id="a peer of the cluster answered"),
     pytest.param(["https://x"], [LocalReport(cluster_id="other")], NONE, id="a server of another cluster proves nothing"),
-    pytest.param(["https://ro"], [LocalReport.from_json({"cluster_id": "c1"})], OK,
-                 id="an older peer's report without a generation still confirms"),
+    pytest.param(["https://ro"], [LocalReport.from_json({"cluster_id": "c1"})], NONE,
+                 id="a report that names no generation proves nothing"),
+    pytest.param(["https://ro"], [LocalReport(cluster_id="c1", generation=2)], NONE,
+                 id="a newer generation never confirms (even when no fence could be read from it)"),
+    pytest.param(["https://ro", "https://s"], [LocalReport(cluster_id="c1", generation=2),
+                                               LocalReport(cluster_id="c1", generation=1)], OK,
+                 id="a peer at this generation confirms"),
 ])
 def test_confirmation_from_peer_reports(peers: list[str], reports: list[LocalReport],
                                         expected: Confirmation) -> None:
-    assert confirmation_from("c1", peers, reports) is expected
+    assert confirmation_from("c1", 1, peers, reports) is expected
 
 
 @pytest.mark.parametrize(("lease", "interval", "failover", "problem"), [

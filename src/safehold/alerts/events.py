@@ -48,7 +48,7 @@ class _Identity(Protocol):
 
 
 class Reporter(Protocol):
-    """Who raises an event: a :class:`safehold.services.runtime.Runtime` (its identity, its cluster)."""
+    """Who raises an event: a :class:`safehold.runtime.Runtime` (its identity, its cluster)."""
 
     @property
     def identity(self) -> _Identity: ...

@@ -24,7 +24,7 @@ BATCH = 500
 
 
 class RelayRuntime(Protocol):
-    """What the relay needs of :class:`safehold.services.runtime.Runtime`."""
+    """What the relay needs of :class:`safehold.runtime.Runtime`."""
 
     cluster_id: str
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from safehold.errors import SafeholdError
 
 if TYPE_CHECKING:
-    from safehold.services.runtime import Runtime
+    from safehold.runtime import Runtime
 
 alerts_app = typer.Typer(help="Alert channels (email, syslog, SNMP, webhook) and the event script, for the whole "
                               "cluster.", no_args_is_help=True)

@@ -13,9 +13,8 @@ from typing import TypeVar
 from safehold.config import Settings, load_settings
 from safehold.crypto.keyfile import MasterKey, load_key_file
 from safehold.errors import SafeholdError
-from safehold.services import database
-from safehold.services.fencing import STARTUP
-from safehold.services.runtime import Runtime, open_runtime
+from safehold.ha.fencing import STARTUP
+from safehold.runtime import Runtime, database, open_runtime
 
 T = TypeVar("T")
 PID_FILE = "run/safehold.pid"

@@ -17,7 +17,7 @@ def status(data_dir: DataDir) -> None:
     from rich.table import Table
 
     from safehold.cli.context import with_runtime
-    from safehold.services.ha_status import cluster_status
+    from safehold.ha.status import cluster_status
 
     st = with_runtime(data_dir, lambda rt: cluster_status(rt, ask_self=True))
     fence = st.get("fence")

@@ -91,6 +91,7 @@ def failover(
     from safehold.errors import InvalidInput, SafeholdError
     from safehold.ha.failover import range_errors
     from safehold.ha.probe import default_gateway
+    from safehold.runtime import ReadOnlyMode
     from safehold.services.cluster_settings import (
         Actor,
         InForce,
@@ -98,7 +99,6 @@ def failover(
         failover_warnings,
         update_failover,
     )
-    from safehold.services.runtime import ReadOnlyMode
     from safehold.storage import servers as server_store
 
     _fail(range_errors({"ping_interval": ping_interval, "ping_iterations": ping_iterations}), 2)

@@ -39,7 +39,7 @@ def promote(
 
 
 def _url(settings: object) -> str:
-    from safehold.services.runtime import public_url
+    from safehold.runtime import public_url
 
     return public_url(settings)  # type: ignore[arg-type]
 
@@ -117,7 +117,7 @@ def override_lease(
     import sys
 
     from safehold.cli.context import load, server_pid
-    from safehold.services.fencing import OVERRIDE_TTL, request_override
+    from safehold.ha.fencing import OVERRIDE_TTL, request_override
 
     settings, _ = load(data_dir)
     if server_pid(settings) is None:

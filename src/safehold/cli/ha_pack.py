@@ -38,7 +38,7 @@ def pack(
     from safehold.cli.context import load
     from safehold.errors import ConfigError
     from safehold.ha.pack import create_pack
-    from safehold.services import database
+    from safehold.runtime import database
 
     settings, master = load(data_dir)
     passphrase, generated = passphrase_for_new_file(passphrase_file)

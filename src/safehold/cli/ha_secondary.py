@@ -28,7 +28,7 @@ def add_secondary(
     A standalone server becomes the primary of its cluster."""
     from safehold.cli.context import load
     from safehold.ha.add_secondary import add_secondary as add
-    from safehold.services import database
+    from safehold.runtime import database
 
     passphrase, generated = passphrase_for_new_file(passphrase_file)
     settings, master = load(data_dir)

@@ -31,7 +31,7 @@ def sync(
     from safehold.domain import ServerRole
     from safehold.errors import SafeholdError
     from safehold.ha.syncrep import apply_now, guard_runs_on
-    from safehold.services import database
+    from safehold.runtime import database
 
     if on == off:
         raise typer.BadParameter("give exactly one of --on and --off")

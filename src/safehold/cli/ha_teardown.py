@@ -120,7 +120,7 @@ def teardown(
     primary, promotes its replica and gives the copy a new cluster id (a separate copy of the data).
     On a secondary: leaves the cluster (it has no database of its own). Running it twice is fine."""
     from safehold.ha import teardown as td
-    from safehold.services import database
+    from safehold.runtime import database
 
     settings = td.load_server_settings(data_dir)
     kind = td.kind_of(settings)

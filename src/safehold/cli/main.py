@@ -19,7 +19,7 @@ from safehold import __version__
 from safehold.cli.context import cli_actor, load, pid_path, refuse_if_serving, runtime, with_runtime
 from safehold.domain import UserRole
 from safehold.errors import SafeholdError
-from safehold.services.runtime import Runtime
+from safehold.runtime import Runtime
 
 app = typer.Typer(help="Safehold: a self-hosted vault for privileged passwords, built for high availability.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -115,7 +115,7 @@ def init(
 @app.command()
 def serve(data_dir: DataDir) -> None:
     """Run the server (HTTPS) in the foreground; SIGTERM or Ctrl-C stops it cleanly."""
-    from safehold.services import database
+    from safehold.runtime import database
     from safehold.web.server import check_port_free, run
 
     settings, master = load(data_dir)
@@ -150,7 +150,7 @@ def serve(data_dir: DataDir) -> None:
 @db_app.command("start")
 def db_start(data_dir: DataDir) -> None:
     """Start the bundled PostgreSQL (it keeps running after this command)."""
-    from safehold.services import database
+    from safehold.runtime import database
 
     settings, _ = load(data_dir)
     pg = database.manager(settings)
@@ -163,7 +163,7 @@ def db_start(data_dir: DataDir) -> None:
 @db_app.command("stop")
 def db_stop(data_dir: DataDir) -> None:
     """Stop the bundled PostgreSQL."""
-    from safehold.services import database
+    from safehold.runtime import database
 
     settings, _ = load(data_dir)
     out.print("stopped" if database.manager(settings).stop() else "was not running")
@@ -172,7 +172,7 @@ def db_stop(data_dir: DataDir) -> None:
 @db_app.command("status")
 def db_status(data_dir: DataDir) -> None:
     """Show whether the bundled PostgreSQL runs."""
-    from safehold.services import database
+    from safehold.runtime import database
 
     settings, _ = load(data_dir)
     st = database.manager(settings).status()
@@ -383,7 +383,8 @@ def key_rotate(
                                             "secret under it (the server must be stopped).")] = False,
 ) -> None:
     """Make a new master key file and re-wrap the data keys under it (old key file kept beside it)."""
-    from safehold.services import database, keys
+    from safehold.runtime import database
+    from safehold.services import keys
 
     settings, old = load(data_dir)
     if reencrypt:
@@ -421,7 +422,7 @@ def backup(
     output: Annotated[Path, typer.Option("--out", "-o", help="Backup file to write.")],
 ) -> None:
     """Back up the vault database (ciphertext only; the key file is never included)."""
-    from safehold.services import database
+    from safehold.runtime import database
     from safehold.services.backup import make_backup
 
     settings, master = load(data_dir)
@@ -444,7 +445,7 @@ def restore(
     """Replace this server's vault database with a backup (needs the same key file)."""
     from safehold.audit.chain import AuditEvent
     from safehold.domain import AuditAction, AuditResult
-    from safehold.services import database
+    from safehold.runtime import database
     from safehold.services.backup import read_backup, restore_backup
 
     settings, master = load(data_dir)

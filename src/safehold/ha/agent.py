@@ -25,8 +25,9 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from safehold.audit.spool import ship
@@ -51,13 +52,7 @@ from safehold.ha.cycle import (
     readonly_needs_peers,
 )
 from safehold.ha.failover import ReplicaReport, WriterReport
-from safehold.ha.lease import ScheduleLease, run_schedules
-from safehold.ha.lsn import lag_bytes
-from safehold.ha.monitor import monitor_once
-from safehold.ha.peers import LocalReport, PeerClient, primary_wal, writer_report
-from safehold.ha.policy import Event, EventKind, PeerObservation
-from safehold.ha.writelease import Confirmation, clock
-from safehold.services.fencing import (
+from safehold.ha.fencing import (
     clear_fence,
     confirmation_from,
     fence_database,
@@ -66,12 +61,22 @@ from safehold.services.fencing import (
     superseded_by,
     take_override,
 )
-from safehold.services.runtime import Fence, Runtime, in_cluster, public_url
+from safehold.ha.lease import ScheduleLease, run_schedules
+from safehold.ha.lsn import lag_bytes
+from safehold.ha.monitor import monitor_once
+from safehold.ha.peers import LocalReport, PeerClient, primary_wal, writer_report
+from safehold.ha.policy import Event, EventKind, PeerObservation
+from safehold.runtime import Fence, Runtime, in_cluster, public_url
+from safehold.runtime.writelease import Confirmation, clock
 from safehold.storage import audit as audit_store
 from safehold.storage import cluster as cluster_store
 from safehold.storage import replication
 from safehold.storage import servers as server_store
 from safehold.storage.db import AsyncEngine, DbTarget, app_target, make_engine
+
+#: runs the automatic failover watch (``make_watch(settings)``) with the cluster's policy; see
+#: ``services.cluster_settings.follow_failover``
+FailoverFollower = Callable[[Runtime, Callable[[Any], Any]], Coroutine[Any, Any, None]]
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +94,14 @@ class After(Enum):
 
 
 class HaAgent:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, *, backup: Callable[[Runtime], Awaitable[Path]] | None = None,
+                 follow_failover: FailoverFollower | None = None) -> None:
+        """``backup`` makes the scheduled backup (``backup.every_minutes``) and ``follow_failover`` runs the
+        automatic failover watch with the cluster's policy on a read-only server: both are services, handed in
+        by the web layer (HA does not import the services)."""
         self.rt = rt
+        self._backup = backup
+        self._follow_failover = follow_failover
         self.peers: list[PeerObservation] = []
         self.redirect: PeerObservation | None = None
         self.last_ship_error: str | None = None
@@ -119,10 +130,10 @@ class HaAgent:
         elif self.rt.readonly:
             self._tasks.append(loop.create_task(self._every(self.check_peers), name="ha-peers"))
             self._tasks.append(loop.create_task(self._every(self.ship_audit), name="ha-audit-shipper"))
-            from safehold.services.cluster_settings import follow_failover
-
-            # the automatic failover watch, with the cluster's policy as this replica holds it (re-read)
-            self._tasks.append(loop.create_task(follow_failover(self.rt, self._failover_watch), name="ha-failover"))
+            if self._follow_failover is not None:
+                # the automatic failover watch, with the cluster's policy as this replica holds it (re-read)
+                self._tasks.append(loop.create_task(self._follow_failover(self.rt, self._failover_watch),
+                                                    name="ha-failover"))
         else:
             self.rt.confirm_writer = self.confirm_writer
             self._tasks.append(loop.create_task(self._every(self.heartbeat, retry=0.5), name="ha-heartbeat"))
@@ -200,9 +211,9 @@ class HaAgent:
         await relay_once(self.rt, self.alerts)
 
     async def backup(self) -> None:
-        from safehold.services.backup import scheduled_backup
-
-        out = await scheduled_backup(self.rt)
+        if self._backup is None:
+            return
+        out = await self._backup(self.rt)
         log.info("scheduled backup written to %s", out)
 
     async def stop(self) -> None:
@@ -335,7 +346,7 @@ class HaAgent:
         fence = superseded_by(row.cluster_id, row.generation, reports)
         if fence is not None:
             self.rt.fence = fence  # refuse writes from this instant, before anything slower
-        return confirmation_from(row.cluster_id, urls, reports), fence
+        return confirmation_from(row.cluster_id, row.generation, urls, reports), fence
 
     async def confirm_writer(self) -> None:
         """A write found the lease expired (this server stalled): ask the peers now.  Renews the lease, or

@@ -14,7 +14,7 @@ from pathlib import Path
 from safehold.config import Settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.errors import ConfigError
-from safehold.services.runtime import wrap_label
+from safehold.runtime import wrap_label
 from safehold.storage import cluster as cluster_store
 from safehold.storage.db import AsyncConnection, app_target, make_engine
 

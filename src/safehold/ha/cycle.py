@@ -13,7 +13,7 @@ out; the sentence is logged when it changes (and asserted in ``tests/unit/test_h
      rejoin to finish, writing nothing;
   4. a standalone server whose settings file 'ha pack' (or 'ha add-secondary') made a primary: adopt
      that role, then heartbeat;
-  5. else heartbeat, renewing the write lease (:mod:`safehold.ha.writelease`) with the peers'
+  5. else heartbeat, renewing the write lease (:mod:`safehold.runtime.writelease`) with the peers'
      confirmation or an operator's override; the alarm ``WriterUnconfirmed`` is raised while the lease
      cannot be confirmed and cleared when it is again.
 
@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING
 
 from safehold.domain import ServerRole
 from safehold.ha.policy import Event, EventKind, PeerObservation, redirect_target
-from safehold.ha.writelease import Confirmation, WriteLease
+from safehold.runtime.writelease import Confirmation, WriteLease
 
 if TYPE_CHECKING:
-    from safehold.services.runtime import Fence
+    from safehold.runtime import Fence
     from safehold.storage.replication import ReplicaView
 
 #: Alarm conditions (the first argument of a ``RaiseAlarm`` event); the values never change.

@@ -440,7 +440,7 @@ def resolve_host(host: str) -> set[str]:
 def cluster_addresses(settings: Settings, servers: Iterable[Any]) -> dict[str, str]:
     """The cluster's own hosts and the IP addresses they resolve to, each with what it is (``servers``:
     the registered servers, rows with ``name``, ``url``, ``hostname`` and ``dns_name``); blocking (DNS)."""
-    from safehold.services.runtime import public_url
+    from safehold.runtime import public_url
 
     named: dict[str, list[str]] = {}
 

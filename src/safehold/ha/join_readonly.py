@@ -240,7 +240,7 @@ def _settings_for(pack: Pack, data_dir: Path, key_file: Path, *, port: int | Non
 
 def _install(pack: Pack, data_dir: Path, key_file: Path, master: MasterKey, *, port: int | None,
              db_port: int | None, name: str | None, say: Say) -> Settings:
-    from safehold.services.database import manager  # the one place that builds a server's PgManager
+    from safehold.runtime.database import manager  # the one place that builds a server's PgManager
 
     settings = _settings_for(pack, data_dir, key_file, port=port, db_port=db_port, name=name)
     f = pack.manifest.fields
@@ -336,7 +336,7 @@ def last_log_error(pg: PgManager) -> str:
 
 
 def _undo_join(data_dir: Path, before: set[str], made: list[Path]) -> None:
-    from safehold.services.database import manager
+    from safehold.runtime.database import manager
 
     with contextlib.suppress(SafeholdError, OSError, ValueError):
         pg = manager(Settings(server=ServerSection(id=str(uuid.uuid4()), name="x"), data_dir=data_dir))

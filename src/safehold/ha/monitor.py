@@ -10,8 +10,8 @@ from typing import Any
 
 from safehold.domain import ServerRole
 from safehold.ha.policy import Event, Health, Liveness, Snapshot, transitions
-from safehold.services.ha_status import ClusterView, cluster_view
-from safehold.services.runtime import Runtime
+from safehold.ha.status import ClusterView, cluster_view
+from safehold.runtime import Runtime
 from safehold.storage import ha as ha_store
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@
 - The pure judgements on reports that several loops share: :func:`writer_report` (the primary
   database's WAL position and write lease as the app servers on it report them) and
   :func:`primary_wal` (the furthest of those positions).  Fencing's judgements are
-  :func:`safehold.services.fencing.superseded_by` and ``confirmation_from``.
+  :func:`safehold.ha.fencing.superseded_by` and ``confirmation_from``.
 """
 
 from __future__ import annotations

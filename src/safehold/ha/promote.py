@@ -71,7 +71,7 @@ def check_promotable(facts: ReplicaFacts, *, max_data_age: float, force: bool) -
 
 def promote_database(settings: Settings, say: Say) -> None:
     """Start the replica if needed and promote it; a database that is already a primary is left alone."""
-    from safehold.services.database import manager
+    from safehold.runtime.database import manager
 
     pg = manager(settings)
     if not pg.status().running:
@@ -148,7 +148,7 @@ def promote_here(settings: Settings, master: MasterKey, *, force: bool, max_data
     spool is replayed here and the next ``safehold serve`` starts it as the primary."""
     import asyncio
 
-    from safehold.services.database import manager
+    from safehold.runtime.database import manager
     from safehold.storage.db import app_target, make_engine
 
     limit = data_age_limit(settings, max_data_age)
@@ -196,7 +196,7 @@ def promote_here(settings: Settings, master: MasterKey, *, force: bool, max_data
 
 
 async def _record_offline(settings: Settings, master: MasterKey, *, replay: bool, say: Say) -> Promotion:
-    from safehold.services.runtime import check_key, public_url, unwrap_keys
+    from safehold.runtime import check_key, public_url, unwrap_keys
     from safehold.storage.db import app_target, make_engine
 
     engine = make_engine(app_target(settings), pool_size=1)

@@ -80,7 +80,7 @@ def attach_replica(settings: Settings, *, cluster_id: str, key_check: bytes, gen
     """Make a replication role and slot for server ``server_id`` at ``host`` on this (acting primary's)
     bundled database and let it stream (and be rewound) from there.  Idempotent per server id."""
     from safehold.ha.addresses import resolve_addresses
-    from safehold.services.database import manager
+    from safehold.runtime.database import manager
 
     if settings.database.mode != "bundled" or settings.server.role != ServerRole.PRIMARY:
         raise ConfigError("only the acting primary, with its bundled database, can take a replica")
@@ -119,7 +119,7 @@ def attach_secondary(settings: Settings, *, cluster_id: str, key_check: bytes, g
     """Let a secondary of this cluster use this (acting primary's) bundled database: its login exists here
     already (roles replicate with the rest of the catalog); it needs the pg_hba.conf lines for its host."""
     from safehold.ha.addresses import login_hba_lines, resolve_addresses
-    from safehold.services.database import manager
+    from safehold.runtime.database import manager
 
     if settings.database.mode != "bundled" or settings.server.role != ServerRole.PRIMARY:
         raise ConfigError("only the acting primary, with its bundled database, can take a secondary")
@@ -138,7 +138,7 @@ def attach_secondary(settings: Settings, *, cluster_id: str, key_check: bytes, g
 
 def request_replica(settings: Settings, master: MasterKey, source_url: str, say: Say) -> ReplicaGrant:
     """Ask the acting primary at ``source_url`` for replication credentials (a signed request)."""
-    from safehold.services.runtime import public_url
+    from safehold.runtime import public_url
 
     say(f"asking {source_url} for a replication slot of this server's own")
     d = _signed_post(settings, master, source_url, PEER_REPLICAS, {
@@ -220,7 +220,7 @@ PEER_SECONDARIES = "/api/v1/ha/peer/secondaries"
 def rejoin_secondary(settings: Settings, master: MasterKey, source_url: str, *, say: Say) -> Settings:
     """A secondary (no database of its own) follows the acting primary: its login exists there already; the
     acting primary lets it in from its host, and its settings point at that database from now on."""
-    from safehold.services.runtime import public_url
+    from safehold.runtime import public_url
 
     say(f"asking {source_url} to let this secondary use its database")
     d = _signed_post(settings, master, source_url, PEER_SECONDARIES, {
@@ -292,7 +292,7 @@ def _require_bundled(settings: Settings) -> None:
 
 def _rejoin(settings: Settings, grant: ReplicaGrant, pack: PackSource | None, *, say: Say,
             report_divergence: bool) -> RejoinResult:
-    from safehold.services.database import manager
+    from safehold.runtime.database import manager
 
     say(f"the acting primary is {grant.primary_name}" + (f" (generation {grant.generation})" if grant.generation
                                                           else "") +
@@ -343,7 +343,7 @@ def _rejoin(settings: Settings, grant: ReplicaGrant, pack: PackSource | None, *,
         for name, data in (("server.crt", pack.cert_pem), ("server.key", pack.key_pem)):
             _replace_private(tls / name, data, 0o644 if name.endswith(".crt") else 0o600)
     new = _write_readonly_settings(settings, grant, server_id=application_name)
-    from safehold.services.fencing import clear_fence
+    from safehold.ha.fencing import clear_fence
 
     clear_fence(settings)  # a read-only server now: the fence it may have remembered is over
     return RejoinResult(new, method, divergent, out)

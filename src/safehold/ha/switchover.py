@@ -63,7 +63,7 @@ def choose_target(rows: list[dict[str, str]], wanted: str, own_id: str) -> Targe
 
 
 def switchover(settings: Settings, master: MasterKey, wanted: str, *, say: Say, timeout: float = 60) -> SwitchoverResult:
-    from safehold.services.database import manager
+    from safehold.runtime.database import manager
 
     if settings.server.role != ServerRole.PRIMARY or settings.database.mode != "bundled":
         raise ConfigError("run 'safehold ha switchover' on the primary (it holds the primary database)")

@@ -4,25 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from safehold.domain import Permission, UserRole
+from safehold.domain import Permission, Principal, UserRole
 from safehold.errors import PermissionDenied, PreconditionFailed
-
-
-@dataclass(frozen=True)
-class Principal:
-    """The authenticated caller of a request."""
-
-    user_id: str
-    username: str
-    role: UserRole
-    token_id: str
-    kind: str  # 'session' | 'api' | 'cli'
-    source_ip: str = ""
-    csrf_token: str | None = None
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == UserRole.ADMINISTRATOR
 
 
 def resource_permission(

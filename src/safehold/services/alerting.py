@@ -10,8 +10,8 @@ from safehold.audit.chain import AuditEvent
 from safehold.config import Settings
 from safehold.domain import AuditAction, AuditResult
 from safehold.errors import SafeholdError
+from safehold.runtime import Runtime
 from safehold.services.access import Principal
-from safehold.services.runtime import Runtime
 
 
 async def test_channel(rt: Runtime, p: Principal, settings: Settings, channel: str,

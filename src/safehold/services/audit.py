@@ -18,8 +18,8 @@ from typing import Any
 
 from safehold.audit.verify import ChainReport, verify_all
 from safehold.domain import AuditAction, AuditResult, ServerRole
-from safehold.services.ha_status import cluster_status
-from safehold.services.runtime import Runtime
+from safehold.ha.status import cluster_status
+from safehold.runtime import Runtime
 from safehold.storage import audit as store
 from safehold.storage import servers as server_store
 

@@ -26,9 +26,9 @@ from safehold.errors import (
     ReauthenticationRequired,
     TotpRequired,
 )
+from safehold.runtime import Runtime
+from safehold.runtime.local_state import LocalSession
 from safehold.services.access import Principal
-from safehold.services.local_state import LocalSession
-from safehold.services.runtime import Runtime
 from safehold.storage import users as user_store
 
 HASHER = PasswordHasher()  # argon2id, the library's recommended parameters

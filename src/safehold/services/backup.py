@@ -31,7 +31,7 @@ from safehold.errors import KeyFileError, SafeholdError
 from safehold.pg import PgManager
 from safehold.pg.binaries import find_binaries
 from safehold.pg.client import run_client
-from safehold.services.runtime import Runtime
+from safehold.runtime import Runtime
 from safehold.storage import admin
 from safehold.storage import cluster as cluster_store
 from safehold.storage.db import app_target, owner_target

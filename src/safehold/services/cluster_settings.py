@@ -47,7 +47,7 @@ from safehold.crypto.barrier import Barrier, Secret
 from safehold.crypto.envelope import Keyring
 from safehold.domain import AuditAction, AuditResult
 from safehold.errors import Conflict, DatabaseError, InvalidInput, SafeholdError
-from safehold.services.runtime import Runtime
+from safehold.runtime import Runtime
 from safehold.storage import cluster_settings as store
 from safehold.storage.db import AsyncConnection
 

@@ -14,7 +14,7 @@ from safehold.crypto.envelope import Keyring, new_data_key
 from safehold.crypto.keyfile import MasterKey, create_key_file
 from safehold.domain import AuditAction, AuditResult
 from safehold.errors import KeyFileError
-from safehold.services.runtime import DATA, Runtime, check_key, wrap_label
+from safehold.runtime import DATA, Runtime, check_key, wrap_label
 from safehold.storage import cluster as cluster_store
 from safehold.storage import vault as vault_store
 

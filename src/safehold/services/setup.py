@@ -23,8 +23,7 @@ from safehold.crypto.certs import write_tls_bundle
 from safehold.crypto.keyfile import MasterKey, create_key_file, load_key_file
 from safehold.domain import UserRole
 from safehold.errors import ConfigError, SafeholdError
-from safehold.services import database
-from safehold.services.runtime import bootstrap_cluster, open_runtime
+from safehold.runtime import bootstrap_cluster, database, open_runtime
 from safehold.services.users import Actor, create_user
 from safehold.storage import admin
 from safehold.storage.db import app_target, make_engine, owner_target

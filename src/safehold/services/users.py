@@ -15,10 +15,10 @@ from typing import Any
 from safehold.audit.chain import AuditEvent
 from safehold.domain import USERNAME_RE, AuditAction, AuditResult, UserRole
 from safehold.errors import Conflict, InvalidInput, NotFound
+from safehold.runtime import Runtime
 from safehold.services import access
 from safehold.services.access import IfMatch
 from safehold.services.auth import check_password_strength, hash_password, now
-from safehold.services.runtime import Runtime
 from safehold.storage import users as user_store
 
 

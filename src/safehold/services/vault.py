@@ -20,9 +20,9 @@ from safehold.crypto.barrier import Barrier, Secret
 from safehold.domain import AuditAction, AuditResult, Permission
 from safehold.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from safehold.ids import parse_id
+from safehold.runtime import Runtime
 from safehold.services import access
 from safehold.services.access import IfMatch, Principal
-from safehold.services.runtime import Runtime
 from safehold.storage import users as user_store
 from safehold.storage import vault as store
 from safehold.storage.db import IntegrityError

@@ -22,10 +22,11 @@ from safehold.crypto.keyfile import MasterKey
 from safehold.domain import AuditAction
 from safehold.errors import SafeholdError
 from safehold.ha.agent import HaAgent
+from safehold.ha.fencing import STARTUP
+from safehold.runtime import FencedMode, Runtime, open_runtime, system_event
 from safehold.services import auth as auth_service
-from safehold.services.cluster_settings import start_alerts
-from safehold.services.fencing import STARTUP
-from safehold.services.runtime import FencedMode, Runtime, open_runtime, system_event
+from safehold.services.backup import scheduled_backup
+from safehold.services.cluster_settings import follow_failover, start_alerts
 from safehold.web import errors, ui
 from safehold.web.api import alerts, audit, auth, ha, ha_checks, ha_peer, system, users, vault
 from safehold.web.limits import BodyLimit
@@ -155,7 +156,7 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         master = None  # the key is not kept once the data keys are unwrapped
         rt.start_background()
         app.state.runtime = rt
-        agent = HaAgent(rt)
+        agent = HaAgent(rt, backup=scheduled_backup, follow_failover=follow_failover)
         app.state.agent = agent
         # the cluster's alert channels (from the database; safehold.toml's [alerts] imported once), followed
         alerting = await start_alerts(rt)

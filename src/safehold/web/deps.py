@@ -9,9 +9,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from safehold.errors import AuthenticationFailed, PermissionDenied
+from safehold.runtime import Runtime
 from safehold.services import auth
 from safehold.services.access import Principal
-from safehold.services.runtime import Runtime
 
 SESSION_COOKIE = "safehold_session"
 CSRF_HEADER = "x-csrf-token"

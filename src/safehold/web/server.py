@@ -13,8 +13,8 @@ import uvicorn
 from safehold.config import Settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.errors import ConfigError
-from safehold.services.fencing import STARTUP
-from safehold.services.runtime import open_runtime
+from safehold.ha.fencing import STARTUP
+from safehold.runtime import open_runtime
 from safehold.web.app import create_app
 
 log = logging.getLogger(__name__)

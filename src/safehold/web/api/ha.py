@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request
 from safehold.audit.chain import AuditEvent
 from safehold.domain import AuditAction, AuditResult
 from safehold.errors import NotFound
+from safehold.ha.status import cluster_view, local_report, wal_now
 from safehold.ids import parse_id
 from safehold.services import access
-from safehold.services.ha_status import cluster_view, local_report, wal_now
 from safehold.storage import ha as ha_store
 from safehold.storage import servers as server_store
 from safehold.web.agent import live_peers as _live_peers

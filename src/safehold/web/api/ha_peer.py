@@ -20,7 +20,7 @@ from safehold.errors import AuthenticationFailed, Conflict, InvalidInput
 from safehold.ha.peers import PromoteAnswer
 from safehold.ha.policy import EventKind
 from safehold.ha.rejoin import attach_replica, attach_secondary
-from safehold.services.runtime import Runtime, public_url
+from safehold.runtime import Runtime, public_url
 from safehold.storage import cluster as cluster_store
 from safehold.storage import servers as server_store
 from safehold.web.api.common import errors

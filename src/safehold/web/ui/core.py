@@ -30,9 +30,9 @@ from safehold.errors import (
     PermissionDenied,
     SafeholdError,
 )
+from safehold.runtime import Runtime
 from safehold.services import auth
 from safehold.services.access import Principal
-from safehold.services.runtime import Runtime
 from safehold.web.deps import SESSION_COOKIE, client_ip
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"

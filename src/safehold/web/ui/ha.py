@@ -14,10 +14,10 @@ from pydantic import ValidationError
 from safehold.domain import ServerRole
 from safehold.errors import PermissionDenied, SafeholdError
 from safehold.ha.readiness import run_checks
+from safehold.ha.status import cluster_status
+from safehold.runtime import Runtime
 from safehold.services import access
 from safehold.services.access import Principal
-from safehold.services.ha_status import cluster_status
-from safehold.services.runtime import Runtime
 from safehold.storage import ha as ha_store
 from safehold.web.agent import live_peers
 from safehold.web.api import ha as ha_api

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from safehold.services.access import Principal
+from safehold.domain import Principal
 
 
 @dataclass

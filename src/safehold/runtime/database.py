@@ -6,9 +6,10 @@ import contextlib
 from collections.abc import Iterator
 
 from safehold.config import Settings
-from safehold.errors import DatabaseError
+from safehold.errors import DatabaseError, SafeholdError
 from safehold.pg import ClusterSpec, PgManager, find_binaries
-from safehold.storage.db import owner_target, run_migrations, schema_is_current
+from safehold.storage import system_settings
+from safehold.storage.db import DB_ERRORS, owner_target, run_migrations, schema_is_current
 
 
 def manager(settings: Settings) -> PgManager:
@@ -55,8 +56,6 @@ def migrate(settings: Settings) -> bool:
     read-only (a fenced server never writes it; it starts fenced)."""
     if not owns_schema(settings):
         return True
-    from safehold.services.fencing import database_read_only
-
     if database_read_only(settings):
         if not schema_is_current(owner_target(settings)):
             raise DatabaseError(
@@ -67,3 +66,14 @@ def migrate(settings: Settings) -> bool:
         return False
     run_migrations(owner_target(settings), app_user=settings.database.user if is_bundled(settings) else None)
     return True
+
+
+def database_read_only(settings: Settings) -> bool:
+    """Whether the bundled database was set read-only by fencing (False when it cannot be asked)."""
+    if settings.database.mode != "bundled":
+        return False
+    try:
+        read_only, in_recovery = system_settings.read_only_state(owner_target(settings))
+    except (SafeholdError, *DB_ERRORS, OSError):
+        return False
+    return read_only and not in_recovery

@@ -31,8 +31,8 @@ from safehold.ha.policy import (
     ha_status,
     replication_status,
 )
-from safehold.ha.writelease import clock
-from safehold.services.runtime import Fence, Runtime, public_url
+from safehold.runtime import Fence, Runtime, public_url
+from safehold.runtime.writelease import clock
 from safehold.storage import replication
 from safehold.storage import servers as server_store
 

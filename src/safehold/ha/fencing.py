@@ -12,7 +12,7 @@ The fence is also written to ``DATA_DIR/fence.json``: a fenced server that is re
 fenced even when it can reach no peer, and so does one whose bundled database was set read-only.
 
 Which peer report fences is a pure function (:func:`superseded_by`); the rest gathers the reports.
-The same reports confirm the write lease (:mod:`safehold.ha.writelease`, :func:`confirmation_from`).
+The same reports confirm the write lease (:mod:`safehold.runtime.writelease`, :func:`confirmation_from`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from collections.abc import Iterable, Sequence
 from safehold.config import Settings
 from safehold.errors import SafeholdError
 from safehold.ha.peers import LocalReport, PeerClient
-from safehold.ha.writelease import Confirmation
 from safehold.pg.runas import write_file
-from safehold.services.runtime import Fence
+from safehold.runtime import Fence
+from safehold.runtime.writelease import Confirmation
 from safehold.storage import system_settings
 from safehold.storage.db import DB_ERRORS, owner_target
 
@@ -72,10 +72,14 @@ async def find_newer_primary(settings: Settings, cluster_id: str, generation: in
     return superseded_by(cluster_id, generation, await peer_reports(settings, peer_urls, client))
 
 
-def confirmation_from(cluster_id: str, peer_urls: Sequence[str], reports: Iterable[LocalReport]) -> Confirmation:
-    """What the peers' reports (none of them newer) say about this server's write lease: confirmed when a peer
-    of the cluster answered, or when the cluster has no other server (nobody could have taken over)."""
-    if not peer_urls or any(r.cluster_id == cluster_id for r in reports):
+def confirmation_from(cluster_id: str, generation: int, peer_urls: Sequence[str],
+                      reports: Iterable[LocalReport]) -> Confirmation:
+    """What the peers' reports say about this server's write lease: confirmed when a peer of the cluster answered
+    at this server's generation or an older one, or when the cluster has no other server (nobody could have
+    taken over).  A report of a newer generation never confirms, even one :func:`superseded_by` could not
+    read a fence from."""
+    if not peer_urls or any(r.cluster_id == cluster_id and r.generation is not None and r.generation <= generation
+                            for r in reports):
         return Confirmation.CONFIRMED
     return Confirmation.UNCONFIRMED
 
@@ -140,17 +144,6 @@ def take_override(settings: Settings) -> bool:
     return time.time() - st.st_mtime < OVERRIDE_TTL
 
 
-def database_read_only(settings: Settings) -> bool:
-    """Whether the bundled database was set read-only by fencing (False when it cannot be asked)."""
-    if settings.database.mode != "bundled":
-        return False
-    try:
-        read_only, in_recovery = system_settings.read_only_state(owner_target(settings))
-    except (SafeholdError, *DB_ERRORS, OSError):
-        return False
-    return read_only and not in_recovery
-
-
 def fence_database(settings: Settings, on: bool = True) -> bool:
     """Make the bundled database refuse writes (or accept them again).  False when this server has no
     bundled database or it cannot be reached (the app-level fence still holds)."""
@@ -173,7 +166,7 @@ class StartupFencing:
                     peer_urls: Sequence[str]) -> tuple[Fence | None, Confirmation]:
         reports = await peer_reports(settings, peer_urls)
         fence = superseded_by(cluster_id, generation, reports) or load_fence(settings, generation)
-        return fence, confirmation_from(cluster_id, peer_urls, reports)
+        return fence, confirmation_from(cluster_id, generation, peer_urls, reports)
 
     async def remember(self, settings: Settings, fence: Fence) -> None:
         await asyncio.to_thread(save_fence, settings, fence)

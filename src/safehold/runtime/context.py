@@ -25,9 +25,9 @@ from safehold.crypto.envelope import Keyring, new_data_key
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import AuditResult, ServerMode, ServerRole
 from safehold.errors import AuditUnavailable, DatabaseError, InvalidInput, KeyFileError, Unavailable
-from safehold.ha.writelease import Confirmation, WriteLease, clock
 from safehold.metrics import Metrics
-from safehold.services.local_state import LocalState
+from safehold.runtime.local_state import LocalState
+from safehold.runtime.writelease import Confirmation, WriteLease, clock
 from safehold.storage import audit as audit_store
 from safehold.storage import cluster as cluster_store
 from safehold.storage import servers as server_store
