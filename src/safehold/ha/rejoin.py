@@ -26,22 +26,20 @@ import json
 import os
 import secrets
 import shutil
-import ssl
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from safehold.config import Settings, load_settings, write_settings
-from safehold.crypto import peerauth
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, DatabaseError, SafeholdError
 from safehold.ha import names
+from safehold.ha.peers import PeerUnreachable, SyncPeerClient
 from safehold.pg import conf
 from safehold.pg.errors import PgError
 from safehold.storage import admin, divergence, roles
@@ -150,7 +148,7 @@ def request_replica(settings: Settings, master: MasterKey, source_url: str, say:
 
 
 def _host_of(url: str) -> str:
-    return httpx.URL(url).host
+    return urlsplit(url).hostname or ""
 
 
 def export_divergence(local: DbTarget, source: DbTarget, out: Path) -> dict[str, int]:
@@ -194,24 +192,17 @@ class PackSource:
 
 
 def _signed_post(settings: Settings, master: MasterKey, source_url: str, path: str, body: dict[str, Any]) -> Any:
-    raw = json.dumps(body).encode()
-    headers = {"Content-Type": "application/json", peerauth.HEADER: peerauth.sign(master.peer_key(), "POST", path, raw)}
     try:
-        ctx = ssl.create_default_context(cafile=str(settings.path(settings.http.tls_ca)))
-        with httpx.Client(verify=ctx, timeout=60) as client:
-            r = client.post(source_url.rstrip("/") + path, content=raw, headers=headers)
-    except (httpx.HTTPError, OSError) as exc:
-        raise SafeholdError(f"cannot reach the acting primary at {source_url} ({type(exc).__name__})",
+        with SyncPeerClient(settings, timeout=60) as client:
+            answer = client.post_signed(source_url, path, body, master.peer_key())
+    except PeerUnreachable as exc:
+        raise SafeholdError(f"cannot reach the acting primary at {source_url} ({exc.reason})",
                             hint="check the URL, and that the server there runs and its certificate is from this "
                                  "cluster's CA") from None
-    if r.status_code != 200:
-        try:
-            err = r.json()["error"]
-            message, hint = err.get("message", ""), err.get("hint")
-        except (ValueError, KeyError, TypeError):
-            message, hint = r.text[:200], None
-        raise SafeholdError(f"the acting primary refused ({r.status_code}): {message}", hint=hint)
-    return r.json()
+    if answer.status != 200:
+        message, hint = answer.error()
+        raise SafeholdError(f"the acting primary refused ({answer.status}): {message}", hint=hint)
+    return answer.body
 
 
 PEER_SECONDARIES = "/api/v1/ha/peer/secondaries"

@@ -6,14 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from safehold.audit.chain import AuditEvent
-from safehold.domain import AuditAction, AuditResult
-from safehold.errors import NotFound
 from safehold.ha.status import cluster_view, local_report, wal_now
 from safehold.ids import parse_id
 from safehold.services import access
+from safehold.services.servers import rename_server
 from safehold.storage import ha as ha_store
-from safehold.storage import servers as server_store
 from safehold.web.agent import live_peers as _live_peers
 from safehold.web.api.common import AUTH_ERRORS, Limit, errors
 from safehold.web.deps import CurrentUser, RuntimeDep
@@ -60,12 +57,4 @@ async def local(request: Request, rt: RuntimeDep) -> dict[str, Any]:
 @router.patch("/servers/{server_id}", status_code=200, responses=errors(401, 403, 404, 422, 503))
 async def rename(server_id: str, body: ServerRename, p: CurrentUser, rt: RuntimeDep) -> dict[str, str]:
     """Give a server another display name."""
-    access.require(p.is_admin, "only administrators can rename servers")
-    sid = parse_id(server_id, "server")
-    async with rt.write() as conn:
-        if await server_store.rename(conn, sid, body.name.strip()) == 0:
-            raise NotFound("server not found")
-        await rt.append_audit(conn, AuditEvent(actor=p.username, action=AuditAction.SERVER_RENAMED,
-                                               result=AuditResult.SUCCESS, source_ip=p.source_ip,
-                                               target_type="server", target_id=sid, target_name=body.name))
-    return {"id": sid, "name": body.name.strip()}
+    return await rename_server(rt, p, parse_id(server_id, "server"), body.name)

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from safehold import __version__
 from safehold.crypto.peerauth import HEADER, PeerVerifier
 from safehold.domain import ServerRole
 from safehold.errors import AuthenticationFailed, Conflict, InvalidInput
@@ -21,8 +20,8 @@ from safehold.ha.peers import PromoteAnswer
 from safehold.ha.policy import EventKind
 from safehold.ha.rejoin import attach_replica, attach_secondary
 from safehold.runtime import Runtime, public_url
+from safehold.services.servers import register_server
 from safehold.storage import cluster as cluster_store
-from safehold.storage import servers as server_store
 from safehold.web.api.common import errors
 from safehold.web.deps import RuntimeDep
 
@@ -77,9 +76,8 @@ async def _acting_primary_cluster(rt: Runtime) -> cluster_store.ClusterRow:
 
 
 async def _register(rt: Runtime, body: ReplicaRequest, role: ServerRole) -> None:
-    async with rt.write() as conn:
-        await server_store.register(conn, id=body.server_id, name=body.server_name, role=role.value,
-                                    hostname=body.host, url=body.url, port=body.port, version=__version__)
+    await register_server(rt, server_id=body.server_id, name=body.server_name, role=role, host=body.host,
+                          url=body.url, port=body.port)
 
 
 @router.post("/replicas", responses=errors(401, 409, 422, 503))

@@ -15,8 +15,10 @@ from safehold.domain import ServerRole
 from safehold.errors import PermissionDenied, SafeholdError
 from safehold.ha.readiness import run_checks
 from safehold.ha.status import cluster_status
+from safehold.ids import parse_id
 from safehold.runtime import Runtime
 from safehold.services import access
+from safehold.services import servers as server_service
 from safehold.services.access import Principal
 from safehold.storage import ha as ha_store
 from safehold.web.agent import live_peers
@@ -232,5 +234,5 @@ async def rename_server(request: Request, server_id: str, p: UiUser) -> Response
         body = ha_api.ServerRename(name=name)
     except ValidationError as exc:
         return await _page(request, p, status=422, rename=Form(values=values, errors={"name": _name_error(exc)}))
-    await ha_api.rename(server_id, body, p, rt)  # an unknown server: the error page (404)
+    await server_service.rename_server(rt, p, parse_id(server_id, "server"), body.name)  # an unknown server: the error page (404)
     return Response(status_code=303, headers={"Location": "/ui/ha#servers-table"})
