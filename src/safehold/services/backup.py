@@ -16,7 +16,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from safehold.errors import KeyFileError, SafeholdError
 from safehold.pg import PgManager
 from safehold.pg.binaries import find_binaries
 from safehold.pg.client import run_client
+from safehold.pg.runas import write_file
 from safehold.runtime import Runtime
 from safehold.storage import admin
 from safehold.storage import cluster as cluster_store
@@ -83,12 +83,9 @@ def create_backup(settings: Settings, key_check: bytes, cluster_id: str, out: Pa
                 info = tarfile.TarInfo(name)
                 info.size, info.mode, info.mtime = len(data), 0o600, int(dt.datetime.now().timestamp())
                 tar.addfile(info, io.BytesIO(data))
-        fd = os.open(out.with_suffix(out.suffix + ".part"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(part.read_bytes())
-            f.flush()
-            os.fsync(f.fileno())
-        out.with_suffix(out.suffix + ".part").replace(out)
+        # whole or not at all, 0600, through a new file renamed over ``out`` (a planted link is replaced, never
+        # followed)
+        write_file(out, part.read_bytes(), mode=0o600, owner=None)
     return manifest
 
 

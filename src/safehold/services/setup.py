@@ -62,12 +62,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _write_secret(path: Path, value: str) -> None:
-    import os
+    """A private file (0600), written whole through a new file and renamed: a link planted at ``path`` is
+    replaced, never followed."""
+    from safehold.pg.runas import write_file
 
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
+    write_file(path, (value + "\n").encode(), mode=0o600, owner=None)
 
 
 def initialise(opts: InitOptions, say: Say = lambda _: None) -> InitResult:
