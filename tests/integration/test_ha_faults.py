@@ -9,6 +9,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -290,3 +291,20 @@ def test_a_frozen_primary_is_superseded_by_automatic_failover_and_acknowledges_n
     assert results and all(code == 503 for code in results.values()), results
     acknowledged = {name for name, code in results.items() if code == 201} | {"before-freeze"}
     assert acknowledged <= resources(readonly.data_dir)
+
+
+def test_a_hung_read_only_server_does_not_stop_the_primary(pair: tuple[Server, Server]) -> None:
+    """A peer that hangs (its app and database frozen: connections open, nothing answers) makes every heartbeat
+    wait the whole peer timeout; the lease must outlast that, so the primary keeps writing throughout."""
+    primary, readonly = pair
+    token = primary.login()
+    assert readonly.proc is not None
+    codes = []
+    with frozen(readonly.proc.pid, *process_tree(postmaster_pid(readonly))), primary.client(token) as c:
+        deadline = time.monotonic() + 6  # three write leases (2 s each) of a hung peer
+        i = 0
+        while time.monotonic() < deadline:
+            codes.append(c.post("/resources", json={"name": f"while-ro-hangs-{i}"}).status_code)
+            i += 1
+        assert local(primary)["alarm"] is None
+    assert codes and set(codes) == {201}, codes

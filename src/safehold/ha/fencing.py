@@ -67,10 +67,6 @@ async def peer_reports(settings: Settings, urls: Sequence[str], client: PeerClie
     return await client.reports(urls)
 
 
-async def find_newer_primary(settings: Settings, cluster_id: str, generation: int, peer_urls: Sequence[str],
-                             client: PeerClient | None = None) -> Fence | None:
-    return superseded_by(cluster_id, generation, await peer_reports(settings, peer_urls, client))
-
 
 def confirmation_from(cluster_id: str, generation: int, peer_urls: Sequence[str],
                       reports: Iterable[LocalReport]) -> Confirmation:

@@ -107,8 +107,6 @@ class PgManager:
         """The marker's fields (a standby's primary among them), or NotSafeholdDataDir."""
         return self._bootstrap.marker_fields()
 
-    _marker_fields = marker_fields  # the name ha/teardown.py still calls
-
     # --- pg_hba.conf --------------------------------------------------------------------
 
     def write_hba(self, extra_lines: list[str]) -> None:
