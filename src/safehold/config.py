@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from safehold.alerts_config import AlertsSection
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError
+from safehold.files import write_atomic
 
 CONFIG_NAME = "safehold.toml"
 ENV_PREFIX = "SAFEHOLD_"
@@ -266,8 +267,6 @@ def write_settings(settings: Settings) -> Path:
     """Write the configuration file (atomically) and return its path."""
     data = settings.model_dump(mode="json", exclude_none=True)
     path = settings.data_dir / CONFIG_NAME
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text("# Safehold server configuration. See 'safehold --help'.\n" + tomli_w.dumps(data))
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    text = "# Safehold server configuration. See 'safehold --help'.\n" + tomli_w.dumps(data)
+    write_atomic(path, text.encode(), mode=0o600)
     return path

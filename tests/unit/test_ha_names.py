@@ -1,18 +1,15 @@
 """The names Safehold gives what it makes for other servers (ha.names), the address rules for a new
-server (ha.addresses) and the one private-file writer (ha.files), as tables."""
+server (ha.addresses), as tables."""
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
+from safehold import names
 from safehold.errors import ConfigError, InvalidInput
-from safehold.ha import names
 from safehold.ha.addresses import (
     dns_name,
     is_loopback_address,
@@ -20,7 +17,6 @@ from safehold.ha.addresses import (
     login_hba_lines,
     resolve_addresses,
 )
-from safehold.ha.files import write_private
 
 ID = "01234567-89ab-cdef-0123-456789abcdef"
 
@@ -92,31 +88,3 @@ def test_a_login_is_let_in_from_each_address_over_tls_only() -> None:
                                                 ("::1", "")])
 def test_the_registry_lists_a_dns_name_only(host: str, expected: str) -> None:
     assert dns_name(host) == expected
-
-
-def test_a_private_file_is_new_with_its_mode_whatever_the_umask(tmp_path: Path) -> None:
-    old = os.umask(0o077)
-    try:
-        write_private(tmp_path / "tls" / "server.crt", b"cert", 0o644)
-        write_private(tmp_path / "tls" / "server.key", b"key")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((tmp_path / "tls" / "server.crt").stat().st_mode) == 0o644
-    assert stat.S_IMODE((tmp_path / "tls" / "server.key").stat().st_mode) == 0o600
-    assert stat.S_IMODE((tmp_path / "tls").stat().st_mode) == 0o700
-    with pytest.raises(FileExistsError):  # never reused
-        write_private(tmp_path / "tls" / "server.key", b"other")
-    assert (tmp_path / "tls" / "server.key").read_bytes() == b"key"
-
-
-def test_a_private_file_never_follows_a_planted_link(tmp_path: Path) -> None:
-    target = tmp_path / "elsewhere"
-    target.write_bytes(b"keep")
-    (tmp_path / "server.key").symlink_to(target)
-    with pytest.raises(FileExistsError):
-        write_private(tmp_path / "server.key", b"secret")
-    write_private(tmp_path / "server.key", b"secret", replace=True)  # the link is replaced, not followed
-    assert target.read_bytes() == b"keep"
-    assert not (tmp_path / "server.key").is_symlink()
-    assert (tmp_path / "server.key").read_bytes() == b"secret"
-    assert stat.S_IMODE((tmp_path / "server.key").stat().st_mode) == 0o600

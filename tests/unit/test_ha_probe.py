@@ -4,9 +4,7 @@ a closed port, a listener that never answers; a stand-in ping program; a route t
 from __future__ import annotations
 
 import asyncio
-import http.server
 import socket
-import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +18,6 @@ from safehold.ha.probe import (
     default_gateway,
     icmp_reachable,
     icmp_reachable_async,
-    probe_app,
-    probe_app_async,
     probe_database,
     probe_database_async,
     target_reachable_async,
@@ -197,28 +193,3 @@ def test_default_gateway(tmp_path: Path) -> None:
 # --- the app --------------------------------------------------------------------------------------------
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200 if self.path == "/api/v1/health" else 404)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_probe_app(closed_port: int) -> None:
-    server = http.server.ThreadingHTTPServer((HOST, 0), _Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    ctx = ssl.create_default_context()
-    try:
-        url = f"http://{HOST}:{server.server_address[1]}"
-        assert probe_app(url, ctx, 2) is True
-        assert asyncio.run(probe_app_async(url + "/", ctx, 2)) is True
-        assert probe_app(url + "/sub", ctx, 2) is False  # 404
-        assert probe_app(f"http://{HOST}:{closed_port}", ctx, 1) is False
-        assert asyncio.run(probe_app_async(f"http://{HOST}:{closed_port}", ctx, 1)) is False
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)

@@ -27,6 +27,7 @@ from safehold.ha.peers import (
     PeerAnswer,
     PeerClient,
     PromoteAnswer,
+    SyncPeerClient,
     primary_wal,
     writer_report,
 )
@@ -186,7 +187,8 @@ def test_peer_answer_error(answer: PeerAnswer, expected: tuple[str, str | None])
 
 class _Peer(http.server.BaseHTTPRequestHandler):
     routes: dict[str, tuple[int, bytes]] = {
-        "/ok/api/v1/health": (200, b"{}"),
+        "/ok/api/v1/health": (200, b'{"status": "ok", "server": {"id": "s-1", "name": "one"}}'),
+        "/anon/api/v1/health": (200, b"not json"),
         "/ok/api/v1/ha/local": (200, json.dumps(FULL_JSON).encode()),
         "/old/api/v1/health": (503, b"{}"),
         "/old/api/v1/ha/local": (200, b'{"cluster_id": "c1", "generation": 3, "role": "primary"}'),
@@ -242,5 +244,18 @@ def test_the_client_reads_reports_and_health(peer: str, closed_url: str) -> None
             assert (old.status, old.error) == (503, None)
             down = await c.health(closed_url)
             assert down.status is None and down.error and down.error.startswith("cannot connect")
+            assert (await c.health(peer + "/ok")).server_id == "s-1"
 
     asyncio.run(run())
+
+
+def test_the_blocking_client_reads_health_and_the_server_it_names(peer: str, closed_url: str) -> None:
+    with SyncPeerClient(ssl.create_default_context(), 2) as c:
+        ok = c.health(peer + "/ok")
+        assert (ok.ok, ok.server_id) == (True, "s-1")
+        anon = c.health(peer + "/anon")  # a 200 whose body names no server
+        assert (anon.ok, anon.server_id) == (True, None)
+        assert (c.health(peer + "/old").status, c.health(peer + "/sub").status) == (503, 404)
+        down = c.health(closed_url)
+        assert down.status is None and down.error and down.error.startswith("cannot connect")
+        assert c.local(peer + "/ok") == FULL and c.local(closed_url) is None

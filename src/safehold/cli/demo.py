@@ -21,6 +21,8 @@ import httpx
 import typer
 from rich.console import Console
 
+from safehold.files import write_private
+
 out = Console(soft_wrap=True)
 SAMPLES = [
     ("db-prod-01", "database", "10.20.0.11", ["prod", "postgres"], [("postgres", None), ("replicator", None)]),
@@ -67,13 +69,15 @@ def _start(node: Node, log_dir: Path) -> None:
 
 
 def _wait_healthy(node: Node, ca: Path, timeout: float = 60) -> None:
+    from safehold.ha.peers import SyncPeerClient
+
     ctx = ssl.create_default_context(cafile=str(ca))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if node.proc is not None and node.proc.poll() is not None:
             raise typer.Exit(_fail(f"the {node.name} server exited; see its log"))
-        with contextlib.suppress(httpx.HTTPError, OSError):
-            if httpx.get(f"{node.url}/api/v1/health", verify=ctx, timeout=2).status_code == 200:
+        with SyncPeerClient(ctx, timeout=2) as client:
+            if client.health(node.url).ok:
                 return
         time.sleep(0.3)
     raise typer.Exit(_fail(f"the {node.name} server did not become healthy within {timeout:.0f} s"))
@@ -104,10 +108,8 @@ def demo(
     os.chmod(base, 0o700)
     admin_password = secrets.token_urlsafe(12)
     passphrase = secrets.token_urlsafe(18)
-    (base / "admin-password").write_text(admin_password)
-    (base / "passphrase").write_text(passphrase)
-    for f in ("admin-password", "passphrase"):
-        os.chmod(base / f, 0o600)
+    write_private(base / "admin-password", admin_password.encode())
+    write_private(base / "passphrase", passphrase.encode())
     primary = Node("primary", base / "primary", _free_port())
     secondary = Node("secondary", base / "secondary", _free_port())
     readonly = Node("readonly", base / "readonly", _free_port())

@@ -99,7 +99,6 @@ def failover(
         failover_warnings,
         update_failover,
     )
-    from safehold.storage import servers as server_store
 
     _fail(range_errors({"ping_interval": ping_interval, "ping_iterations": ping_iterations}), 2)
 
@@ -127,9 +126,7 @@ def failover(
         changes = changes_to(current.value)
         if changes:
             current = await update_failover(rt, Actor(cli_actor()), changes)
-        async with rt.read() as conn:
-            servers = await server_store.all_servers(conn)
-        return rt.settings, current, failover_warnings(current.value, servers), bool(changes)
+        return rt.settings, current, await failover_warnings(rt, current.value), bool(changes)
 
     try:
         settings, in_force, warnings, changed = with_runtime(data_dir, go)

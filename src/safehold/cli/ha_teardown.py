@@ -22,22 +22,19 @@ def _say(message: str) -> None:
 
 def _app_running(settings: Settings) -> bool:
     """Whether this server's app ('safehold serve') runs: its pid file, else its own health endpoint."""
-    import httpx
-
     from safehold.cli.context import server_pid
+    from safehold.ha.peers import SyncPeerClient
 
     if server_pid(settings) is not None:
         return True
     listen = settings.http.listen
     host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(listen, f"[{listen}]" if ":" in listen else listen)  # noqa: S104
-    ca = settings.path(settings.http.tls_ca)
-    if not ca.is_file():
+    if not settings.path(settings.http.tls_ca).is_file():
         return False
     try:
-        with httpx.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=2) as client:
-            r = client.get(f"https://{host}:{settings.http.port}/api/v1/health")
-        return bool(r.json().get("server", {}).get("id") == settings.server.id)
-    except (httpx.HTTPError, ValueError, AttributeError):
+        with SyncPeerClient(settings, timeout=2) as client:
+            return client.health(f"https://{host}:{settings.http.port}").server_id == settings.server.id
+    except (OSError, ssl.SSLError):  # the CA file cannot be read
         return False
 
 

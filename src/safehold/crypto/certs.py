@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from safehold.files import write_private
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,7 @@ def fingerprint(cert_pem: bytes) -> str:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    path.unlink(missing_ok=True)  # never reuse an old file's (possibly wider) permissions
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, mode)
+    write_private(path, data, mode, replace=True)  # a fresh file: never an old file's (wider) permissions
 
 
 def write_tls_bundle(directory: Path, names: list[str], *, cluster_name: str = "Safehold") -> TlsPaths:

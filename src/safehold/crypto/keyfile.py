@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from safehold.errors import KeyFileError
+from safehold.files import write_private
 
 KEY_LEN = 32
 _HEADER = "safehold-key-v1:"
@@ -90,16 +91,12 @@ def create_key_file(path: Path, *, rand: Callable[[int], bytes] = os.urandom) ->
     key = rand(KEY_LEN)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_private(path, encode_key(key).encode(), 0o600)
     except FileExistsError:
         raise KeyFileError(
             f"key file {path} already exists; Safehold never overwrites a key file",
             hint="move it away first if you really mean to create a new key",
         ) from None
-    with os.fdopen(fd, "w") as f:
-        f.write(encode_key(key))
-        f.flush()
-        os.fsync(f.fileno())
     return MasterKey(key)
 
 

@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from safehold import names
 from safehold.config import Settings
 from safehold.crypto.certs import make_server_cert
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, DatabaseError, KeyFileError, SafeholdError
-from safehold.ha import names
 from safehold.ha.addresses import (
     certificate_names,
     is_loopback_address,

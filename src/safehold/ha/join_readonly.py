@@ -38,8 +38,8 @@ from safehold.crypto.certs import fingerprint
 from safehold.crypto.keyfile import MasterKey, load_key_file
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, DatabaseError, SafeholdError
+from safehold.files import nearest_existing, write_private
 from safehold.ha.addresses import dns_name
-from safehold.ha.files import nearest_existing, write_private
 from safehold.ha.pack import (
     CA_CERT,
     DB_PASSWORD,

@@ -30,6 +30,7 @@ from safehold.config import (
 from safehold.crypto.keyfile import MasterKey, load_key_file
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, DatabaseError, KeyFileError
+from safehold.files import nearest_existing, write_private
 from safehold.ha.add_secondary import (
     CA_CERT,
     DB_PASSWORD,
@@ -41,7 +42,6 @@ from safehold.ha.add_secondary import (
     Say,
 )
 from safehold.ha.addresses import is_loopback_address
-from safehold.ha.files import nearest_existing, write_private
 from safehold.ha.setupfile import Manifest, SetupFileError, payload, read_setup_file, scratch_dir
 from safehold.storage import cluster as cluster_store
 from safehold.storage.db import app_target

@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safehold import names
 from safehold.config import Settings, load_settings, write_settings
 from safehold.crypto.certs import fingerprint, make_server_cert
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, DatabaseError, KeyFileError, SafeholdError
-from safehold.ha import names
 from safehold.ha.addresses import (
     certificate_names,
     dns_name,

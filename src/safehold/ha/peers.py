@@ -17,9 +17,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -291,10 +292,23 @@ class HealthAnswer:
 
     status: int | None
     error: str | None = None
+    server_id: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == 200
+
+    @classmethod
+    def of(cls, status: int, body: Callable[[], Any]) -> HealthAnswer:
+        """From a status and the JSON body (read only for a 200), whose ``server.id`` names the server."""
+        server_id = None
+        if status == 200:
+            with contextlib.suppress(ValueError):
+                parsed = body()
+                server = parsed.get("server") if isinstance(parsed, Mapping) else None
+                sid = server.get("id") if isinstance(server, Mapping) else None
+                server_id = sid if isinstance(sid, str) else None
+        return cls(status, server_id=server_id)
 
 
 def _url(base: str, path: str) -> str:
@@ -348,7 +362,7 @@ class PeerClient:
             r = await self._http.get(_url(url, HEALTH_PATH))
         except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
             return HealthAnswer(None, no_answer(exc))
-        return HealthAnswer(r.status_code)
+        return HealthAnswer.of(r.status_code, r.json)
 
     async def healthy(self, url: str) -> bool:
         """Whether the server's health check answers 200."""
@@ -383,8 +397,10 @@ class PeerUnreachable(Exception):  # noqa: N818 - the peer's state, not a bug
 class SyncPeerClient:
     """:class:`PeerClient` for a command that runs without an event loop."""
 
-    def __init__(self, settings: Settings, timeout: float) -> None:
-        self._http = httpx.Client(verify=cluster_ssl_context(settings), timeout=timeout)
+    def __init__(self, settings: Settings | ssl.SSLContext, timeout: float) -> None:
+        """With the cluster CA of ``settings`` (or the given TLS context)."""
+        ctx = settings if isinstance(settings, ssl.SSLContext) else cluster_ssl_context(settings)
+        self._http = httpx.Client(verify=ctx, timeout=timeout)
 
     def __enter__(self) -> SyncPeerClient:
         return self
@@ -398,6 +414,14 @@ class SyncPeerClient:
             return _report(r.status_code, r.json() if r.status_code == 200 else None)
         except (httpx.HTTPError, ssl.SSLError, OSError, ValueError):
             return None
+
+    def health(self, url: str) -> HealthAnswer:
+        """The server's health check (and the server id it names)."""
+        try:
+            r = self._http.get(_url(url, HEALTH_PATH))
+        except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
+            return HealthAnswer(None, no_answer(exc))
+        return HealthAnswer.of(r.status_code, r.json)
 
     def post_signed(self, url: str, path: str, body: Mapping[str, Any], peer_key: bytes) -> PeerAnswer:
         """POST ``body`` to ``url`` + ``path``, signed with the cluster's peer key (crypto.peerauth); raises

@@ -3,7 +3,6 @@
 - a target (witness or gateway) is ``host`` (an ICMP ping through the system ``ping`` program) or
   ``host:port`` (a TCP connect); :func:`parse_target` reads one;
 - :func:`probe_database`: is a PostgreSQL server listening there (it answers an SSLRequest)?
-- :func:`probe_app`: does a Safehold server answer its health check?
 - :func:`default_gateway`: the default route's gateway, from /proc/net/route.
 
 Each probe has a blocking form and an ``_async`` form for the event loop; none raises for an
@@ -25,12 +24,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 #: The PostgreSQL SSLRequest: length 8, code 1234.5679; a server answers one byte, 'S' or 'N'.
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 PG_ANSWERS = (b"S", b"N")
-HEALTH_PATH = "/api/v1/health"
 ROUTE_FILE = Path("/proc/net/route")
 _PING_FALLBACKS = ("/usr/bin/ping", "/bin/ping", "/usr/sbin/ping", "/sbin/ping")
 
@@ -281,26 +277,3 @@ async def probe_database_async(host: str, port: int, timeout: float) -> bool:
         return False
     finally:
         await _close(writer)
-
-
-# --- the Safehold app -----------------------------------------------------------------------------------
-
-
-def probe_app(url: str, ssl_context: ssl.SSLContext, timeout: float) -> bool:
-    """Whether ``GET {url}/api/v1/health`` answers 200 over verified HTTPS."""
-    try:
-        with httpx.Client(verify=ssl_context, timeout=timeout) as client:
-            return client.get(url.rstrip("/") + HEALTH_PATH).status_code == 200
-    except (httpx.HTTPError, ssl.SSLError, OSError):
-        return False
-
-
-async def probe_app_async(url: str, ssl_context: ssl.SSLContext, timeout: float,
-                          client: httpx.AsyncClient | None = None) -> bool:
-    try:
-        if client is not None:
-            return (await client.get(url.rstrip("/") + HEALTH_PATH, timeout=timeout)).status_code == 200
-        async with httpx.AsyncClient(verify=ssl_context, timeout=timeout) as c:
-            return (await c.get(url.rstrip("/") + HEALTH_PATH)).status_code == 200
-    except (httpx.HTTPError, ssl.SSLError, OSError):
-        return False

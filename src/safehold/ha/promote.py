@@ -21,12 +21,11 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from safehold import __version__
+from safehold import __version__, names
 from safehold.config import Settings, load_settings, write_settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, SafeholdError
-from safehold.ha import names
 from safehold.ha.policy import EventKind
 from safehold.storage import cluster as cluster_store
 from safehold.storage import ha as ha_store

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safehold import names
 from safehold.config import Settings
 from safehold.crypto.keyfile import key_id_of, load_key_file
 from safehold.domain import ServerRole
 from safehold.errors import SafeholdError
-from safehold.ha import names
 from safehold.ha.peers import PeerClient
 from safehold.storage import cluster as cluster_store
 from safehold.storage import replication
@@ -33,7 +33,6 @@ from safehold.storage.db import AsyncEngine, app_target, make_engine
 MIN_FREE_BYTES = 1 << 30
 MIN_FREE_FRACTION = 0.05
 DB_TIMEOUT = 10.0
-SPOOL_DIR = names.SPOOL_DIR  # the read-only server's audit spool
 
 
 @dataclass(frozen=True)
@@ -331,7 +330,7 @@ async def gather(settings: Settings, *, engine: AsyncEngine | None = None) -> Fa
         db = await read_database(settings, engine)
     except Exception as exc:  # noqa: BLE001 - reported as failed checks
         db_error = _error_text(exc)
-    spool = settings.data_dir / SPOOL_DIR
+    spool = settings.data_dir / names.SPOOL_DIR
     spool_path = spool if readonly or spool.exists() else None
     spool_error = await asyncio.to_thread(probe_spool, spool) if spool_path is not None else None
     disks = [_disk("data", settings.data_dir)]

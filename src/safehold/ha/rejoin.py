@@ -23,7 +23,6 @@ import contextlib
 import datetime as dt
 import ipaddress
 import json
-import os
 import secrets
 import shutil
 import tempfile
@@ -34,15 +33,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from safehold import names
 from safehold.config import Settings, load_settings, write_settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import ServerRole
-from safehold.errors import ConfigError, DatabaseError, SafeholdError
-from safehold.ha import names
+from safehold.errors import ConfigError, Conflict, DatabaseError, SafeholdError
+from safehold.files import write_private
 from safehold.ha.peers import PeerUnreachable, SyncPeerClient
 from safehold.pg import conf
 from safehold.pg.errors import PgError
+from safehold.runtime import Runtime
 from safehold.storage import admin, divergence, roles
+from safehold.storage import cluster as cluster_store
 from safehold.storage.db import DB_ERRORS, DbTarget, app_target, owner_target
 from safehold.storage.replication import receiver_state
 
@@ -162,11 +164,7 @@ def export_divergence(local: DbTarget, source: DbTarget, out: Path) -> dict[str,
         lines.append(json.dumps({"table": d.table, "key": d.key, "status": d.status, "row": d.row},
                                 default=str, sort_keys=True))
     if lines:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        write_private(out, ("\n".join(lines) + "\n").encode())
     return counts
 
 
@@ -332,20 +330,12 @@ def _rejoin(settings: Settings, grant: ReplicaGrant, pack: PackSource | None, *,
     if pack is not None:
         tls = settings.data_dir / "tls"
         for name, data in (("server.crt", pack.cert_pem), ("server.key", pack.key_pem)):
-            _replace_private(tls / name, data, 0o644 if name.endswith(".crt") else 0o600)
+            write_private(tls / name, data, 0o644 if name.endswith(".crt") else 0o600, replace=True)
     new = _write_readonly_settings(settings, grant, server_id=application_name)
     from safehold.ha.fencing import clear_fence
 
     clear_fence(settings)  # a read-only server now: the fence it may have remembered is over
     return RejoinResult(new, method, divergent, out)
-
-
-def _replace_private(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".new")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    tmp.replace(path)
 
 
 def _hostport(settings: Settings) -> tuple[str, int]:
@@ -425,3 +415,13 @@ def _write_readonly_settings(settings: Settings, grant: ReplicaGrant, *, server_
     })
     write_settings(new)
     return load_settings(settings.data_dir)
+
+
+async def acting_primary_cluster(rt: Runtime) -> cluster_store.ClusterRow:
+    """The cluster's row, when this server is the acting primary that servers (re)join; else Conflict."""
+    if rt.readonly or rt.identity.role != ServerRole.PRIMARY:
+        raise Conflict("this server is not the acting primary", hint="ask the acting primary")
+    async with rt.read() as conn:
+        row = await cluster_store.get(conn)
+    assert row is not None  # open_runtime checked it
+    return row

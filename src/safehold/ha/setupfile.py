@@ -13,8 +13,10 @@ the joining server brings its own copy and it must match ``key_check``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import secrets
 import tarfile
 import tempfile
@@ -27,6 +29,7 @@ from typing import Any, BinaryIO
 from safehold.crypto.keyfile import MasterKey
 from safehold.crypto.sealedfile import SealedFileError, SealedReader, SealedWriter
 from safehold.errors import KeyFileError, SafeholdError
+from safehold.files import sync_dir
 
 FORMAT = "safehold-setup-1"
 KINDS = ("secondary", "readonly")
@@ -78,12 +81,22 @@ def write_setup_file(out: Path, passphrase: str, manifest: Manifest) -> Iterator
         raise ValueError(manifest.kind)
     out = out.resolve()
     part = out.with_name(out.name + ".part")
-    with open(part, "wb") as raw:
-        part.chmod(0o600)
-        with SealedWriter(raw, passphrase) as sealed, tarfile.open(fileobj=sealed, mode="w|") as tar:  # type: ignore[call-overload]
-            _add(tar, "manifest.json", manifest.to_json())
-            yield tar
-    part.replace(out)
+    with contextlib.suppress(FileNotFoundError):
+        part.unlink()  # a leftover of an interrupted run: never reuse its (possibly wider) mode
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    try:
+        with open(fd, "wb") as raw:
+            with SealedWriter(raw, passphrase) as sealed, tarfile.open(fileobj=sealed, mode="w|") as tar:  # type: ignore[call-overload]
+                _add(tar, "manifest.json", manifest.to_json())
+                yield tar
+            raw.flush()
+            os.fsync(raw.fileno())
+        part.replace(out)
+    except BaseException:
+        part.unlink(missing_ok=True)  # a full disk or an error: no half-written pack left behind
+        raise
+    sync_dir(out.parent)
 
 
 def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -33,6 +33,7 @@ from safehold.ha.policy import (
 )
 from safehold.runtime import Fence, Runtime, public_url
 from safehold.runtime.writelease import clock
+from safehold.storage import ha as ha_store
 from safehold.storage import replication
 from safehold.storage import servers as server_store
 
@@ -258,3 +259,27 @@ async def cluster_view(rt: Runtime, *, live_peers: dict[str, bool] | None = None
 
 async def _nothing() -> LocalReport | None:
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class HaEvent:
+    """One logged HA transition (HA/replication Alive/Failed, a server active or inactive, StandbyOffline …)."""
+
+    id: int
+    at: dt.datetime
+    kind: str
+    subject: str
+    message: str
+    reported_by: str | None
+    args: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "at": self.at.isoformat(), "kind": self.kind, "subject": self.subject,
+                "message": self.message, "reported_by": self.reported_by, "args": list(self.args)}
+
+
+async def recent_events(rt: Runtime, limit: int = 100) -> list[HaEvent]:
+    """The newest logged HA transitions first."""
+    async with rt.read() as conn:
+        rows = await ha_store.recent_events(conn, limit)
+    return [HaEvent(r.id, r.at, r.kind, r.subject, r.message, r.reported_by, tuple(r.args or ())) for r in rows]

@@ -35,10 +35,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from safehold import names
 from safehold.config import HaSection, Settings, load_settings, write_settings
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, DatabaseError, SafeholdError
-from safehold.ha import names
 from safehold.pg import PgManager
 from safehold.storage import admin, replication, roles, system_settings
 from safehold.storage import cluster as cluster_store
@@ -55,7 +55,6 @@ Say = Callable[[str], None]
 #: The names Safehold gives what it makes for other servers (see ha.names).
 REPLICATION_ROLE, SLOT, SECONDARY_LOGIN = names.REPLICATION_ROLE, names.READONLY_SLOT, names.SECONDARY_LOGIN
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-SPOOL_DIR = names.SPOOL_DIR  # the read-only server's audit spool (services.runtime)
 CATCH_UP_TIMEOUT = 20.0
 
 
@@ -332,7 +331,7 @@ def spool_pending(settings: Settings) -> int:
     """How many audit records a read-only server spooled that the primary does not have yet."""
     from safehold.audit.spool import RECORDS
 
-    directory = settings.data_dir / SPOOL_DIR
+    directory = settings.data_dir / names.SPOOL_DIR
     if not (directory / RECORDS).is_file():
         return 0
     return _spool(settings).backlog().pending
@@ -342,7 +341,7 @@ def _spool(settings: Settings) -> AuditSpool:
     from safehold.audit.spool import AuditSpool
 
     # only reads and ships records chained before: the MAC key is needed for appending only
-    return AuditSpool(settings.data_dir / SPOOL_DIR, b"", settings.server.id, settings.server.role.value)
+    return AuditSpool(settings.data_dir / names.SPOOL_DIR, b"", settings.server.id, settings.server.role.value)
 
 
 def has_superuser_password(settings: Settings) -> bool:
@@ -461,7 +460,7 @@ class _Executor:
         s = self.settings
         if step.action == Action.SHIP_AUDIT:
             self.warn(f"{step.target} audit record(s) spooled here were not shipped to the primary; they stay "
-                      f"in {s.data_dir / SPOOL_DIR}")
+                      f"in {s.data_dir / names.SPOOL_DIR}")
         elif step.action == Action.CATCH_UP:
             self.warn("this copy holds what its replica had replayed when it last heard from the primary")
         elif step.action == Action.DROP_PRIMARY_ROLE:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safehold.files import write_atomic
 from safehold.pg.errors import PgError
 
 log = logging.getLogger(__name__)
@@ -216,29 +217,9 @@ def check_tree_usable(root: Path, user: ServiceUser) -> None:
 
 
 def write_file(path: Path, data: bytes, *, mode: int, owner: ServiceUser | None) -> None:
-    """Atomically replace `path` with `data`, owned by `owner` (None: this process).
-
-    Written through a fresh temporary file and renamed, so a symlink planted at
-    `path` is replaced, never followed.
-    """
-    tmp = path.with_name(f".{path.name}.safehold-tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, flags | os.O_EXCL, mode)
-    try:
-        if owner is not None:
-            os.fchown(fd, owner.uid, owner.gid)
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb", closefd=False) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Atomically replace `path` with `data`, owned by `owner` (None: this process): see
+    :func:`safehold.files.write_atomic` (a symlink planted at `path` is replaced, never followed)."""
+    write_atomic(path, data, mode=mode, owner=None if owner is None else (owner.uid, owner.gid))
 
 
 def make_dir(path: Path, *, mode: int, owner: ServiceUser | None) -> None:

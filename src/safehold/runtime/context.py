@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from safehold import __version__
+from safehold import __version__, names
 from safehold.audit.chain import GENESIS, AuditEvent
 from safehold.audit.spool import AuditSpool
 from safehold.audit.writer import AuditWriter
@@ -39,6 +39,7 @@ from safehold.storage.db import (
     SQLAlchemyError,
     app_target,
     make_engine,
+    ping,
 )
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,15 @@ class Runtime:
             async with self._autocommit.connect() as conn:
                 yield conn
 
+    async def database_answers(self) -> bool:
+        """Whether this server's database answers a query now."""
+        try:
+            async with self.read() as conn:
+                await ping(conn)
+        except DatabaseError:
+            return False
+        return True
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A transaction; commit on success.  A read-only or fenced server refuses at once, and so does a
@@ -261,7 +271,7 @@ class Runtime:
             self.audit.start()
 
     def _open_spool(self, head: tuple[int, bytes]) -> AuditSpool:
-        return AuditSpool(self.settings.data_dir / "spool", self.keys.audit_key, self.identity.id,
+        return AuditSpool(self.settings.data_dir / names.SPOOL_DIR, self.keys.audit_key, self.identity.id,
                           self.identity.role, head=head)
 
     async def become_fenced(self, fence: Fence) -> None:
@@ -368,11 +378,11 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
                     lease = WriteLease(settings.ha.write_lease).renew(started, confirmation)
                 if fence is not None:
                     register = False
-                    spool = AuditSpool(settings.data_dir / "spool", keys.audit_key, identity.id, identity.role,
+                    spool = AuditSpool(settings.data_dir / names.SPOOL_DIR, keys.audit_key, identity.id, identity.role,
                                        head=await audit_store.head(conn, identity.id) or (0, GENESIS))
                 if identity.role == ServerRole.READONLY:
                     register = False  # its replica cannot be written; the others check it over HTTPS
-                    spool = AuditSpool(settings.data_dir / "spool", keys.audit_key, identity.id, identity.role,
+                    spool = AuditSpool(settings.data_dir / names.SPOOL_DIR, keys.audit_key, identity.id, identity.role,
                                        head=await audit_store.head(conn, identity.id) or (0, GENESIS))
                 if register:
                     await server_store.register(
@@ -468,7 +478,7 @@ async def ship_leftover_spool(rt: Runtime) -> int:
     from safehold.audit.spool import RECORDS, ship
     from safehold.errors import SafeholdError
 
-    directory = rt.settings.data_dir / "spool"
+    directory = rt.settings.data_dir / names.SPOOL_DIR
     if rt.readonly or not (directory / RECORDS).is_file():
         return 0
     try:

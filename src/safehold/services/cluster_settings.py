@@ -454,13 +454,17 @@ async def update_failover(rt: Runtime, actor: Actor, changes: dict[str, Any]) ->
     return await failover_in_force(rt)
 
 
-def failover_warnings(policy: FailoverSection, servers: list[Any]) -> list[str]:
+async def failover_warnings(rt: Runtime, policy: FailoverSection) -> list[str]:
     """What an operator should know about the cluster's policy (as seen from this server's host)."""
     from safehold.domain import ServerRole
     from safehold.ha.failover import warnings_for
     from safehold.ha.probe import default_gateway, ping_program
+    from safehold.storage import servers as server_store
 
-    out = warnings_for(policy, default_gateway=default_gateway(), ping_available=ping_program() is not None)
+    async with rt.read() as conn:
+        servers = await server_store.all_servers(conn)
+    gateway, ping = await asyncio.to_thread(lambda: (default_gateway(), ping_program()))
+    out = warnings_for(policy, default_gateway=gateway, ping_available=ping is not None)
     if policy.enabled and not any(getattr(s, "role", None) == ServerRole.READONLY for s in servers):
         out.append("no read-only server is registered in this cluster: nothing watches the primary yet (the "
                    "policy applies to every read-only server)")

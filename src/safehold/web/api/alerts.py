@@ -27,7 +27,6 @@ from safehold.services import access
 from safehold.services import cluster_settings as cs
 from safehold.services.access import Principal
 from safehold.services.alerting import test_channel
-from safehold.storage import servers as server_store
 from safehold.web.api.common import AUTH_ERRORS, errors
 from safehold.web.deps import CurrentUser, RuntimeDep
 from safehold.web.errors import error_response
@@ -145,11 +144,9 @@ async def test(body: TestRequest, p: CurrentUser, rt: RuntimeDep) -> Any:
 
 async def _failover_body(rt: Any) -> dict[str, Any]:
     in_force = await cs.failover_in_force(rt)
-    async with rt.read() as conn:
-        servers = await server_store.all_servers(conn)
     return {"policy": in_force.value.model_dump(mode="json"), "source": in_force.source,
             "version": in_force.version, "updated_at": in_force.updated_at, "updated_by": in_force.updated_by,
-            "warnings": cs.failover_warnings(in_force.value, servers)}
+            "warnings": await cs.failover_warnings(rt, in_force.value)}
 
 
 @router.get("/failover", responses=AUTH_ERRORS)

@@ -6,11 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from safehold.ha.status import cluster_view, local_report, wal_now
+from safehold.ha.status import cluster_view, local_report, recent_events, wal_now
 from safehold.ids import parse_id
 from safehold.services import access
 from safehold.services.servers import rename_server
-from safehold.storage import ha as ha_store
 from safehold.web.agent import live_peers as _live_peers
 from safehold.web.api.common import AUTH_ERRORS, Limit, errors
 from safehold.web.deps import CurrentUser, RuntimeDep
@@ -38,10 +37,7 @@ async def events(p: CurrentUser, rt: RuntimeDep, limit: Limit = 100) -> list[dic
     """The newest HA transitions first (HA/replication Alive/Failed, server active/inactive,
     StandbyOffline), each logged once by the schedules-lease holder."""
     access.require(p.is_admin or p.role == "auditor", "only administrators and auditors can see HA events")
-    async with rt.read() as conn:
-        rows = await ha_store.recent_events(conn, limit)
-    return [{"id": r.id, "at": r.at.isoformat(), "kind": r.kind, "subject": r.subject, "message": r.message,
-             "reported_by": r.reported_by, "args": list(r.args or [])} for r in rows]
+    return [e.to_json() for e in await recent_events(rt, limit)]
 
 
 @router.get("/local")

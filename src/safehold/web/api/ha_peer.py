@@ -18,10 +18,9 @@ from safehold.domain import ServerRole
 from safehold.errors import AuthenticationFailed, Conflict, InvalidInput
 from safehold.ha.peers import PromoteAnswer
 from safehold.ha.policy import EventKind
-from safehold.ha.rejoin import attach_replica, attach_secondary
+from safehold.ha.rejoin import acting_primary_cluster, attach_replica, attach_secondary
 from safehold.runtime import Runtime, public_url
 from safehold.services.servers import register_server
-from safehold.storage import cluster as cluster_store
 from safehold.web.api.common import errors
 from safehold.web.deps import RuntimeDep
 
@@ -66,15 +65,6 @@ class ReplicaRequest(BaseModel):
     port: int = Field(ge=1, le=65535)
 
 
-async def _acting_primary_cluster(rt: Runtime) -> cluster_store.ClusterRow:
-    if rt.readonly or rt.identity.role != ServerRole.PRIMARY:
-        raise Conflict("this server is not the acting primary", hint="ask the acting primary")
-    async with rt.read() as conn:
-        row = await cluster_store.get(conn)
-    assert row is not None  # open_runtime checked it
-    return row
-
-
 async def _register(rt: Runtime, body: ReplicaRequest, role: ServerRole) -> None:
     await register_server(rt, server_id=body.server_id, name=body.server_name, role=role, host=body.host,
                           url=body.url, port=body.port)
@@ -84,7 +74,7 @@ async def _register(rt: Runtime, body: ReplicaRequest, role: ServerRole) -> None
 async def replicas(body: ReplicaRequest, _: Peer, rt: RuntimeDep) -> dict[str, Any]:
     """Let a server (re)join as a read-only replica of this acting primary: its own replication role and
     slot, the hba lines for its host, its registry entry.  Returns the replication credentials."""
-    row = await _acting_primary_cluster(rt)
+    row = await acting_primary_cluster(rt)
     if body.server_id == rt.identity.id:
         raise InvalidInput("a server cannot be its own replica", field="server_id")
     grant = await asyncio.to_thread(attach_replica, rt.settings, cluster_id=row.cluster_id, key_check=row.key_check,
@@ -100,7 +90,7 @@ class SecondaryRequest(ReplicaRequest):
 @router.post("/secondaries", responses=errors(401, 409, 422, 503))
 async def secondaries(body: SecondaryRequest, _: Peer, rt: RuntimeDep) -> dict[str, Any]:
     """Let a secondary of this cluster (back) in after a failover: the hba lines for its existing login."""
-    row = await _acting_primary_cluster(rt)
+    row = await acting_primary_cluster(rt)
     grant = await asyncio.to_thread(attach_secondary, rt.settings, cluster_id=row.cluster_id, key_check=row.key_check,
                                     generation=row.generation, host=body.host, db_user=body.db_user)
     await _register(rt, body, ServerRole.SECONDARY)

@@ -6,8 +6,6 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from safehold import __version__
-from safehold.errors import DatabaseError
-from safehold.storage.db import ping
 from safehold.web.deps import RuntimeDep
 from safehold.web.schemas import Health, ServerInfo
 
@@ -17,12 +15,7 @@ router = APIRouter(tags=["system"])
 @router.get("/health", response_model=Health, responses={503: {"model": Health, "description": "degraded"}})
 async def health(rt: RuntimeDep) -> JSONResponse:
     """No authentication needed; 200 when the database answers, 503 otherwise."""
-    database = "ok"
-    try:
-        async with rt.read() as conn:
-            await ping(conn)
-    except DatabaseError:
-        database = "unavailable"
+    database = "ok" if await rt.database_answers() else "unavailable"
     body = Health(status="ok" if database == "ok" else "degraded", version=__version__,
                   server=ServerInfo(id=rt.identity.id, name=rt.identity.name, role=rt.identity.role.value),
                   database=database)  # type: ignore[arg-type]

@@ -14,13 +14,12 @@ from pydantic import ValidationError
 from safehold.domain import ServerRole
 from safehold.errors import PermissionDenied, SafeholdError
 from safehold.ha.readiness import run_checks
-from safehold.ha.status import cluster_status
+from safehold.ha.status import cluster_status, recent_events
 from safehold.ids import parse_id
 from safehold.runtime import Runtime
 from safehold.services import access
 from safehold.services import servers as server_service
 from safehold.services.access import Principal
-from safehold.storage import ha as ha_store
 from safehold.web.agent import live_peers
 from safehold.web.api import ha as ha_api
 from safehold.web.ui.audit import ROLE_LABEL, ROLE_ORDER, when
@@ -170,8 +169,7 @@ async def live_context(request: Request, rt: Runtime) -> dict[str, Any]:
     agent = getattr(request.app.state, "agent", None)
     status = await cluster_status(rt, live_peers=live_peers(request),
                                   own_alarm=agent.alarm if agent else None)
-    async with rt.read() as conn:
-        events = await ha_store.recent_events(conn, EVENTS)
+    events = await recent_events(rt, EVENTS)
     servers = sorted(status["servers"], key=lambda s: (ROLE_ORDER.get(ServerRole(s["role"]), 3), s["name"].lower()))
     return {"st": status, "servers": servers, "topo": topology(status, rt.readonly), "events": events,
             "lag": _lag(status), "when": when, "box_w": BOX_W, "box_h": BOX_H, "role_label": ROLE_LABEL, "ServerRole": ServerRole}

@@ -12,7 +12,6 @@ reads.  A read-only server shows the settings and changes nothing.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +41,6 @@ from safehold.ha.failover import MAX_WITNESSES
 from safehold.services import access, alerting
 from safehold.services import cluster_settings as cs
 from safehold.services.access import Principal
-from safehold.storage import servers as server_store
 from safehold.web.ui.core import Form, UiUser, check_csrf, render, runtime, see_other
 
 router = APIRouter()
@@ -294,9 +292,7 @@ async def _page(request: Request, p: Principal, *, status: int = 200, failover: 
     alerts_in_force = await cs.alerts_in_force(rt)
     fo = fo_in_force.value
     config = alerts_in_force.value
-    async with rt.read() as conn:
-        servers = await server_store.all_servers(conn)
-    warnings = await asyncio.to_thread(cs.failover_warnings, fo, servers)
+    warnings = await cs.failover_warnings(rt, fo)
     dispatcher = getattr(request.app.state, "alerts", None)
     delivery: dict[str, dict[str, Any]] = dispatcher.status() if dispatcher is not None else {}
     saved_channels = build_channels(rt.settings, config)
