@@ -18,10 +18,11 @@ from typing import Any
 
 from safehold.audit.verify import ChainReport, verify_all
 from safehold.domain import AuditAction, AuditResult, ServerRole
-from safehold.ha.status import cluster_status
+from safehold.ha.status import BacklogTotal, cluster_view
 from safehold.runtime import Runtime
 from safehold.storage import audit as store
 from safehold.storage import servers as server_store
+from safehold.storage.rows import AnyRow
 
 #: The columns of a CSV export, in order.
 CSV_COLUMNS = ("id", "at", "server_id", "server_name", "server_role", "seq", "actor", "source_ip", "action",
@@ -105,7 +106,7 @@ async def browse(rt: Runtime, f: RecordFilter | None, *, text: str, limit: int, 
     return Browse(list(servers), rows, total, truncated, report)
 
 
-async def export(rt: Runtime, f: RecordFilter, text: str = "") -> list[Any]:
+async def export(rt: Runtime, f: RecordFilter, text: str = "") -> list[AnyRow]:
     """Every record of ``f`` (holding ``text``, when given), oldest first."""
     async with rt.read() as conn:
         rows = await store.export(conn, **f.as_store())
@@ -132,7 +133,6 @@ async def verify(rt: Runtime) -> ChainReport:
         return await verify_all(conn, rt.keys.audit_key)
 
 
-async def spool_backlog(rt: Runtime, live_peers: dict[str, bool] | None) -> dict[str, Any]:
+async def spool_backlog(rt: Runtime, live_peers: dict[str, bool] | None) -> BacklogTotal:
     """The read-only servers' audit records not yet shipped to the primary, summed (as ``/ha/status``)."""
-    backlog: dict[str, Any] = (await cluster_status(rt, live_peers=live_peers))["audit_backlog"]
-    return backlog
+    return (await cluster_view(rt, live_peers=live_peers)).audit_backlog

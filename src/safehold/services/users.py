@@ -19,7 +19,9 @@ from safehold.runtime import Runtime
 from safehold.services import access
 from safehold.services.access import IfMatch
 from safehold.services.auth import check_password_strength, hash_password, now
+from safehold.services.views import UserView
 from safehold.storage import users as user_store
+from safehold.storage.rows import present
 
 
 @dataclass(frozen=True)
@@ -61,20 +63,20 @@ async def create_user(
     return user_id
 
 
-async def get_user(rt: Runtime, user_id: str) -> Any:
+async def get_user(rt: Runtime, user_id: str) -> UserView:
     async with rt.read() as conn:
         user = await user_store.by_id(conn, user_id)
     if user is None:
         raise NotFound("user not found")
-    return user
+    return UserView.of(user)
 
 
-async def find_user(rt: Runtime, username: str) -> Any:
+async def find_user(rt: Runtime, username: str) -> UserView:
     async with rt.read() as conn:
         user = await user_store.by_username(conn, username)
     if user is None:
         raise NotFound(f"no user named '{username}'")
-    return user
+    return UserView.of(user)
 
 
 async def list_users(rt: Runtime, *, limit: int = 100, offset: int = 0) -> tuple[list[Any], int]:
@@ -85,7 +87,7 @@ async def list_users(rt: Runtime, *, limit: int = 100, offset: int = 0) -> tuple
 async def update_user(
     rt: Runtime, actor: Actor, user_id: str, *, role: UserRole | None = None, disabled: bool | None = None,
     full_name: str | None = None, email: str | None = None, if_match: IfMatch | None = None,
-) -> Any:
+) -> UserView:
     """Change the named fields; returns the user as it is now (with its new version)."""
     async with rt.write() as conn:
         if role is not None or disabled:
@@ -109,13 +111,13 @@ async def update_user(
         if demoting and await user_store.count_admins(conn) <= 1:
             raise Conflict("this is the last active administrator; add another one first")
         if not values:
-            return user
+            return UserView.of(user)
         await user_store.update_user(conn, user_id, **values)
         if disabled:
             await user_store.delete_user_sessions(conn, user_id)
         changed = {k: v for k, v in values.items() if k in ("role", "disabled")}
         await rt.append_audit(conn, _audit(actor, AuditAction.USER_UPDATED, user_id, user.username, **changed))
-        return await user_store.by_id(conn, user_id)
+        return UserView.of(present(await user_store.by_id(conn, user_id)))
 
 
 async def delete_user(rt: Runtime, actor: Actor, user_id: str, *, if_match: IfMatch | None = None) -> None:

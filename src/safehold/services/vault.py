@@ -4,7 +4,8 @@ A change is made in one transaction under the row lock of what it changes: (1) r
 ``FOR UPDATE`` with the caller's permission on it; (2) check the caller's ``If-Match`` against the
 row's version; (3) write only the fields the caller named.  Concurrent changes of different fields
 therefore all land, and a conditional change of a row that changed meanwhile fails with nothing
-written.  Every result carries the row's ``version`` (the API's ETag).
+written.  Every result is an immutable view (:mod:`safehold.services.views`) carrying the row's
+``version`` (the API's ETag).
 """
 
 from __future__ import annotations
@@ -23,10 +24,19 @@ from safehold.ids import parse_id
 from safehold.runtime import Runtime
 from safehold.services import access
 from safehold.services.access import IfMatch, Principal
+from safehold.services.views import (
+    AccountView,
+    HistoryEntry,
+    ResourceDetailView,
+    ResourceListItem,
+    ResourceView,
+    RevealedPassword,
+    ShareView,
+)
 from safehold.storage import users as user_store
 from safehold.storage import vault as store
 from safehold.storage.db import IntegrityError
-from safehold.storage.rows import present
+from safehold.storage.rows import AnyRow, present
 
 EXPORT_COLUMNS = ["resource", "type", "address", "description", "tags", "username", "password", "notes"]
 MAX_SECRET = 4096
@@ -73,7 +83,7 @@ def _check_secret(value: str, field: str) -> None:
 
 # --- resources ----------------------------------------------------------------
 
-async def create_resource(rt: Runtime, p: Principal, data: ResourceInput) -> dict[str, Any]:
+async def create_resource(rt: Runtime, p: Principal, data: ResourceInput) -> ResourceView:
     access.require(access.can_create_resources(p), "only administrators and password administrators "
                                                    "can add resources")
     data = data.clean()
@@ -86,7 +96,7 @@ async def create_resource(rt: Runtime, p: Principal, data: ResourceInput) -> dic
             row = await store.resource(conn, rid)
     except IntegrityError:
         raise Conflict(f"a resource named '{data.name}' already exists") from None
-    return dict(present(row)._mapping) | {"permission": Permission.MODIFY.value}
+    return ResourceView.with_permission(present(row), Permission.MODIFY)
 
 
 async def _resource_for(rt: Runtime, conn: Any, p: Principal, resource_id: str,
@@ -104,25 +114,25 @@ async def _resource_for(rt: Runtime, conn: Any, p: Principal, resource_id: str,
 
 
 async def search_resources(rt: Runtime, p: Principal, *, query: str | None, tag: str | None,
-                           limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+                           limit: int, offset: int) -> tuple[list[ResourceListItem], int]:
     async with rt.read() as conn:
         rows, total = await store.search_resources(conn, visible_to=access.visible_scope(p), query=query,
                                                    tag=tag, limit=limit, offset=offset)
-    return [dict(r._mapping) for r in rows], total
+    return [ResourceListItem.of(r) for r in rows], total
 
 
-async def get_resource(rt: Runtime, p: Principal, resource_id: str) -> dict[str, Any]:
+async def get_resource(rt: Runtime, p: Principal, resource_id: str) -> ResourceDetailView:
     async with rt.read() as conn:
         row, perm = await _resource_for(rt, conn, p, resource_id)
         accounts = await store.accounts_of(conn, row.id)
-    return dict(row._mapping) | {"permission": perm.value, "accounts": [dict(a._mapping) for a in accounts]}
+    return ResourceDetailView.with_accounts(row, perm, accounts)
 
 
 RESOURCE_FIELDS = ("name", "type", "address", "description", "tags")
 
 
 async def update_resource(rt: Runtime, p: Principal, resource_id: str, changes: dict[str, Any], *,
-                          if_match: IfMatch | None = None) -> dict[str, Any]:
+                          if_match: IfMatch | None = None) -> ResourceView:
     """Change the named fields only, under the resource's row lock (see the module's steps)."""
     unknown = set(changes) - set(RESOURCE_FIELDS)
     if unknown:
@@ -145,7 +155,7 @@ async def update_resource(rt: Runtime, p: Principal, resource_id: str, changes: 
             new = await store.resource(conn, row.id)
     except IntegrityError:
         raise Conflict("another resource already has that name") from None
-    return dict(present(new)._mapping) | {"permission": perm.value}
+    return ResourceView.with_permission(present(new), perm)
 
 
 async def delete_resource(rt: Runtime, p: Principal, resource_id: str, *, if_match: IfMatch | None = None) -> None:
@@ -161,7 +171,7 @@ async def delete_resource(rt: Runtime, p: Principal, resource_id: str, *, if_mat
 # --- accounts -----------------------------------------------------------------
 
 async def create_account(rt: Runtime, p: Principal, resource_id: str, username: str, password: str,
-                         notes: str | None = None) -> dict[str, Any]:
+                         notes: str | None = None) -> AccountView:
     username = username.strip()
     if not username or len(username) > 200:
         raise InvalidInput("username must be 1-200 characters", field="username")
@@ -172,7 +182,7 @@ async def create_account(rt: Runtime, p: Principal, resource_id: str, username: 
     aid = str(uuid.uuid4())
     try:
         async with rt.write() as conn:
-            res, _ = await _resource_for(rt, conn, p, resource_id, Permission.MODIFY)
+            res, perm = await _resource_for(rt, conn, p, resource_id, Permission.MODIFY)
             await store.create_account(
                 conn, id=aid, resource_id=res.id, username=username,
                 password_enc=_barrier(rt).seal_str(PASSWORD, aid, password),
@@ -183,7 +193,7 @@ async def create_account(rt: Runtime, p: Principal, resource_id: str, username: 
             row = await store.account_by_username(conn, res.id, username)
     except IntegrityError:
         raise Conflict(f"the resource already has an account named '{username}'") from None
-    return dict(present(row)._mapping) | {"resource_name": res.name}
+    return AccountView.with_resource(present(row), res.name, perm)
 
 
 async def _account_for(rt: Runtime, conn: Any, p: Principal, account_id: str,
@@ -199,19 +209,18 @@ async def _account_for(rt: Runtime, conn: Any, p: Principal, account_id: str,
     return row, perm
 
 
-def _account_public(row: Any, perm: Permission) -> dict[str, Any]:
-    keys = ("id", "resource_id", "username", "created_at", "updated_at", "password_changed_at", "resource_name",
-            "version")
-    return {k: getattr(row, k) for k in keys} | {"permission": perm.value}
+def _account_public(row: AnyRow, perm: Permission) -> AccountView:
+    """An account row read with its access (its ciphertexts stay behind)."""
+    return AccountView.with_resource(row, row.resource_name, perm)
 
 
-async def get_account(rt: Runtime, p: Principal, account_id: str) -> dict[str, Any]:
+async def get_account(rt: Runtime, p: Principal, account_id: str) -> AccountView:
     async with rt.read() as conn:
         row, perm = await _account_for(rt, conn, p, account_id)
     return _account_public(row, perm)
 
 
-async def retrieve_password(rt: Runtime, p: Principal, account_id: str, *, reason: str = "") -> dict[str, Any]:
+async def retrieve_password(rt: Runtime, p: Principal, account_id: str, *, reason: str = "") -> RevealedPassword:
     """Decrypt and return a password — only after its retrieval is durably audited."""
     async with rt.read() as conn:
         row, _ = await _account_for(rt, conn, p, account_id)
@@ -221,12 +230,12 @@ async def retrieve_password(rt: Runtime, p: Principal, account_id: str, *, reaso
     await rt.record_audit(_ev(p, AuditAction.PASSWORD_RETRIEVED, "account", row.id,
                               f"{row.resource_name}/{row.username}", **detail))
     rt.metrics.retrievals.labels("success").inc()
-    return {"account_id": row.id, "username": row.username, "password": password, "notes": notes}
+    return RevealedPassword(row.id, row.username, password, notes)
 
 
 async def update_account(rt: Runtime, p: Principal, account_id: str, *, username: str | None = None,
                          password: str | None = None, notes: str | None = None,
-                         if_match: IfMatch | None = None) -> dict[str, Any]:
+                         if_match: IfMatch | None = None) -> AccountView:
     """Change the named fields of an account under its row lock; a password change keeps the old one
     (encrypted) in the history, retired at the moment the new one is set."""
     if password is not None:
@@ -285,15 +294,15 @@ async def delete_account(rt: Runtime, p: Principal, account_id: str, *, if_match
 
 
 async def password_history(rt: Runtime, p: Principal, account_id: str, *, reveal: bool = False
-                           ) -> list[dict[str, Any]]:
+                           ) -> list[HistoryEntry]:
     """Earlier passwords of an account (modify permission needed); revealing them is audited."""
     async with rt.read() as conn:
         row, _ = await _account_for(rt, conn, p, account_id, Permission.MODIFY)
         items = await store.history(conn, row.id)
-    out = [{"id": h.id, "changed_by": h.changed_by, "retired_at": h.retired_at} for h in items]
+    out = [HistoryEntry(h.id, h.changed_by, h.retired_at,
+                        _barrier(rt).open_str(HISTORY, h.id, bytes(h.password_enc)) if reveal else None)
+           for h in items]
     if reveal:
-        for item, h in zip(out, items, strict=True):
-            item["password"] = _barrier(rt).open_str(HISTORY, h.id, bytes(h.password_enc))
         await rt.record_audit(_ev(p, AuditAction.PASSWORD_RETRIEVED, "account", row.id,
                                   f"{row.resource_name}/{row.username}", history=True, count=len(out)))
     return out
@@ -301,19 +310,19 @@ async def password_history(rt: Runtime, p: Principal, account_id: str, *, reveal
 
 # --- sharing ------------------------------------------------------------------
 
-async def list_shares(rt: Runtime, p: Principal, resource_id: str) -> list[dict[str, Any]]:
+async def list_shares(rt: Runtime, p: Principal, resource_id: str) -> list[ShareView]:
     async with rt.read() as conn:
         row, _ = await _resource_for(rt, conn, p, resource_id)
-        return [dict(s._mapping) for s in await store.shares_of(conn, row.id)]
+        return [ShareView.of(s) for s in await store.shares_of(conn, row.id)]
 
 
-async def get_share(rt: Runtime, p: Principal, resource_id: str, user_id: str) -> dict[str, Any]:
+async def get_share(rt: Runtime, p: Principal, resource_id: str, user_id: str) -> ShareView:
     async with rt.read() as conn:
         row, _ = await _resource_for(rt, conn, p, resource_id)
         found = await store.share_of(conn, row.id, parse_id(user_id, "user"))
     if found is None:
         raise NotFound("the resource is not shared with that user")
-    return dict(found._mapping)
+    return ShareView.of(found)
 
 
 async def share(rt: Runtime, p: Principal, resource_id: str, user_id: str, permission: Permission, *,

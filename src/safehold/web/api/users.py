@@ -6,14 +6,13 @@ the user is unchanged (412 otherwise).
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Response
 
 from safehold.ids import parse_id
 from safehold.services import access, auth, users
 from safehold.services.access import IfMatch, Principal, etag
 from safehold.services.users import Actor
+from safehold.services.views import UserView
 from safehold.web.api.common import AUTH_ERRORS, Limit, Offset, errors
 from safehold.web.deps import CurrentUser, RuntimeDep
 from safehold.web.schemas import (
@@ -46,7 +45,7 @@ async def list_users(p: CurrentUser, rt: RuntimeDep, limit: Limit = 100, offset:
                          limit=limit, offset=offset)
 
 
-def _tagged(response: Response, user: Any) -> UserOut:
+def _tagged(response: Response, user: UserView) -> UserOut:
     """The user as the body, its version in the ``ETag`` header."""
     response.headers["ETag"] = etag(user.version)
     return UserOut.model_validate(user, from_attributes=True)

@@ -6,12 +6,12 @@ with ``If-Match`` is made only if the row is unchanged (412 otherwise).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Protocol, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel
 
-from safehold.domain import Permission
 from safehold.errors import InvalidInput
 from safehold.services import auth, vault
 from safehold.services.access import IfMatch, etag
@@ -56,13 +56,22 @@ ReasonText = Annotated[Text200, Query(description="why the password is needed (a
 async def list_resources(p: CurrentUser, rt: RuntimeDep, q: SearchText = None, tag: TagText = None,
                          limit: Limit = 50, offset: Offset = 0) -> Page[ResourceOut]:
     items, total = await vault.search_resources(rt, p, query=q, tag=tag, limit=limit, offset=offset)
-    return Page[ResourceOut](items=[ResourceOut(**i) for i in items], total=total, limit=limit, offset=offset)
+    return Page[ResourceOut](items=[ResourceOut.model_validate(i, from_attributes=True) for i in items], total=total,
+                             limit=limit, offset=offset)
 
 
-def _tagged(response: Response, row: dict[str, Any]) -> dict[str, Any]:
-    """Put the row's version in the ``ETag`` header; the rest is the body."""
-    response.headers["ETag"] = etag(row.pop("version"))
-    return row
+class _Versioned(Protocol):
+    @property
+    def version(self) -> str: ...
+
+
+Out = TypeVar("Out", bound=BaseModel)
+
+
+def _tagged(response: Response, view: _Versioned, model: type[Out]) -> Out:
+    """Put the view's version in the ``ETag`` header; the body is the model's fields of the view (no version)."""
+    response.headers["ETag"] = etag(view.version)
+    return model.model_validate(view, from_attributes=True)
 
 
 @router.post("/resources", response_model=ResourceOut, status_code=201,
@@ -70,13 +79,13 @@ def _tagged(response: Response, row: dict[str, Any]) -> dict[str, Any]:
 async def create_resource(body: ResourceCreate, p: CurrentUser, rt: RuntimeDep, response: Response) -> ResourceOut:
     row = await vault.create_resource(rt, p, ResourceInput(body.name, body.type, body.address, body.description,
                                                            tuple(body.tags)))
-    return ResourceOut(**_tagged(response, row))
+    return _tagged(response, row, ResourceOut)
 
 
 @router.get("/resources/{resource_id}", response_model=ResourceDetail,
             responses=WITH_404 | etag_header(200, "resource"))
 async def get_resource(resource_id: str, p: CurrentUser, rt: RuntimeDep, response: Response) -> ResourceDetail:
-    return ResourceDetail(**_tagged(response, await vault.get_resource(rt, p, resource_id)))
+    return _tagged(response, await vault.get_resource(rt, p, resource_id), ResourceDetail)
 
 
 @router.patch("/resources/{resource_id}", response_model=ResourceOut,
@@ -86,7 +95,7 @@ async def update_resource(resource_id: str, body: ResourceUpdate, p: CurrentUser
     """Change only the fields named in the body (atomically: concurrent changes of other fields stay)."""
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
     row = await vault.update_resource(rt, p, resource_id, changes, if_match=IfMatch.parse(if_match))
-    return ResourceOut(**_tagged(response, row))
+    return _tagged(response, row, ResourceOut)
 
 
 @router.delete("/resources/{resource_id}", status_code=204, responses=CONDITIONAL)
@@ -101,18 +110,18 @@ async def delete_resource(resource_id: str, p: CurrentUser, rt: RuntimeDep,
 async def create_account(resource_id: str, body: AccountCreate, p: CurrentUser, rt: RuntimeDep,
                          response: Response) -> AccountOut:
     row = await vault.create_account(rt, p, resource_id, body.username, body.password, body.notes)
-    return AccountOut(**_tagged(response, row), permission=Permission.MODIFY)
+    return _tagged(response, row, AccountOut)
 
 
 @router.get("/resources/{resource_id}/shares", response_model=list[ShareOut], responses=WITH_404)
 async def list_shares(resource_id: str, p: CurrentUser, rt: RuntimeDep) -> list[ShareOut]:
-    return [ShareOut(**s) for s in await vault.list_shares(rt, p, resource_id)]
+    return [ShareOut.model_validate(s, from_attributes=True) for s in await vault.list_shares(rt, p, resource_id)]
 
 
 @router.get("/resources/{resource_id}/shares/{user_id}", response_model=ShareOut,
             responses=WITH_404 | etag_header(200, "share"))
 async def get_share(resource_id: str, user_id: str, p: CurrentUser, rt: RuntimeDep, response: Response) -> ShareOut:
-    return ShareOut(**_tagged(response, await vault.get_share(rt, p, resource_id, user_id)))
+    return _tagged(response, await vault.get_share(rt, p, resource_id, user_id), ShareOut)
 
 
 @router.put("/resources/{resource_id}/shares/{user_id}", status_code=204,
@@ -134,7 +143,7 @@ async def unshare(resource_id: str, user_id: str, p: CurrentUser, rt: RuntimeDep
 
 @router.get("/accounts/{account_id}", response_model=AccountOut, responses=WITH_404 | etag_header(200, "account"))
 async def get_account(account_id: str, p: CurrentUser, rt: RuntimeDep, response: Response) -> AccountOut:
-    return AccountOut(**_tagged(response, await vault.get_account(rt, p, account_id)))
+    return _tagged(response, await vault.get_account(rt, p, account_id), AccountOut)
 
 
 @router.patch("/accounts/{account_id}", response_model=AccountOut, responses=CONDITIONAL | etag_header(200, "account"))
@@ -143,7 +152,7 @@ async def update_account(account_id: str, body: AccountUpdate, p: CurrentUser, r
     """Change the username, password (the old one goes to the history) or notes: only the fields named."""
     row = await vault.update_account(rt, p, account_id, username=body.username, password=body.password,
                                      notes=body.notes, if_match=IfMatch.parse(if_match))
-    return AccountOut(**_tagged(response, row))
+    return _tagged(response, row, AccountOut)
 
 
 @router.delete("/accounts/{account_id}", status_code=204, responses=CONDITIONAL)
@@ -156,14 +165,16 @@ async def delete_account(account_id: str, p: CurrentUser, rt: RuntimeDep,
 @router.get("/accounts/{account_id}/password", response_model=PasswordOut, responses=WITH_404)
 async def retrieve_password(account_id: str, p: CurrentUser, rt: RuntimeDep, reason: ReasonText = "") -> PasswordOut:
     """Reveal a password.  The retrieval is audited first; if it cannot be audited, nothing is revealed."""
-    return PasswordOut(**await vault.retrieve_password(rt, p, account_id, reason=reason))
+    return PasswordOut.model_validate(await vault.retrieve_password(rt, p, account_id, reason=reason),
+                                      from_attributes=True)
 
 
 @router.get("/accounts/{account_id}/history", response_model=list[HistoryItem], responses=WITH_404)
 async def history(account_id: str, p: CurrentUser, rt: RuntimeDep,
                   reveal: Annotated[bool, Query(description="include the old passwords (audited)")] = False,
                   ) -> list[HistoryItem]:
-    return [HistoryItem(**h) for h in await vault.password_history(rt, p, account_id, reveal=reveal)]
+    return [HistoryItem.model_validate(h, from_attributes=True)
+            for h in await vault.password_history(rt, p, account_id, reveal=reveal)]
 
 
 @router.post("/passwords/generate", response_model=GenerateOut, responses=AUTH_ERRORS)

@@ -265,7 +265,7 @@ async def _me_page(request: Request, p: Principal, *, status: int = 200, done: s
     defaults = {"password_form": Form(), "totp_form": Form(), "token_form": Form(), "enrolment": None,
                 "new_token": None}
     return _render(request, "users_me.html", p, status=status, me=me, tokens=tokens, done=done,
-                  totp_pending=me.totp_secret_enc is not None and not me.totp_enabled, **(defaults | extra))
+                  totp_pending=me.totp_pending, **(defaults | extra))
 
 
 @router.get("/me", response_class=HTMLResponse)

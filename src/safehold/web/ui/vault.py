@@ -7,7 +7,7 @@ for a generated one; never in a URL, never in a page fetched with GET.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
@@ -18,6 +18,7 @@ from safehold.services import access, users, vault
 from safehold.services.access import Principal
 from safehold.services.passwords import PasswordPolicy, generate
 from safehold.services.vault import ResourceInput
+from safehold.services.views import AccountView, ResourceDetailView
 from safehold.web.ui.core import (
     FORM_ERRORS,
     Fields,
@@ -32,6 +33,7 @@ from safehold.web.ui.core import (
 )
 
 router = APIRouter()
+V = TypeVar("V", ResourceDetailView, AccountView)
 PAGE = 50
 POLICY_FLAGS = ("lowercase", "uppercase", "digits", "symbols", "exclude_ambiguous")
 
@@ -40,9 +42,9 @@ def _write_allowed(request: Request) -> bool:
     return not runtime(request).readonly
 
 
-def _modify(item: dict[str, Any], what: str) -> dict[str, Any]:
+def _modify(item: V, what: str) -> V:
     """The resource or account, if the user may change it (the forms are not offered otherwise)."""
-    access.require(item["permission"] == Permission.MODIFY.value, f"you may view this {what} but not change it")
+    access.require(item.permission == Permission.MODIFY, f"you may view this {what} but not change it")
     return item
 
 
@@ -60,9 +62,9 @@ async def vault_list(request: Request, p: UiUser, q: str = "", offset: str = "0"
 
 # --- resources ----------------------------------------------------------------
 
-def _resource_values(r: dict[str, Any]) -> dict[str, str]:
-    return {"name": r["name"], "type": r["type"], "address": r["address"], "description": r["description"],
-            "tags": ", ".join(r["tags"] or [])}
+def _resource_values(r: ResourceDetailView) -> dict[str, str]:
+    return {"name": r.name, "type": r.type, "address": r.address, "description": r.description,
+            "tags": ", ".join(r.tags)}
 
 
 def _resource_input(fields: Fields) -> ResourceInput:
@@ -91,7 +93,7 @@ async def resource_create(request: Request, p: UiUser) -> Response:
     row = await submit(fields, lambda: vault.create_resource(runtime(request), p, data), "name")
     if isinstance(row, Form):
         return render(request, "vault_resource_form.html", p, form=row, resource=None, status=422)
-    return see_other(f"/ui/vault/resources/{row['id']}")
+    return see_other(f"/ui/vault/resources/{row.id}")
 
 
 async def _resource_page(request: Request, p: Principal, resource_id: str, *, status: int = 200,
@@ -102,8 +104,8 @@ async def _resource_page(request: Request, p: Principal, resource_id: str, *, st
     writable = _write_allowed(request)
     extra.setdefault("share_form", Form(values={"permission": Permission.VIEW.value}))
     return render(request, "vault_resource.html", p, status=status, resource=res, shares=shares,
-                  can_modify=writable and res["permission"] == Permission.MODIFY.value,
-                  can_manage=writable and access.can_manage_share(p, res["owner_id"]), **extra)
+                  can_modify=writable and res.permission == Permission.MODIFY,
+                  can_manage=writable and access.can_manage_share(p, res.owner_id), **extra)
 
 
 @router.get("/vault/resources/{resource_id}", response_class=HTMLResponse)
@@ -127,14 +129,14 @@ async def resource_update(request: Request, resource_id: str, p: UiUser) -> Resp
     async def update() -> None:
         wanted = {"name": data.name, "type": data.type, "address": data.address, "description": data.description,
                   "tags": list(data.tags)}
-        changes = {k: v for k, v in wanted.items() if v != (list(res[k] or []) if k == "tags" else res[k])}
+        changes = {k: v for k, v in wanted.items() if v != (list(res.tags) if k == "tags" else getattr(res, k))}
         if changes:  # only what changed (the audit record names the fields)
             await vault.update_resource(rt, p, resource_id, changes)
 
     form = await submit(fields, update, "name")
     if isinstance(form, Form):
         return render(request, "vault_resource_form.html", p, form=form, resource=res, status=422)
-    return see_other(f"/ui/vault/resources/{res['id']}")
+    return see_other(f"/ui/vault/resources/{res.id}")
 
 
 @router.post("/vault/resources/{resource_id}/delete")
@@ -151,7 +153,7 @@ async def share_add(request: Request, resource_id: str, p: UiUser) -> Response:
     fields = await read_fields(request, p)
     rt = runtime(request)
     res = await vault.get_resource(rt, p, resource_id)
-    access.require(access.can_manage_share(p, res["owner_id"]), "only the owner or an administrator can share")
+    access.require(access.can_manage_share(p, res.owner_id), "only the owner or an administrator can share")
     username = fields.text("username", 64, required=True)
     perm_text = fields.text("permission", 16)
     if perm_text not in (Permission.VIEW.value, Permission.MODIFY.value):
@@ -159,12 +161,12 @@ async def share_add(request: Request, resource_id: str, p: UiUser) -> Response:
 
     async def share() -> None:
         user = await users.find_user(rt, username)
-        await vault.share(rt, p, res["id"], user.id, Permission(perm_text))
+        await vault.share(rt, p, res.id, user.id, Permission(perm_text))
 
     form = await submit(fields, share, "username", refusals=(NotFound, *FORM_ERRORS))
     if isinstance(form, Form):
-        return await _resource_page(request, p, res["id"], status=422, share_form=form)
-    return see_other(f"/ui/vault/resources/{res['id']}#sharing")
+        return await _resource_page(request, p, res.id, status=422, share_form=form)
+    return see_other(f"/ui/vault/resources/{res.id}#sharing")
 
 
 @router.post("/vault/resources/{resource_id}/shares/{user_id}/delete")
@@ -197,7 +199,7 @@ def _generate(fields: Fields, policy: dict[str, Any]) -> str | None:
         return None
 
 
-def _account_form(request: Request, p: Principal, *, resource: dict[str, Any], account: dict[str, Any] | None,
+def _account_form(request: Request, p: Principal, *, resource: ResourceDetailView, account: AccountView | None,
                   form: Form, policy: dict[str, Any], generated: str | None = None, status: int = 200) -> Response:
     return render(request, "vault_account_form.html", p, status=status, resource=resource, account=account,
                   form=form, policy=policy, generated=generated)
@@ -217,8 +219,8 @@ def _clear_notes(fields: Fields) -> bool:
     return clear
 
 
-def _with_generated(request: Request, p: Principal, fields: Fields, *, resource: dict[str, Any],
-                    account: dict[str, Any] | None) -> Response:
+def _with_generated(request: Request, p: Principal, fields: Fields, *, resource: ResourceDetailView,
+                    account: AccountView | None) -> Response:
     """The account form again, as typed, with a generated password: only the generator's settings are
     checked now."""
     fields.text("username", 200)
@@ -251,25 +253,25 @@ async def account_create(request: Request, resource_id: str, p: UiUser) -> Respo
     rt = runtime(request)
     res = await vault.get_resource(rt, p, resource_id)
     username, password, notes = _account_fields(fields, new=True)
-    form = await submit(fields, lambda: vault.create_account(rt, p, res["id"], username, password, notes or None),
+    form = await submit(fields, lambda: vault.create_account(rt, p, res.id, username, password, notes or None),
                         "username")
     if isinstance(form, Form):
         return _account_form(request, p, resource=res, account=None, form=form, policy=_policy(fields), status=422)
-    return see_other(f"/ui/vault/resources/{res['id']}")
+    return see_other(f"/ui/vault/resources/{res.id}")
 
 
 async def _account_and_resource(request: Request, p: Principal, account_id: str
-                                ) -> tuple[dict[str, Any], dict[str, Any]]:
+                                ) -> tuple[AccountView, ResourceDetailView]:
     rt = runtime(request)
     account = await vault.get_account(rt, p, account_id)
-    return account, await vault.get_resource(rt, p, account["resource_id"])
+    return account, await vault.get_resource(rt, p, account.resource_id)
 
 
 @router.get("/vault/accounts/{account_id}/edit", response_class=HTMLResponse)
 async def account_edit(request: Request, account_id: str, p: UiUser) -> Response:
     account, res = await _account_and_resource(request, p, account_id)
     _modify(account, "account")
-    return _account_form(request, p, resource=res, account=account, form=Form(values={"username": account["username"]}),
+    return _account_form(request, p, resource=res, account=account, form=Form(values={"username": account.username}),
                          policy=_policy(None))
 
 
@@ -287,14 +289,14 @@ async def account_update(request: Request, account_id: str, p: UiUser) -> Respon
     account, res = await _account_and_resource(request, p, account_id)
     username, password, notes = _account_fields(fields, new=False)
     clear_notes = _clear_notes(fields)
-    form = await submit(fields, lambda: vault.update_account(rt, p, account["id"], username=username,
+    form = await submit(fields, lambda: vault.update_account(rt, p, account.id, username=username,
                                                              password=password or None,
                                                              notes="" if clear_notes else (notes or None)),
                         "username")
     if isinstance(form, Form):
         return _account_form(request, p, resource=res, account=account, form=form, policy=_policy(fields),
                              status=422)
-    return see_other(f"/ui/vault/resources/{res['id']}")
+    return see_other(f"/ui/vault/resources/{res.id}")
 
 
 @router.post("/vault/accounts/{account_id}/delete")
@@ -302,8 +304,8 @@ async def account_delete(request: Request, account_id: str, p: UiUser) -> Respon
     check_csrf(p, await request.form())
     rt = runtime(request)
     account = await vault.get_account(rt, p, account_id)
-    await vault.delete_account(rt, p, account["id"])
-    return see_other(f"/ui/vault/resources/{account['resource_id']}")
+    await vault.delete_account(rt, p, account.id)
+    return see_other(f"/ui/vault/resources/{account.resource_id}")
 
 
 @router.post("/vault/accounts/{account_id}/reveal", response_class=HTMLResponse)
@@ -312,8 +314,8 @@ async def account_reveal(request: Request, account_id: str, p: UiUser) -> Respon
     check_csrf(p, await request.form())
     rt = runtime(request)
     account = await vault.get_account(rt, p, account_id)
-    revealed = await vault.retrieve_password(rt, p, account["id"])
-    return await _resource_page(request, p, account["resource_id"], revealed=revealed)
+    revealed = await vault.retrieve_password(rt, p, account.id)
+    return await _resource_page(request, p, account.resource_id, revealed=revealed)
 
 
 # --- history ------------------------------------------------------------------
@@ -321,7 +323,7 @@ async def account_reveal(request: Request, account_id: str, p: UiUser) -> Respon
 async def _history_page(request: Request, p: Principal, account_id: str, *, reveal: bool) -> Response:
     rt = runtime(request)
     account = await vault.get_account(rt, p, account_id)
-    items = await vault.password_history(rt, p, account["id"], reveal=reveal)
+    items = await vault.password_history(rt, p, account.id, reveal=reveal)
     return render(request, "vault_history.html", p, account=account, items=items, revealed=reveal)
 
 
