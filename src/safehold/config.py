@@ -62,6 +62,9 @@ class DatabaseSection(_Section):
     # external: any PostgreSQL given by ``url``.
     mode: Literal["bundled", "remote", "external"] = "bundled"
     url: str | None = Field(default=None, repr=False)  # may hold a password
+    # external, on a read-only server whose url leads to a replica: where the writable database is, to ship the
+    # audit spool (None: the same URL asking for target_session_attrs=read-write)
+    primary_url: str | None = Field(default=None, repr=False)
     host: str = "127.0.0.1"
     port: int = Field(default=5433, ge=1, le=65535)
     name: str = "safehold"
@@ -73,7 +76,7 @@ class DatabaseSection(_Section):
     data_dir: Path = Path("pg")
     pool_size: int = Field(default=20, ge=2, le=200)
 
-    @field_validator("url")
+    @field_validator("url", "primary_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("postgresql://", "postgres://")):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import getpass
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +19,17 @@ err = Console(stderr=True, soft_wrap=True)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", "-d", help="The server's data directory.",
                                        envvar="SAFEHOLD_DATA_DIR")]
+
+
+@contextmanager
+def steps(console: Console, label: str) -> Iterator[Callable[[str], None]]:
+    """A spinner for a long command, and ``say(step)``: each step is shown on it and kept as a line."""
+    with console.status(label) as status:
+        def say(message: str) -> None:
+            status.update(message)
+            console.print(f"• {message}", highlight=False)
+
+        yield say
 
 
 def read_passphrase(passphrase_file: Path | None) -> str:

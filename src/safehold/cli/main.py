@@ -62,6 +62,10 @@ from safehold.cli.demo import demo as _demo  # noqa: E402
 
 app.command(name="demo")(_demo)
 
+from safehold.cli.join import join as _join  # noqa: E402
+
+app.command(name="join")(_join)
+
 
 @app.command()
 def version() -> None:
@@ -88,17 +92,14 @@ def init(
                                                        "certificate (repeatable).")] = None,
 ) -> None:
     """Create a new server: key file, TLS certificates, database, schema and first administrator."""
+    from safehold.cli.common import steps
     from safehold.services.setup import InitOptions, initialise
 
     password = _read_secret_file(admin_password_file, "admin password") if admin_password_file else None
     opts = InitOptions(data_dir=data_dir, port=port, listen=listen, name=name, db_port=db_port,
                        database_url=database_url, key_file=key_file, admin_username=admin_username,
                        admin_password=password, hostnames=tuple(hostname or ()))
-    with out.status("initialising…") as status:
-        def say(message: str) -> None:
-            status.update(message)
-            out.print(f"• {message}")
-
+    with steps(out, "initialising…") as say:
         result = initialise(opts, say=say)
     s = result.settings
     out.print(f"[green]✓[/] Safehold server [bold]{s.server.name}[/] initialised in {s.data_dir}")
@@ -458,7 +459,7 @@ def restore(
         raise typer.Exit(1)
     with database.database_running(settings) as pg:
         with out.status("restoring…"):
-            restore_backup(settings, pg, master, backup_file)  # type: ignore[arg-type]
+            restore_backup(settings, pg, master, backup_file)
             database.migrate(settings)
 
         async def record() -> None:

@@ -66,13 +66,13 @@ from safehold.ha.lsn import lag_bytes
 from safehold.ha.monitor import monitor_once
 from safehold.ha.peers import LocalReport, PeerClient, primary_wal, writer_report
 from safehold.ha.policy import Event, EventKind, PeerObservation
-from safehold.runtime import Fence, Runtime, in_cluster, public_url
+from safehold.runtime import Fence, Runtime, engine_managed, in_cluster, public_url
 from safehold.runtime.writelease import Confirmation, clock
 from safehold.storage import audit as audit_store
 from safehold.storage import cluster as cluster_store
 from safehold.storage import replication
 from safehold.storage import servers as server_store
-from safehold.storage.db import AsyncEngine, DbTarget, app_target, make_engine
+from safehold.storage.db import AsyncEngine, make_engine, primary_target
 
 #: runs the automatic failover watch (``make_watch(settings)``) with the cluster's policy; see
 #: ``services.cluster_settings.follow_failover``
@@ -130,7 +130,7 @@ class HaAgent:
         elif self.rt.readonly:
             self._tasks.append(loop.create_task(self._every(self.check_peers), name="ha-peers"))
             self._tasks.append(loop.create_task(self._every(self.ship_audit), name="ha-audit-shipper"))
-            if self._follow_failover is not None:
+            if self._follow_failover is not None and not engine_managed(self.rt.settings):
                 # the automatic failover watch, with the cluster's policy as this replica holds it (re-read)
                 self._tasks.append(loop.create_task(self._follow_failover(self.rt, self._failover_watch),
                                                     name="ha-failover"))
@@ -334,8 +334,8 @@ class HaAgent:
         return changed
 
     async def _ask_peers(self) -> tuple[Confirmation, Fence | None]:
-        if not in_cluster(self.rt.settings):
-            return Confirmation.CONFIRMED, None
+        if not in_cluster(self.rt.settings) or engine_managed(self.rt.settings):
+            return Confirmation.CONFIRMED, None  # no peer can supersede a writer of an engine's database
         async with self.rt.read() as conn:
             row = await cluster_store.get(conn)
             urls = [r.url for r in await server_store.all_servers(conn) if r.id != self.rt.identity.id and r.url]
@@ -367,7 +367,10 @@ class HaAgent:
 
     async def _database_is_replica(self) -> bool:
         """Whether this server's database is in recovery (a switchover or a rejoin made it a replica of the
-        acting primary); False when it cannot be read."""
+        acting primary); False when it cannot be read, or when an engine manages the database (its failover
+        is the engine's: the URL leads to the writable member)."""
+        if engine_managed(self.rt.settings):
+            return False
         try:
             async with self.rt.read() as conn:
                 return (await replication.replica_view(conn)).in_recovery
@@ -430,8 +433,10 @@ class HaAgent:
             raise
         if row is not None:
             self.rt.generation = row.generation
-        loaded = None if db.in_recovery else await asyncio.to_thread(load_settings, self.rt.settings.data_dir)
-        view = ReadOnlyView(self.rt.identity.id, self.rt.identity.name, not db.in_recovery,
+        # an engine that promoted the replica this server reads is the engine's business: never a take-over
+        promoted = not db.in_recovery and not engine_managed(self.rt.settings)
+        loaded = await asyncio.to_thread(load_settings, self.rt.settings.data_dir) if promoted else None
+        view = ReadOnlyView(self.rt.identity.id, self.rt.identity.name, promoted,
                             row.acting_primary if row else None, row.generation if row else None,
                             loaded.server.role if loaded else None, promoting=self._promote_lock.locked(),
                             alarm=self._alarm_condition, now=asyncio.get_running_loop().time(),
@@ -554,12 +559,10 @@ class HaAgent:
 
     def _primary_engine(self) -> AsyncEngine:
         if self._primary_db is None:
-            s = self.rt.settings
-            if not s.ha.primary_db_host or not s.ha.primary_db_port:
-                raise SafeholdError("ha.primary_db_host/port are not set: the audit spool cannot be shipped")
-            local = app_target(s)
-            target = DbTarget(s.ha.primary_db_host, s.ha.primary_db_port, local.dbname, local.user, local.password,
-                              local.sslrootcert)
+            try:
+                target = primary_target(self.rt.settings)
+            except DatabaseError as exc:
+                raise SafeholdError(f"{exc.message}: the audit spool cannot be shipped") from None
             self._primary_db = make_engine(target, pool_size=1, connect_timeout=5)
         return self._primary_db
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from safehold.config import Settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.errors import ConfigError
-from safehold.runtime import wrap_label
+from safehold.runtime import Runtime, wrap_label
 from safehold.storage import cluster as cluster_store
 from safehold.storage.db import AsyncConnection, app_target, make_engine
 
@@ -25,10 +25,25 @@ def ca_key_path(settings: Settings) -> Path:
     return settings.path(settings.http.tls_ca).with_name("ca.key")
 
 
-async def store_ca_key(conn: AsyncConnection, master: MasterKey, pem: bytes) -> None:
-    """Keep the CA key in the keyring (once)."""
+async def store_ca_key(conn: AsyncConnection, master: MasterKey, pem: bytes, cert_pem: bytes | None = None) -> None:
+    """Keep the CA key in the keyring, and its certificate in the cluster row (each once)."""
     if not any(k.purpose == CA and k.active for k in await cluster_store.keys(conn)):
         await cluster_store.add_key(conn, CA, 1, master.wrap(pem, wrap_label(CA, 1)), active=True)
+    if cert_pem is not None:
+        await cluster_store.keep_ca_cert(conn, cert_pem)
+
+
+async def keep_cluster_ca(rt: Runtime, master: MasterKey) -> None:
+    """On a writer that holds the CA's files (the server that ran 'safehold init'): make sure the database
+    keeps the CA key and certificate, so that servers can join with the key file alone ('safehold join')."""
+    key, cert = ca_key_path(rt.settings), rt.settings.path(rt.settings.http.tls_ca)
+    if rt.readonly or not key.is_file() or not cert.is_file():
+        return
+    async with rt.read() as conn:
+        kept = await cluster_store.ca_cert(conn) is not None
+    if not kept:
+        async with rt.write() as conn:
+            await store_ca_key(conn, master, key.read_bytes(), cert.read_bytes())
 
 
 async def _ca_key(settings: Settings, master: MasterKey) -> bytes:
@@ -38,7 +53,8 @@ async def _ca_key(settings: Settings, master: MasterKey) -> bytes:
         async with engine.begin() as conn:
             if path.is_file():
                 pem = path.read_bytes()
-                await store_ca_key(conn, master, pem)  # clusters made before the keyring held it
+                # clusters made before the keyring held it
+                await store_ca_key(conn, master, pem, settings.path(settings.http.tls_ca).read_bytes())
                 return pem
             stored = next((k for k in await cluster_store.keys(conn) if k.purpose == CA and k.active), None)
     finally:

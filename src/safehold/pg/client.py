@@ -10,13 +10,13 @@ from safehold.pg.errors import PgError
 
 
 def run_client(binaries: Binaries, name: str, args: list[str], *, env: dict[str, str],
-               timeout: float | None = 3600) -> bytes:
+               timeout: float | None = 3600, input: bytes | None = None) -> bytes:  # noqa: A002 - subprocess's name
     """Run a client tool; ``env`` carries the connection (PGHOST, PGPASSWORD…): never a command line.
     Raises PgError with the tool's last error lines (which never contain the password)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     try:
         proc = subprocess.run([str(binaries.tool(name)), *args], env={**clean, **env, "LC_ALL": "C"},
-                              capture_output=True, timeout=timeout, check=False)
+                              input=input, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise PgError(f"{name} did not finish within {timeout:.0f} s") from None
     if proc.returncode != 0:

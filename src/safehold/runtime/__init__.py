@@ -13,6 +13,7 @@ from safehold.runtime.context import (
     WriterUnconfirmed,
     bootstrap_cluster,
     check_key,
+    engine_managed,
     in_cluster,
     open_runtime,
     public_url,
@@ -24,6 +25,6 @@ from safehold.runtime.context import (
 
 __all__ = [
     "DATA", "Fence", "FencedMode", "Keys", "ReadOnlyMode", "Runtime", "ServerIdentity", "StartupFencing",
-    "WriterUnconfirmed", "bootstrap_cluster", "check_key", "in_cluster", "open_runtime", "public_url",
+    "WriterUnconfirmed", "bootstrap_cluster", "check_key", "engine_managed", "in_cluster", "open_runtime", "public_url",
     "ship_leftover_spool", "system_event", "unwrap_keys", "wrap_label",
 ]

@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import logging
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -111,7 +112,20 @@ def _database_errors() -> Iterator[None]:
     except DataError:
         raise InvalidInput("the database refused a value of this request") from None
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"database unavailable ({type(exc).__name__})") from None
+        global _said_at
+        if time.monotonic() - _said_at > 10:  # once in a while during an outage, not once per request
+            _said_at = time.monotonic()
+            log.warning("a database call failed: %s", _why(exc))
+        raise DatabaseError("the database is unavailable; try again in a moment") from None
+
+
+_said_at = -1e9
+
+
+def _why(exc: BaseException) -> str:
+    """The database driver's own first line (it names the host and the reason, never a password)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0][:300] if lines else "no answer"
 
 
 @dataclass(frozen=True)
@@ -366,7 +380,7 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
                 spool = None
                 fence = None
                 lease = None
-                if in_cluster(settings) and identity.role != ServerRole.READONLY:
+                if in_cluster(settings) and identity.role != ServerRole.READONLY and not engine_managed(settings):
                     # before this server writes anything: was it superseded by a newer primary?
                     started = clock()
                     peers = [r.url for r in await server_store.all_servers(conn) if r.id != identity.id and r.url]
@@ -392,8 +406,7 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
                     )
         except SQLAlchemyError as exc:
             raise DatabaseError(
-                f"cannot connect to the database at {settings.database.host}:{settings.database.port} "
-                f"({type(exc).__name__})",
+                f"cannot connect to the database at {app_target(settings).where()} ({_why(exc)})",
                 hint="is the database running? 'safehold db status --data-dir ...' tells",
             ) from None
     except BaseException:
@@ -454,6 +467,13 @@ class ReadOnlyMode(Unavailable):
 
 def in_cluster(settings: Settings) -> bool:
     return bool(settings.ha.cluster_id) and settings.server.role != ServerRole.STANDALONE
+
+
+def engine_managed(settings: Settings) -> bool:
+    """Whether the database's availability is another engine's (Patroni, CloudNativePG, a cloud service):
+    it owns failover, so Safehold never promotes, fences, rewinds or reconfigures the database, and its app
+    servers need no write lease (the engine lets one database accept writes; every app server writes it)."""
+    return settings.database.mode == "external"
 
 
 def public_url(settings: Settings) -> str:

@@ -26,7 +26,7 @@ from safehold.audit.chain import AuditEvent
 from safehold.config import Settings
 from safehold.crypto.keyfile import MasterKey, key_id_of
 from safehold.domain import AuditAction, AuditResult
-from safehold.errors import KeyFileError, SafeholdError
+from safehold.errors import ConfigError, KeyFileError, SafeholdError
 from safehold.pg import PgManager
 from safehold.pg.binaries import find_binaries
 from safehold.pg.client import run_client
@@ -60,9 +60,9 @@ class Manifest:
 def dump_database(settings: Settings) -> bytes:
     """A pg_dump (custom format) of the vault database, as this server's own login: works on a
     primary and on a secondary alike, and holds only what the database holds (ciphertext)."""
-    target = app_target(settings)
-    return run_client(find_binaries(settings.database.bin_dir), "pg_dump",
-                      ["--format=custom", "--no-password", target.dbname or "safehold"], env=target.libpq_env())
+    target = app_target(settings)  # the database name travels in PGDATABASE, as the rest of the connection
+    return run_client(find_binaries(settings.database.bin_dir), "pg_dump", ["--format=custom", "--no-password"],
+                      env=target.libpq_env())
 
 
 def create_backup(settings: Settings, key_check: bytes, cluster_id: str, out: Path) -> Manifest:
@@ -114,7 +114,10 @@ def read_backup(path: Path) -> tuple[Manifest, bytes]:
     return manifest, dump
 
 
-def restore_backup(settings: Settings, pg: PgManager, master: MasterKey, path: Path) -> Manifest:
+def restore_backup(settings: Settings, pg: PgManager | None, master: MasterKey, path: Path) -> Manifest:
+    """Replace the vault database with a backup's.  The bundled database (``pg``) is dropped and made again;
+    an engine's database (no ``pg``) keeps existing and gets the backup's objects instead of its own, in one
+    transaction, as this server's login (which owns them)."""
     manifest, dump = read_backup(path)
     if manifest.key_check != master.check_value.hex():
         raise KeyFileError(
@@ -122,6 +125,16 @@ def restore_backup(settings: Settings, pg: PgManager, master: MasterKey, path: P
             f"key file id {master.key_id})",
             hint="restore needs the key file of the cluster the backup was taken from",
         )
+    if pg is None:
+        if settings.database.mode != "external":
+            raise ConfigError("this server has no database of its own to restore into",
+                              hint="restore on the server that runs the cluster's database (the primary)")
+        target = app_target(settings)
+        run_client(find_binaries(settings.database.bin_dir), "pg_restore",
+                   ["--no-password", "--exit-on-error", "--single-transaction", "--clean", "--if-exists",
+                    "--no-owner", "--no-privileges", f"--dbname={target.params().get('dbname', 'safehold')}"],
+                   env=target.libpq_env(), input=dump)
+        return manifest
     target = owner_target(settings)
     admin.recreate_database(owner_target(settings, dbname="postgres"), target.dbname)
     pg.run_tool("pg_restore", ["--no-password", "--exit-on-error", "--single-transaction",

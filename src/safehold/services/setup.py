@@ -168,7 +168,8 @@ async def _bootstrap(settings: Settings, master: MasterKey, opts: InitOptions) -
             await bootstrap_cluster(conn, master)
             from safehold.ha.ca import ca_key_path, store_ca_key
 
-            await store_ca_key(conn, master, ca_key_path(settings).read_bytes())
+            await store_ca_key(conn, master, ca_key_path(settings).read_bytes(),
+                               settings.path(settings.http.tls_ca).read_bytes())
     finally:
         await engine.dispose()
     password = opts.admin_password or _generate_admin_password()

@@ -37,6 +37,18 @@ async def create(conn: AsyncConnection, cluster_id: str, key_check: bytes) -> No
     await conn.execute(insert(cluster).values(id=1, cluster_id=cluster_id, key_check=key_check))
 
 
+async def ca_cert(conn: AsyncConnection) -> bytes | None:
+    """The cluster CA's certificate (PEM), when it was kept."""
+    value = (await conn.execute(select(cluster.c.ca_cert))).scalar_one_or_none()
+    return value.encode() if value else None
+
+
+async def keep_ca_cert(conn: AsyncConnection, pem: bytes) -> None:
+    """Keep the CA's certificate (once: a kept one is never replaced)."""
+    await conn.execute(update(cluster).where(cluster.c.id == 1, cluster.c.ca_cert.is_(None))
+                       .values(ca_cert=pem.decode()))
+
+
 async def set_key_check(conn: AsyncConnection, key_check: bytes) -> None:
     await conn.execute(update(cluster).where(cluster.c.id == 1).values(key_check=key_check))
 

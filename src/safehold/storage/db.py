@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import URL, create_engine, text
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -21,6 +22,7 @@ from sqlalchemy.pool import NullPool
 
 from safehold.config import Settings
 from safehold.errors import DatabaseError
+from safehold.storage import dburl
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -29,7 +31,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: nothing above storage imports the driver.
 __all__ = ["DB_ERRORS", "AsyncConnection", "AsyncEngine", "DataError", "DbTarget", "IntegrityError",
            "SQLAlchemyError", "app_target", "check_reachable", "connect", "database_time", "grant_app_privileges",
-           "make_engine", "owner_target", "ping", "run_migrations", "schema_is_current"]
+           "make_engine", "owner_target", "ping", "primary_target", "run_migrations", "schema_is_current"]
 
 #: What a database call may raise below storage (the sync driver's and the async engine's errors):
 #: callers above storage catch these without naming a driver.
@@ -49,13 +51,22 @@ class DbTarget:
     url: str | None = None  # an external database URL, used as is
 
     def __repr__(self) -> str:
+        if self.url is not None:
+            return f"DbTarget({dburl.describe(self.params())})"
         return f"DbTarget({self.user}@{self.host}:{self.port}/{self.dbname})"
 
-    def sqlalchemy_url(self, *, driver: str = "postgresql+psycopg") -> URL:
-        if self.url is not None:
-            from sqlalchemy.engine import make_url
+    def params(self) -> dict[str, str]:
+        """An external database's connection parameters, as its URL says (both multi-host forms)."""
+        assert self.url is not None
+        return dburl.conninfo(self.url)
 
-            return make_url(self.url).set(drivername=driver)
+    def where(self) -> str:
+        """Where it points, for messages (no password)."""
+        return dburl.describe(self.params()) if self.url is not None else f"{self.host}:{self.port}"
+
+    def sqlalchemy_url(self, *, driver: str = "postgresql+psycopg") -> URL:
+        if self.url is not None:  # connections come from psycopg itself (see _engine_args)
+            return URL.create(driver)
         query = {"sslmode": "verify-full", "application_name": "safehold"}
         if self.sslrootcert is not None:
             query["sslrootcert"] = str(self.sslrootcert)
@@ -66,6 +77,8 @@ class DbTarget:
 
     def libpq_env(self) -> dict[str, str]:
         """Environment for PostgreSQL client tools (pg_dump, psql): no password on a command line."""
+        if self.url is not None:
+            return dburl.libpq_env(self.params())
         env = {
             "PGHOST": self.host, "PGPORT": str(self.port), "PGDATABASE": self.dbname,
             "PGUSER": self.user, "PGPASSWORD": self.password, "PGSSLMODE": "verify-full",
@@ -85,6 +98,22 @@ def app_target(settings: Settings) -> DbTarget:
         host=db.host, port=db.port, dbname=db.name, user=db.user,
         password=settings.read_secret(db.password_file), sslrootcert=settings.path(settings.http.tls_ca),
     )
+
+
+def primary_target(settings: Settings) -> DbTarget:
+    """The cluster's writable database as a read-only server reaches it (to ship its audit spool), with
+    this server's own login: an engine's read-write member (``database.primary_url``, else ``database.url``
+    asking for a read-write session), or the bundled primary at ``ha.primary_db_host``/``port``."""
+    db = settings.database
+    if db.mode == "external":
+        if not db.url:
+            raise DatabaseError("database.mode is 'external' but database.url is not set")
+        return DbTarget("", 0, "", "", "", None, url=db.primary_url or dburl.with_session_attrs(db.url, "read-write"))
+    if not settings.ha.primary_db_host or not settings.ha.primary_db_port:
+        raise DatabaseError("ha.primary_db_host/port are not set: the primary database is unknown")
+    local = app_target(settings)
+    return DbTarget(settings.ha.primary_db_host, settings.ha.primary_db_port, local.dbname, local.user, local.password,
+                    local.sslrootcert)
 
 
 def owner_target(settings: Settings, dbname: str | None = None) -> DbTarget:
@@ -110,17 +139,20 @@ def connect(target: DbTarget, dbname: str | None = None, *, timeout: float = 10)
     ``timeout`` seconds.  An external database is reached as its URL says.  A connection that cannot
     be made raises DatabaseError; statements raise the driver's errors (see DB_ERRORS)."""
     if target.url is not None:  # an external database, as its URL says
+        params = {"connect_timeout": str(max(1, int(timeout))), **target.params()}
+        if dbname is not None:
+            params["dbname"] = dbname
         try:
-            return psycopg.connect(target.url, autocommit=True, connect_timeout=max(1, int(timeout)))
+            return psycopg.connect(make_conninfo("", **params), autocommit=True)
         except psycopg.Error as exc:
             raise DatabaseError(f"cannot connect to the database ({_first_line(exc)})") from None
-    params: dict[str, Any] = {"host": target.host, "port": target.port, "user": target.user,
-                              "password": target.password, "dbname": dbname or target.dbname,
-                              "sslmode": "verify-full", "connect_timeout": max(1, int(timeout))}
+    bundled: dict[str, Any] = {"host": target.host, "port": target.port, "user": target.user,
+                               "password": target.password, "dbname": dbname or target.dbname,
+                               "sslmode": "verify-full", "connect_timeout": max(1, int(timeout))}
     if target.sslrootcert is not None:
-        params["sslrootcert"] = str(target.sslrootcert)
+        bundled["sslrootcert"] = str(target.sslrootcert)
     try:
-        return psycopg.connect(**params, autocommit=True)
+        return psycopg.connect(**bundled, autocommit=True)
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to the database as {target.user} ({_first_line(exc)})") from None
 
@@ -147,6 +179,10 @@ def make_engine(target: DbTarget | URL, *, pool_size: int = 10, pooled: bool = T
         args["options"] = options
     url = target.sqlalchemy_url() if isinstance(target, DbTarget) else target
     extra: dict[str, Any] = {"connect_args": args} if args else {}
+    if isinstance(target, DbTarget) and target.url is not None:
+        # libpq reads the URL (every host of an HA engine, target_session_attrs); SQLAlchemy's URL cannot
+        info = make_conninfo("", **{**target.params(), **{k: str(v) for k, v in args.items()}})
+        extra = {"async_creator": lambda: psycopg.AsyncConnection.connect(info)}
     if autocommit:
         extra["isolation_level"] = "AUTOCOMMIT"
     if not pooled:
@@ -171,6 +207,14 @@ async def database_time(conn: AsyncConnection) -> dt.datetime:
     return value
 
 
+def _sync_engine(target: DbTarget) -> Any:
+    """A plain engine for Alembic (an external database: connections from psycopg, as its URL says)."""
+    if target.url is not None:
+        info = make_conninfo("", **target.params())
+        return create_engine(target.sqlalchemy_url(), creator=lambda: psycopg.connect(info))
+    return create_engine(target.sqlalchemy_url(), poolclass=None)
+
+
 def schema_is_current(target: DbTarget) -> bool:
     """Whether the database's schema is at the newest revision (read only: nothing is written)."""
     from alembic.config import Config
@@ -180,7 +224,7 @@ def schema_is_current(target: DbTarget) -> bool:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     heads = set(ScriptDirectory.from_config(cfg).get_heads())
-    engine = create_engine(target.sqlalchemy_url(), poolclass=None)
+    engine = _sync_engine(target)
     try:
         with engine.connect() as conn:
             return set(MigrationContext.configure(conn).get_current_heads()) == heads
@@ -195,7 +239,7 @@ def run_migrations(target: DbTarget, app_user: str | None = None) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    engine = create_engine(target.sqlalchemy_url(), poolclass=None)
+    engine = _sync_engine(target)
     try:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn

@@ -57,6 +57,8 @@ cluster = Table(
     # set by promotion: the server that became the acting primary at this generation
     Column("acting_primary", UUID(as_uuid=False), nullable=True),
     _ts("promoted_at", nullable=True, default=False),
+    # the cluster CA's certificate (PEM; public): a server joining with the key file issues itself a certificate
+    Column("ca_cert", Text, nullable=True),
     CheckConstraint("id = 1", name="single_row"),
 )
 

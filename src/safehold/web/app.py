@@ -22,6 +22,7 @@ from safehold.crypto.keyfile import MasterKey
 from safehold.domain import AuditAction
 from safehold.errors import SafeholdError
 from safehold.ha.agent import HaAgent
+from safehold.ha.ca import keep_cluster_ca
 from safehold.ha.fencing import STARTUP
 from safehold.runtime import FencedMode, Runtime, open_runtime, system_event
 from safehold.services import auth as auth_service
@@ -153,6 +154,10 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         if rt is None:
             assert master is not None
             rt = await open_runtime(settings, master, fencing=STARTUP)
+            try:
+                await keep_cluster_ca(rt, master)
+            except SafeholdError as exc:  # e.g. a writer whose lease no peer confirmed yet: next start
+                log.warning("the cluster CA is not kept in the database yet: %s", exc.message)
         master = None  # the key is not kept once the data keys are unwrapped
         rt.start_background()
         app.state.runtime = rt
