@@ -64,7 +64,7 @@ def matches(row: Any, text: str) -> bool:
     return any(text in h.lower() for h in hay)
 
 
-async def search(rt: Runtime, f: RecordFilter, *, limit: int, offset: int) -> tuple[list[Any], int]:
+async def search(rt: Runtime, f: RecordFilter, *, limit: int, offset: int) -> tuple[list[AnyRow], int]:
     """One page of records, newest first, and how many match in all."""
     async with rt.read() as conn:
         return await store.search(conn, limit=limit, offset=offset, **f.as_store())
@@ -75,8 +75,8 @@ class Browse:
     """What the audit page shows: the registered servers, one page of records (``truncated``: a text
     search looked at the newest ``scan`` records only), and the chains' report when asked for."""
 
-    servers: list[Any]
-    rows: list[Any]
+    servers: list[AnyRow]
+    rows: list[AnyRow]
     total: int
     truncated: bool
     report: ChainReport | None
@@ -86,7 +86,7 @@ async def browse(rt: Runtime, f: RecordFilter | None, *, text: str, limit: int, 
                  verify: bool) -> Browse:
     """The page's records in one read: those of ``f`` (none when None: the filters did not parse),
     searched for ``text`` among the newest ``scan`` of them when it is given."""
-    rows: list[Any] = []
+    rows: list[AnyRow] = []
     total = 0
     truncated = False
     report = None

@@ -9,10 +9,11 @@ from safehold.domain import AuditAction, AuditResult, Principal, ServerRole
 from safehold.errors import NotFound
 from safehold.runtime import Runtime
 from safehold.services import access
+from safehold.services.views import ServerNameView
 from safehold.storage import servers as server_store
 
 
-async def rename_server(rt: Runtime, p: Principal, server_id: str, name: str) -> dict[str, str]:
+async def rename_server(rt: Runtime, p: Principal, server_id: str, name: str) -> ServerNameView:
     """Give a server another display name (administrators only)."""
     access.require(p.is_admin, "only administrators can rename servers")
     name = name.strip()
@@ -22,7 +23,7 @@ async def rename_server(rt: Runtime, p: Principal, server_id: str, name: str) ->
         await rt.append_audit(conn, AuditEvent(actor=p.username, action=AuditAction.SERVER_RENAMED,
                                                result=AuditResult.SUCCESS, source_ip=p.source_ip,
                                                target_type="server", target_id=server_id, target_name=name))
-    return {"id": server_id, "name": name}
+    return ServerNameView(server_id, name)
 
 
 async def register_server(rt: Runtime, *, server_id: str, name: str, role: ServerRole, host: str, url: str,

@@ -21,7 +21,7 @@ from safehold.services.access import IfMatch
 from safehold.services.auth import check_password_strength, hash_password, now
 from safehold.services.views import UserView
 from safehold.storage import users as user_store
-from safehold.storage.rows import present
+from safehold.storage.rows import AnyRow, present
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ async def find_user(rt: Runtime, username: str) -> UserView:
     return UserView.of(user)
 
 
-async def list_users(rt: Runtime, *, limit: int = 100, offset: int = 0) -> tuple[list[Any], int]:
+async def list_users(rt: Runtime, *, limit: int = 100, offset: int = 0) -> tuple[list[AnyRow], int]:
     async with rt.read() as conn:
         return await user_store.listing(conn, limit=limit, offset=offset)
 

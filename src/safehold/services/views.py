@@ -154,3 +154,11 @@ class UserView:
         return UserView(row.id, row.username, row.full_name, row.email, UserRole(row.role), row.totp_enabled,
                    row.totp_secret_enc is not None and not row.totp_enabled, row.disabled, row.locked_until,
                    row.created_at, row.updated_at, row.version)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerNameView:
+    """A server of the registry after a rename."""
+
+    id: str
+    name: str

@@ -53,4 +53,5 @@ async def local(request: Request, rt: RuntimeDep) -> dict[str, Any]:
 @router.patch("/servers/{server_id}", status_code=200, responses=errors(401, 403, 404, 422, 503))
 async def rename(server_id: str, body: ServerRename, p: CurrentUser, rt: RuntimeDep) -> dict[str, str]:
     """Give a server another display name."""
-    return await rename_server(rt, p, parse_id(server_id, "server"), body.name)
+    renamed = await rename_server(rt, p, parse_id(server_id, "server"), body.name)
+    return {"id": renamed.id, "name": renamed.name}
