@@ -17,7 +17,10 @@ secondary takes it only when it is free and the primary has not heartbeat for
 free for ``free_grace`` seconds), and hands it back as soon as the primary is seen alive again.
 
 :class:`ScheduleLease` runs that cycle; :class:`ScheduledJobs` runs async callables every
-interval while the lease is held.  Nothing here is wired into the server yet.
+interval while the lease is held (the HA agent runs both on every app server).  On a database that an HA
+engine runs, the lock lives on the engine's primary and dies with it: after the engine's failover the
+lease is free again on the new primary, taken by the next cycle.  A connection pooler in front of the
+database (PgBouncer) must pool by session for this connection, or the lock is not the session's.
 """
 
 from __future__ import annotations

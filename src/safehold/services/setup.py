@@ -164,7 +164,9 @@ async def _bootstrap(settings: Settings, master: MasterKey, opts: InitOptions) -
 
             if await cluster.get(conn) is not None:
                 raise ConfigError("the database already holds a Safehold cluster",
-                                  hint="point database.url at an empty database")
+                                  hint="to add this server to it: safehold join --database-url URL --key-file "
+                                       "THE-CLUSTER'S-KEY-FILE --data-dir DIR; for a new cluster, point "
+                                       "--database-url at an empty database")
             await bootstrap_cluster(conn, master)
             from safehold.ha.ca import ca_key_path, store_ca_key
 
