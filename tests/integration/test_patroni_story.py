@@ -216,3 +216,47 @@ def test_backup_and_restore_through_the_url(on_patroni: OnPatroni, server_root: 
         assert c.get(f"/resources/{rid}").status_code == 200
         assert c.get(f"/resources/{later}").status_code == 404
     _verify(app1)
+
+
+def test_join_refuses_bad_input_and_the_bundled_ha_commands_point_at_the_engine(
+        on_patroni: OnPatroni, server_root: Path) -> None:
+    cluster, app1 = on_patroni.cluster, on_patroni.app1
+    base = Path(tempfile.mkdtemp(dir=server_root))
+    url = cluster.url("read-write")
+
+    def join(data_dir: Path, *args: str) -> str:
+        r = run_cli("join", "--data-dir", str(data_dir), *args, check=False)
+        assert r.returncode != 0, r.stdout
+        assert "Traceback" not in r.stderr and "Error:" not in r.stderr.replace("error:", "")
+        return r.stdout + r.stderr
+
+    from safehold.crypto.keyfile import create_key_file
+
+    other_key = base / "other.key"
+    create_key_file(other_key)
+    said = join(base / "a", "--database-url", url, "--key-file", str(other_key))
+    assert "does not match" in said and not (base / "a").exists()
+    said = join(base / "b", "--database-url", "postgresql://safehold:s3cret-pw@127.0.0.1:99999/safehold",
+                "--key-file", str(on_patroni.key))
+    assert "invalid port number" in said and "s3cret-pw" not in said
+    said = join(base / "c", "--database-url", url, "--key-file", str(on_patroni.key), "--primary-url", url)
+    assert "--primary-url is for a read-only server" in said
+    (base / "d").mkdir()
+    (base / "d" / "something").write_text("x")
+    assert "not empty" in join(base / "d", "--database-url", url, "--key-file", str(on_patroni.key))
+    wrong_pw = cluster.url("read-write", password="not-the-password")
+    said = join(base / "e", "--database-url", wrong_pw, "--key-file", str(on_patroni.key))
+    assert "password authentication failed" in said and "not-the-password" not in said
+
+    second = Server(base / "second-init")
+    r = run_cli("init", "--data-dir", str(second.data_dir), "--port", str(second.port), "--database-url", url,
+                check=False)
+    assert r.returncode != 0 and "already holds a Safehold cluster" in r.stderr and "safehold join" in r.stderr
+
+    for args, needle in ((("ha", "pack", "--readonly-host", "127.0.0.1", "--out", str(base / "x.pack")), "safehold join --readonly"),
+                         (("ha", "switchover", "--to", "ro"), "owns its switchover"),
+                         (("ha", "failover", "--enable"), "owns failover"),
+                         (("ha", "sync", "--on"), "synchronous_mode")):
+        r = app1.cli(*args, check=False)
+        assert r.returncode != 0, args
+        assert needle in r.stderr + r.stdout, (args, r.stdout, r.stderr)

@@ -20,6 +20,13 @@ DataDir = Annotated[Path, typer.Option("--data-dir", "-d", help="The server's da
                                        envvar="SAFEHOLD_DATA_DIR")]
 
 
+def _engine_managed(data_dir: Path) -> bool:
+    from safehold.config import load_settings
+    from safehold.runtime import engine_managed
+
+    return engine_managed(load_settings(data_dir))
+
+
 def _fail(messages: list[str], code: int) -> None:
     """Print the messages and exit with ``code`` (nothing when there are none)."""
     if not messages:
@@ -101,6 +108,9 @@ def failover(
     )
 
     _fail(range_errors({"ping_interval": ping_interval, "ping_iterations": ping_iterations}), 2)
+    if enable and _engine_managed(data_dir):
+        _fail(["the database's HA engine owns failover here: Safehold never promotes a server on it "
+               "(docs/SCALE-OUT.md)"], 2)
 
     def changes_to(fo: FailoverSection) -> dict[str, Any]:
         changes: dict[str, Any] = {}

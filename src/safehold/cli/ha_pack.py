@@ -44,7 +44,10 @@ def pack(
     passphrase, generated = passphrase_for_new_file(passphrase_file)
     with database.database_running(settings) as pg:
         if pg is None:
-            raise ConfigError("'safehold ha pack' needs the bundled database")
+            raise ConfigError("'safehold ha pack' needs the bundled database: a read-only server replicates it",
+                              hint="on a database an HA engine runs, put a read-only server on one of its "
+                                   "replicas: 'safehold join --readonly --database-url URL --key-file K' "
+                                   "(docs/SCALE-OUT.md)")
         columns = (TextColumn("{task.description:<12}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                    TimeRemainingColumn())
         with Progress(*columns, console=out) as bars:

@@ -44,8 +44,8 @@ def sync(
             raise typer.BadParameter(f"this is a {current.server.role} server; run 'safehold ha sync' on the "
                                      "primary, whose database the read-only replicas stream from")
         raise typer.BadParameter("synchronous mode is for the bundled database (database.mode is "
-                                 f"{current.database.mode!r}); with your own PostgreSQL, configure "
-                                 "synchronous_standby_names there")
+                                 f"{current.database.mode!r}); on a database an HA engine runs, turn it on "
+                                 "there (Patroni: synchronous_mode: true)")
     changes: dict[str, object] = {"synchronous": on}
     if degrade_after is not None:
         changes["sync_degrade_after"] = degrade_after

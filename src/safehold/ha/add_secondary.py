@@ -75,7 +75,8 @@ def add_secondary(
     if settings.database.mode != "bundled":
         raise ConfigError("'ha add-secondary' needs the primary's bundled database "
                           f"(database.mode is {settings.database.mode!r})",
-                          hint="with an external database, point the new server's database.url at it")
+                          hint="on a database an HA engine runs, add app servers with 'safehold join --database-url "
+                               "URL --key-file K' (docs/SCALE-OUT.md)")
     out = out.resolve()
     if out.exists() or out.with_name(out.name + ".part").exists():
         raise ConfigError(f"{out} exists; Safehold does not overwrite a setup file",

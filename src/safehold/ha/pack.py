@@ -174,7 +174,8 @@ def _plan(settings: Settings, *, readonly_host: str, out: Path, name: str | None
                           "run 'safehold ha pack' on the primary")
     if settings.database.mode != "bundled":
         raise ConfigError("'safehold ha pack' needs the bundled database: a read-only server replicates it",
-                          hint="with an external PostgreSQL, make its replicas with that database's own tools")
+                          hint="on a database an HA engine runs, put a read-only server on one of its replicas: "
+                               "'safehold join --readonly --database-url URL --key-file K' (docs/SCALE-OUT.md)")
     out = out.expanduser().resolve()
     if out.exists():
         raise ConfigError(f"{out} already exists; choose another --out (a setup pack is never overwritten)")

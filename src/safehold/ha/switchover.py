@@ -65,6 +65,9 @@ def choose_target(rows: list[dict[str, str]], wanted: str, own_id: str) -> Targe
 def switchover(settings: Settings, master: MasterKey, wanted: str, *, say: Say, timeout: float = 60) -> SwitchoverResult:
     from safehold.runtime.database import manager
 
+    if settings.database.mode == "external":
+        raise ConfigError("the database's HA engine owns its switchover; Safehold's app servers follow it",
+                          hint="e.g. 'patronictl switchover' (docs/SCALE-OUT.md)")
     if settings.server.role != ServerRole.PRIMARY or settings.database.mode != "bundled":
         raise ConfigError("run 'safehold ha switchover' on the primary (it holds the primary database)")
     target = _find_target(settings, wanted)
