@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -112,6 +113,27 @@ class FailoverSection(_Section):
     max_lag_bytes: int = Field(default=1024 * 1024, ge=0, le=1024**4)
 
 
+MAX_PATRONI_URLS = 9
+
+
+def rest_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable REST address (http or https, a host, no user or password in it)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError:
+        return "not a URL"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not parts.hostname:
+        return "must name a host"
+    if parts.username is not None or parts.password is not None:
+        return "must not hold a user name or password"
+    if parts.query or parts.fragment:
+        return "must not have a query or fragment"
+    return None
+
+
 class HaSection(_Section):
     """High availability: set by 'safehold ha ...' commands; a standalone server leaves it empty."""
 
@@ -135,6 +157,42 @@ class HaSection(_Section):
     synchronous: bool = False
     sync_degrade_after: float = Field(default=30.0, ge=1, le=86400)
     failover: FailoverSection = FailoverSection()
+    # an external HA engine's REST API (Patroni): its members are shown beside the app servers, and a leader
+    # change or a member going down raises the HA events; ``patroni_url`` in the file takes one address or a
+    # list, an environment variable a comma-separated list
+    patroni_urls: list[str] = Field(default_factory=list, max_length=MAX_PATRONI_URLS)
+    # the CA that Patroni's REST certificate is issued by, when it serves HTTPS (None: the system's CAs)
+    patroni_ca: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _patroni_url(cls, data: Any) -> Any:
+        """``patroni_url`` is another spelling of ``patroni_urls``."""
+        if isinstance(data, dict) and "patroni_url" in data:
+            data = dict(data)
+            value = data.pop("patroni_url")
+            if "patroni_urls" in data and data["patroni_urls"] != value:
+                raise ValueError("give ha.patroni_url or ha.patroni_urls, not both")
+            data["patroni_urls"] = value
+        return data
+
+    @field_validator("patroni_urls", mode="before")
+    @classmethod
+    def _patroni_list(cls, v: Any) -> Any:
+        if isinstance(v, str):  # one address, or several separated by commas (an environment variable)
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    @field_validator("patroni_urls")
+    @classmethod
+    def _patroni_urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            problem = rest_url_problem(url)
+            if problem:
+                raise ValueError(problem)
+        if len(set(v)) != len(v):
+            raise ValueError("an address is listed twice")
+        return v
 
     @property
     def write_lease(self) -> float:
@@ -188,6 +246,13 @@ class Settings(_Section):
     alerts: AlertsSection = AlertsSection()
     data_dir: Path = Field(default=Path("."), exclude=True)
 
+    @model_validator(mode="after")
+    def _engine(self) -> Settings:
+        if self.ha.patroni_urls and self.database.mode != "external":
+            raise ValueError("ha.patroni_urls is for a database that an HA engine runs (database.mode = "
+                             "\"external\")")
+        return self
+
     def path(self, p: Path) -> Path:
         """Resolve a configured path against the data directory."""
         return p if p.is_absolute() else self.data_dir / p
@@ -239,7 +304,8 @@ def describe_validation_error(
             msg = "unknown key"
         if from_env and len(loc) >= 2 and loc[1] in from_env.get(loc[0], {}):
             key += f" (from {ENV_PREFIX}{loc[0].upper()}__{loc[1].upper()})"
-        lines.append(f"  {key}: {msg}")
+        # (a check across sections has no key of its own: its message names the keys)
+        lines.append(f"  {key}: {msg}" if key else f"  {str(msg).removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

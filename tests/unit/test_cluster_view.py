@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from safehold.ha.monitor import snapshot_of
+from safehold.ha.patroni import EngineMember, EngineView
 from safehold.ha.policy import Health, Liveness, Snapshot
 from safehold.ha.status import (
     BacklogTotal,
@@ -26,11 +27,12 @@ def server(name: str, role: str, status: Liveness = ACTIVE) -> ServerStatus:
     return ServerStatus(id=f"id-{name}", name=name, role=role, status=status)
 
 
-def view(*servers: ServerStatus, ha: Health | None = None, rep: Health | None = None) -> ClusterView:
+def view(*servers: ServerStatus, ha: Health | None = None, rep: Health | None = None,
+         engine: EngineView | None = None) -> ClusterView:
     return ClusterView(cluster_id="c1", generation=2, server=ThisServer("id-a", "a", "primary", "read-write"),
                        fence=None, servers=servers, databases=(), ha_status=ha, replication_status=rep,
                        replication_lag_bytes=None, replication_lag_seconds=None, audit_backlog=BacklogTotal(),
-                       alarms=())
+                       alarms=(), engine=engine)
 
 
 def test_the_status_json_keeps_its_field_names_and_shapes() -> None:
@@ -55,6 +57,7 @@ def test_the_status_json_keeps_its_field_names_and_shapes() -> None:
         "replication_lag_bytes": 10, "replication_lag_seconds": 0.5,
         "audit_backlog": {"pending": 1, "shipped": 2, "oldest_pending": "2026-01-01T00:00:00+00:00"},
         "alarms": [{"server": "a", "condition": "X", "message": "y"}],
+        "engine": None,
     }
     assert v.to_json() == expected
     assert list(v.to_json()) == list(expected)
@@ -77,6 +80,10 @@ R = "read-only replicas"
     pytest.param(view(server("r", "readonly", INACTIVE), ha=Health.FAILED, rep=Health.FAILED),
                  Snapshot({R: Health.FAILED}, {R: Health.FAILED}, {"r": INACTIVE}, frozenset({"r"}), ""),
                  id="no primary registered"),
+    pytest.param(view(server("a", "standalone"), ha=Health.FAILED, rep=Health.FAILED,
+                      engine=EngineView("demo", (EngineMember("m0", "leader", "running"),))),
+                 Snapshot({}, {}, {"a": ACTIVE}, frozenset(), "a"),
+                 id="an HA engine: its replicas' statuses are its own snapshot's, one per member"),
 ])
 def test_the_monitor_snapshot(cluster: ClusterView, expected: Snapshot) -> None:
     assert snapshot_of(cluster) == expected

@@ -37,6 +37,17 @@ def status(data_dir: DataDir) -> None:
         d.add_row(str(db["host"]), str(db["port"]), db["role"], str(db["servers_configured"]),
                   str(db["servers_active"]))
     out.print(d)
+    engine = st.get("engine")
+    if engine and not engine["reachable"]:
+        err.print(f"[red bold]HA engine unreachable[/]: {engine['error']}", highlight=False)
+    elif engine:
+        e = Table("name", "role", "state", "host:port", "timeline", "lag (bytes)",
+                  title=f"Engine members (Patroni, scope {engine['scope'] or '?'})")
+        for m in engine["members"]:
+            colour = "green" if m["state"] in ("running", "streaming") else "red"
+            e.add_row(m["name"], m["role"], f"[{colour}]{m['state']}[/]", f"{m['host']}:{m['port'] or '?'}",
+                      "-" if m["timeline"] is None else str(m["timeline"]), "-" if m["lag"] is None else str(m["lag"]))
+        out.print(e)
     out.print(f"HA status: {st['ha_status'] or 'n/a (no read-only server)'}   "
               f"Replication status: {st['replication_status'] or 'n/a'}   "
               f"lag: {st['replication_lag_bytes']} bytes, {st['replication_lag_seconds']} s   "

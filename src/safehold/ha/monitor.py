@@ -9,7 +9,8 @@ import logging
 from typing import Any
 
 from safehold.domain import ServerRole
-from safehold.ha.policy import Event, Health, Liveness, Snapshot, transitions
+from safehold.ha.patroni import EngineSnapshot, engine_snapshot, engine_transitions
+from safehold.ha.policy import Event, Health, Liveness, Snapshot, Thresholds, transitions
 from safehold.ha.status import ClusterView, cluster_view
 from safehold.runtime import Runtime
 from safehold.storage import ha as ha_store
@@ -19,9 +20,12 @@ REPLICAS = "read-only replicas"
 
 
 def snapshot_of(view: ClusterView) -> Snapshot:
-    """The parts of the cluster view (``GET /ha/status``) that transitions are computed from."""
-    ha = {REPLICAS: view.ha_status} if view.ha_status else {}
-    rep = {REPLICAS: view.replication_status} if view.replication_status else {}
+    """The parts of the cluster view (``GET /ha/status``) that transitions are computed from.  With an HA
+    engine, its replicas are the replicas: their HA and replication status are the engine snapshot's, one per
+    member (:mod:`safehold.ha.patroni`), not the view's summary of them."""
+    summary = view.engine is None
+    ha = {REPLICAS: view.ha_status} if view.ha_status and summary else {}
+    rep = {REPLICAS: view.replication_status} if view.replication_status and summary else {}
     servers = {s.name: s.status for s in view.servers}
     standbys = frozenset(s.name for s in view.servers if s.role == ServerRole.READONLY)
     # (a primary that was standalone when it last started is still registered as such)
@@ -45,13 +49,24 @@ def from_json(d: dict[str, Any] | None) -> Snapshot | None:
 
 
 async def monitor_once(rt: Runtime) -> list[Event]:
-    now = snapshot_of(await cluster_view(rt))
+    """One cycle: the servers' and databases' transitions, and the external HA engine's when
+    ``ha.patroni_urls`` names one (its snapshot is kept under ``engine`` beside the rest)."""
+    view = await cluster_view(rt)
+    now = snapshot_of(view)
     async with rt.write() as conn:
-        before = from_json(await ha_store.last_snapshot(conn))
+        stored = await ha_store.last_snapshot(conn)
+        before = from_json(stored)
         events = transitions(before, now)
+        saved = to_json(now)
+        if view.engine is not None:
+            engine_before = EngineSnapshot.from_json((stored or {}).get("engine"))
+            limits = Thresholds(rt.settings.ha.lag_threshold_seconds, rt.settings.ha.lag_threshold_bytes)
+            engine_now = engine_snapshot(engine_before, view.engine, limits)
+            events += engine_transitions(engine_before, engine_now)
+            saved["engine"] = engine_now.to_json()
         await ha_store.add_events(conn, rt.identity.id, [(e.kind.value, e.subject, e.message, e.args)
                                                            for e in events])
-        await ha_store.save_snapshot(conn, to_json(now))
+        await ha_store.save_snapshot(conn, saved)
     for e in events:
         log.warning("HA event %s: %s", e.kind.value, e.message)
     return events

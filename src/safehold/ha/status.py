@@ -14,6 +14,7 @@ from typing import Any
 
 from safehold.domain import ServerRole
 from safehold.errors import DatabaseError
+from safehold.ha.patroni import EngineView, read_engine
 from safehold.ha.peers import (
     AlarmReport,
     BacklogReport,
@@ -31,7 +32,7 @@ from safehold.ha.policy import (
     ha_status,
     replication_status,
 )
-from safehold.runtime import Fence, Runtime, public_url
+from safehold.runtime import Fence, Runtime, engine_managed, public_url
 from safehold.runtime.writelease import clock
 from safehold.storage import ha as ha_store
 from safehold.storage import replication
@@ -153,6 +154,7 @@ class ClusterView:
     replication_lag_seconds: float | None
     audit_backlog: BacklogTotal
     alarms: tuple[ClusterAlarm, ...]
+    engine: EngineView | None = None  # the external HA engine's members (ha.patroni_urls), beside the servers
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -168,6 +170,7 @@ class ClusterView:
             "replication_lag_seconds": self.replication_lag_seconds,
             "audit_backlog": dataclasses.asdict(self.audit_backlog),
             "alarms": [dataclasses.asdict(x) for x in self.alarms],
+            "engine": self.engine.to_json() if self.engine is not None else None,
         }
 
 
@@ -185,15 +188,19 @@ async def cluster_view(rt: Runtime, *, live_peers: dict[str, bool] | None = None
     s = rt.settings
     now = dt.datetime.now(dt.UTC)
     stale_after = dt.timedelta(seconds=max(3 * s.ha.check_interval, 5))
+    # an HA engine's replicas are its own: their status comes from the engine (ha.patroni_urls), not from
+    # pg_stat_replication, whose details an unprivileged login cannot see
+    engine_run = engine_managed(s) and not rt.readonly
     async with rt.read() as conn:
         rows = await server_store.all_servers(conn)
         sessions = await server_store.session_counts(conn)
         view = await replication.replica_view(conn) if rt.readonly else None
-        primary = None if rt.readonly else await replication.primary_view(conn)
+        primary = None if rt.readonly or engine_run else await replication.primary_view(conn)
     async with PeerClient.for_settings(s) as client:
         # every server's own report: read-only servers' databases and backlogs, and every server's alarm
         asked = [r.url if r.url and (r.id != rt.identity.id or ask_self) else None for r in rows]
-        reports = await asyncio.gather(*(client.local(u) if u else _nothing() for u in asked))
+        reports, engine = await asyncio.gather(asyncio.gather(*(client.local(u) if u else _nothing() for u in asked)),
+                                               _engine(rt))
     servers: list[ServerStatus] = []
     alarms: list[ClusterAlarm] = []
     if own_alarm is not None:
@@ -226,6 +233,8 @@ async def cluster_view(rt: Runtime, *, live_peers: dict[str, bool] | None = None
         replicas.append(ReplicaObservation(rt.identity.name, view.streaming, "streaming" if view.streaming
                                            else view.receiver_status, view.replay_backlog_bytes,
                                            view.replay_delay_seconds if not view.streaming else 0.0))
+    elif engine is not None and engine.reachable:
+        replicas.extend(m.observation() for m in engine.members if not m.is_leader)
     thresholds = Thresholds(s.ha.lag_threshold_seconds, s.ha.lag_threshold_bytes)
     ha = [ha_status(r) for r in replicas]
     rep = [replication_status(r, thresholds) for r in replicas]
@@ -244,7 +253,7 @@ async def cluster_view(rt: Runtime, *, live_peers: dict[str, bool] | None = None
         backlogs.append(BacklogReport.from_json(rt.spool.backlog().as_dict()))
     backlog = BacklogTotal(sum(b.pending for b in backlogs), sum(b.shipped for b in backlogs),
                            min((b.oldest_pending for b in backlogs if b.oldest_pending), default=None))
-    has_replicas = bool(replicas) or any(x.role == ServerRole.READONLY for x in servers)
+    has_replicas = bool(replicas) or (not engine_run and any(x.role == ServerRole.READONLY for x in servers))
     return ClusterView(
         cluster_id=rt.cluster_id, generation=rt.generation,
         server=ThisServer(rt.identity.id, rt.identity.name, rt.identity.role.value, rt.mode),
@@ -252,13 +261,22 @@ async def cluster_view(rt: Runtime, *, live_peers: dict[str, bool] | None = None
         ha_status=_overall(ha) if has_replicas else None,
         replication_status=_overall(rep) if has_replicas else None,
         replication_lag_bytes=max((r.lag_bytes or 0 for r in replicas), default=None),
-        replication_lag_seconds=max((r.lag_seconds or 0.0 for r in replicas), default=None),
-        audit_backlog=backlog, alarms=tuple(alarms),
+        replication_lag_seconds=None if engine_run else max((r.lag_seconds or 0.0 for r in replicas), default=None),
+        audit_backlog=backlog, alarms=tuple(alarms), engine=engine,
     )
 
 
 async def _nothing() -> LocalReport | None:
     return None
+
+
+async def _engine(rt: Runtime) -> EngineView | None:
+    """The external HA engine's view, when ``ha.patroni_urls`` names one."""
+    ha = rt.settings.ha
+    if not ha.patroni_urls:
+        return None
+    ca = rt.settings.path(ha.patroni_ca) if ha.patroni_ca is not None else None
+    return await read_engine(ha.patroni_urls, timeout=ha.peer_timeout, ca=ca)
 
 
 @dataclass(frozen=True, slots=True)
