@@ -141,6 +141,16 @@ def test_writes_survive_the_engines_failover_with_nothing_lost(on_patroni: OnPat
         assert s.proc is not None and s.proc.poll() is None, "no Safehold process was restarted"
     _verify(app1)
 
+    # the schedules run on exactly one app server: one advisory lock, on the new leader
+    with psycopg.connect(cluster.superuser_url(dbname=cluster.dbname), autocommit=True, connect_timeout=10) as conn:
+        def holders() -> int:
+            row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted").fetchone()
+            return int(row[0]) if row else -1
+
+        wait_until(lambda: holders() == 1, timeout=30, what="one schedules lease holder on the new leader")
+        seen = {holders() for _ in range(10) if not threading.Event().wait(0.3)}
+        assert seen == {1}, seen
+
     # the old leader comes back as a replica (the read-only server's kind of database again)
     cluster.start_member(old)
     cluster.wait_replicas_streaming()

@@ -72,7 +72,7 @@ from safehold.storage import audit as audit_store
 from safehold.storage import cluster as cluster_store
 from safehold.storage import replication
 from safehold.storage import servers as server_store
-from safehold.storage.db import AsyncEngine, make_engine, primary_target
+from safehold.storage.db import AsyncEngine, app_target, make_engine, primary_target
 
 #: runs the automatic failover watch (``make_watch(settings)``) with the cluster's policy; see
 #: ``services.cluster_settings.follow_failover``
@@ -138,7 +138,7 @@ class HaAgent:
             self.rt.confirm_writer = self.confirm_writer
             self._tasks.append(loop.create_task(self._every(self.heartbeat, retry=0.5), name="ha-heartbeat"))
             # schedules (the HA monitor) run on exactly one primary/secondary: the lease holder
-            self.lease = ScheduleLease(self.rt.engine, server_id=self.rt.identity.id, role=self.rt.identity.role,
+            self.lease = ScheduleLease(app_target(self.rt.settings), server_id=self.rt.identity.id, role=self.rt.identity.role,
                                        poll_interval=self.interval)
             jobs = {"ha-monitor": (self.interval, self.monitor)}
             if self.rt.settings.backup.every_minutes:

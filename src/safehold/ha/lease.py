@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from safehold.domain import ServerRole
 from safehold.storage import locks
-from safehold.storage.db import DB_ERRORS, AsyncConnection, AsyncEngine, database_time
+from safehold.storage.db import DB_ERRORS, AsyncConnection, AsyncEngine, DbTarget, database_time
 
 log = logging.getLogger(__name__)
 
@@ -147,19 +147,20 @@ async def _nothing(*_: object) -> None:
 class ScheduleLease:
     """Hold the schedules lease when :func:`decide` says so, on a connection of its own.
 
-    ``engine`` only lends its URL: the lease opens unpooled connections, so closing one really
-    ends the session (and the lock with it).  ``step`` runs one cycle; ``run`` cycles every
+    ``engine`` only lends its URL (or ``target`` says where, as an engine-run database's URL needs): the
+    lease opens unpooled connections, so closing one really ends the session (and the lock with it).  ``step`` runs one cycle; ``run`` cycles every
     ``poll_interval`` seconds until cancelled, then releases."""
 
     def __init__(
-        self, engine: AsyncEngine, *, server_id: str, role: ServerRole, config: LeaseConfig | None = None,
+        self, engine: AsyncEngine | DbTarget, *, server_id: str, role: ServerRole, config: LeaseConfig | None = None,
         poll_interval: float = 2.0, key: int = SCHEDULES, timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.server_id, self.role, self.key = server_id, ServerRole(role), key
         self.config = config or LeaseConfig()
         self.poll_interval, self.timeout, self._clock = poll_interval, timeout, clock
-        self._engine = locks.session_engine(engine.url, application_name=f"{APPLICATION_PREFIX}{server_id}",
+        where = engine if isinstance(engine, DbTarget) else engine.url
+        self._engine = locks.session_engine(where, application_name=f"{APPLICATION_PREFIX}{server_id}",
                                             timeout=timeout)
         self._conn: AsyncConnection | None = None
         self._free_since: float | None = None

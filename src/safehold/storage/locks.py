@@ -8,7 +8,7 @@ from typing import NamedTuple
 from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from safehold.storage.db import make_engine
+from safehold.storage.db import DbTarget, make_engine
 
 _HOLDER_SQL = text(
     "SELECT l.pid, a.application_name, l.pid = pg_backend_pid() AS mine FROM pg_locks l "
@@ -29,7 +29,7 @@ class Taken(NamedTuple):
     pid: int  # the asking session's backend
 
 
-def session_engine(url: URL, *, application_name: str, timeout: float) -> AsyncEngine:
+def session_engine(url: URL | DbTarget, *, application_name: str, timeout: float) -> AsyncEngine:
     """Unpooled autocommit sessions for holding a lock: closing one really ends the session (and the
     lock with it), and the server gives up on a vanished holder (freeing the lock) within ~11 s."""
     return make_engine(
