@@ -76,6 +76,12 @@ class DatabaseSection(_Section):
     bin_dir: Path | None = None
     data_dir: Path = Path("pg")
     pool_size: int = Field(default=20, ge=2, le=200)
+    # a database call (a request's reads, or its whole transaction) that has no answer for this long is
+    # abandoned with a 503 and the pool's connections are replaced: a frozen database host (its
+    # connections open, nothing answering) must not hold the app server once the database failed over
+    operation_timeout: float = Field(default=20.0, ge=1, le=3600)
+    # a new connection gives up on a host that does not answer within this (each host of a multi-host URL)
+    connect_timeout: float = Field(default=5.0, ge=1, le=60)
 
     @field_validator("url", "primary_url")
     @classmethod

@@ -11,6 +11,7 @@ back, every audit chain verifies, and a backup taken through the URL restores th
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import tempfile
 import threading
@@ -29,7 +30,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 patroni_cluster = cluster_fixture(n=2, synchronous_mode=True)
 
-FAST = {"SAFEHOLD_HA__CHECK_INTERVAL": "0.5", "SAFEHOLD_HA__PEER_TIMEOUT": "1", "SAFEHOLD_LOG_LEVEL": "INFO"}
+FAST = {"SAFEHOLD_HA__CHECK_INTERVAL": "0.5", "SAFEHOLD_HA__PEER_TIMEOUT": "1", "SAFEHOLD_LOG_LEVEL": "INFO",
+        # a request's database calls are abandoned after 5 s (the default is 20 s), shorter than the writers'
+        # HTTP timeout, so that a frozen database host shows as 503 answers rather than requests with no answer
+        "SAFEHOLD_DATABASE__OPERATION_TIMEOUT": "5"}
 
 
 @dataclass
@@ -270,3 +274,61 @@ def test_join_refuses_bad_input_and_the_bundled_ha_commands_point_at_the_engine(
         r = app1.cli(*args, check=False)
         assert r.returncode != 0, args
         assert needle in r.stderr + r.stdout, (args, r.stdout, r.stderr)
+
+
+def _signal_member(cluster: PatroniCluster, name: str, sig: int) -> None:
+    """Send ``sig`` to a member's Patroni (its process group) and to its PostgreSQL: the postmaster and every
+    child of it (each backend of the bundled build leads a session of its own, so no group holds them all)."""
+    import os
+
+    m = cluster.member(name)
+    if m.proc is not None:
+        os.killpg(m.proc.pid, sig)
+    postmaster = m.postmaster_pid()
+    if postmaster is None:
+        return
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:  # the parent's pid
+                pids.append(int(entry.name))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def test_a_frozen_leader_does_not_freeze_the_app_servers(on_patroni: OnPatroni) -> None:
+    """The leader's host stops (SIGSTOP of its Patroni and its PostgreSQL: connections stay open, nothing
+    answers): once the engine has failed over, the app servers write again, without a restart."""
+    import signal
+
+    cluster, app1 = on_patroni.cluster, on_patroni.app1
+    for s in on_patroni.servers():
+        if s.proc is None or s.proc.poll() is not None:
+            s.start(env=FAST)
+    cluster.wait_replicas_streaming()
+    token = app1.login()
+    writer = Writer(app1, token, "")
+    with app1.client(token) as c:
+        writer.resource_id = c.post("/resources", json={"name": "db-frozen"}).json()["id"]
+    thread = threading.Thread(target=writer.run, daemon=True)
+    thread.start()
+    frozen = cluster.wait_leader()
+    try:
+        wait_until(lambda: len(writer.acked) >= 3, timeout=30, what="writes before the freeze")
+        _signal_member(cluster, frozen, signal.SIGSTOP)
+        before = len(writer.acked)
+        cluster.wait_leader(exclude={frozen}, timeout=120)
+        wait_until(lambda: len(writer.acked) >= before + 3, timeout=120, what="writes on the new leader")
+    finally:
+        writer.stop.set()
+        _signal_member(cluster, frozen, signal.SIGCONT)
+        thread.join(30)
+    assert 500 not in writer.statuses
+    # the requests that met the frozen database were answered (503), not left hanging, and the pool replaced
+    assert "the database did not answer within 5 s: the connection pool is replaced" in app1.log()
+    assert 503 in writer.statuses

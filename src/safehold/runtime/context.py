@@ -198,8 +198,22 @@ class Runtime:
         """A connection in autocommit: each statement sees the newest committed data, without the
         BEGIN/ROLLBACK round trips of a transaction."""
         with _database_errors():
-            async with self._autocommit.connect() as conn:
+            async with self._bounded(), self._autocommit.connect() as conn:
                 yield conn
+
+    @asynccontextmanager
+    async def _bounded(self) -> AsyncIterator[None]:
+        """No database call waits longer than ``database.operation_timeout``: a database that stopped
+        answering (a frozen host keeps its connections open) gets a 503, and every pooled connection is
+        dropped, so that the next ones are made afresh (to the engine's new primary, after a failover)."""
+        limit = self.settings.database.operation_timeout
+        try:
+            async with asyncio.timeout(limit):
+                yield
+        except TimeoutError:
+            log.warning("the database did not answer within %g s: the connection pool is replaced", limit)
+            await self.engine.dispose(close=False)
+            raise DatabaseError(f"the database did not answer within {limit:g} s; try again in a moment") from None
 
     async def database_answers(self) -> bool:
         """Whether this server's database answers a query now."""
@@ -221,7 +235,7 @@ class Runtime:
             raise ReadOnlyMode()
         await self.ensure_writer()
         with _database_errors():
-            async with self.engine.begin() as conn:
+            async with self._bounded(), self.engine.begin() as conn:
                 yield conn
                 await self.ensure_writer()
 
@@ -274,7 +288,7 @@ class Runtime:
 
     async def _commit_batch(self, events: list[AuditEvent]) -> None:
         await self.ensure_writer()
-        async with self.engine.begin() as conn:
+        async with self._bounded(), self.engine.begin() as conn:
             await self.append_audit(conn, *events)
             await self.ensure_writer()  # a superseded primary's records would be lost at its rejoin
         self.metrics.audit_batches.inc()
@@ -370,7 +384,8 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
     ``fencing`` no peer is asked (a server that was never in a cluster, ``safehold init``): only a database
     that fencing set read-only fences it."""
     serving = register
-    engine = make_engine(app_target(settings), pool_size=settings.database.pool_size)
+    engine = make_engine(app_target(settings), pool_size=settings.database.pool_size,
+                         connect_timeout=settings.database.connect_timeout)
     try:
         try:
             async with engine.begin() as conn:
