@@ -115,6 +115,9 @@ def test_writes_survive_the_engines_failover_with_nothing_lost(on_patroni: OnPat
         rid = c.post("/resources", json={"name": "db-on-patroni"}).json()["id"]
     with app2.client(token) as c:  # a session made on one app server is good on the other (it is in the database)
         assert c.get(f"/resources/{rid}").status_code == 200
+        # the primary database, as the status shows it: the engine's members (whichever is writable)
+        db = c.get("/ha/status").json()["databases"][0]
+        assert (db["host"], db["port"]) == (",".join("127.0.0.1" for _ in cluster.ports), cluster.ports[0])
 
     writers = [Writer(app1, token, rid), Writer(app2, token, rid)]
     threads = [threading.Thread(target=w.run, daemon=True) for w in writers]

@@ -12,6 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from safehold.config import Settings
 from safehold.domain import ServerRole
 from safehold.errors import DatabaseError
 from safehold.ha.patroni import EngineView, read_engine
@@ -37,6 +38,7 @@ from safehold.runtime.writelease import clock
 from safehold.storage import ha as ha_store
 from safehold.storage import replication
 from safehold.storage import servers as server_store
+from safehold.storage.db import app_target, primary_target
 
 
 def local_report(rt: Runtime, data_age: float | None, alarm: tuple[str, str] | None = None,
@@ -242,9 +244,8 @@ async def cluster_view(rt: Runtime, *, live_peers: dict[str, bool] | None = None
                         and r.role == ServerRole.READONLY]
     active_app = sum(1 for x in servers if x.active and x.role != ServerRole.READONLY)
     configured_app = sum(1 for x in servers if x.role != ServerRole.READONLY)
-    databases = [DatabaseStatus(s.database.host if not rt.readonly else (s.ha.primary_db_host or ""),
-                                s.database.port if not rt.readonly else (s.ha.primary_db_port or 0),
-                                "primary", configured_app, active_app)]
+    db_host, db_port = _primary_address(s, rt.readonly)
+    databases = [DatabaseStatus(db_host, db_port, "primary", configured_app, active_app)]
     for report in readonly_reports:
         is_up = any(x.id == report.server_id and x.active for x in servers)
         databases.append(DatabaseStatus(report.database.host, report.database.port, "replica", 1, 1 if is_up else 0))
@@ -264,6 +265,17 @@ async def cluster_view(rt: Runtime, *, live_peers: dict[str, bool] | None = None
         replication_lag_seconds=None if engine_run else max((r.lag_seconds or 0.0 for r in replicas), default=None),
         audit_backlog=backlog, alarms=tuple(alarms), engine=engine,
     )
+
+
+def _primary_address(s: Settings, readonly: bool) -> tuple[str, int]:
+    """The primary database's address as this server knows it: an engine's members (the URL's hosts; the
+    primary is whichever of them is writable), the bundled primary, or what a read-only server was told."""
+    if s.database.mode == "external":
+        members = primary_target(s).hosts() if readonly else app_target(s).hosts()
+        return ",".join(h for h, _ in members), members[0][1] if members else 0
+    if readonly:
+        return s.ha.primary_db_host or "", s.ha.primary_db_port or 0
+    return s.database.host, s.database.port
 
 
 async def _nothing() -> LocalReport | None:

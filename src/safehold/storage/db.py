@@ -60,6 +60,10 @@ class DbTarget:
         assert self.url is not None
         return dburl.conninfo(self.url)
 
+    def hosts(self) -> list[tuple[str, int]]:
+        """Each host with its port (an external database: every one its URL names)."""
+        return dburl.hosts(self.params()) if self.url is not None else [(self.host, self.port)]
+
     def where(self) -> str:
         """Where it points, for messages (no password)."""
         return dburl.describe(self.params()) if self.url is not None else f"{self.host}:{self.port}"
