@@ -80,7 +80,8 @@ class DatabaseSection(_Section):
     # abandoned with a 503 and the pool's connections are replaced: a frozen database host (its
     # connections open, nothing answering) must not hold the app server once the database failed over
     operation_timeout: float = Field(default=20.0, ge=1, le=3600)
-    # a new connection gives up on a host that does not answer within this (each host of a multi-host URL)
+    # a new connection gives up on a host that does not answer within this (each host of a multi-host URL;
+    # the operation timeout is stretched to try them all)
     connect_timeout: float = Field(default=5.0, ge=1, le=60)
 
     @field_validator("url", "primary_url")

@@ -33,7 +33,7 @@ patroni_cluster = cluster_fixture(n=2, synchronous_mode=True)
 FAST = {"SAFEHOLD_HA__CHECK_INTERVAL": "0.5", "SAFEHOLD_HA__PEER_TIMEOUT": "1", "SAFEHOLD_LOG_LEVEL": "INFO",
         # a request's database calls are abandoned after 5 s (the default is 20 s), shorter than the writers'
         # HTTP timeout, so that a frozen database host shows as 503 answers rather than requests with no answer
-        "SAFEHOLD_DATABASE__OPERATION_TIMEOUT": "5"}
+        "SAFEHOLD_DATABASE__OPERATION_TIMEOUT": "5", "SAFEHOLD_DATABASE__CONNECT_TIMEOUT": "2"}
 
 
 @dataclass
@@ -314,13 +314,22 @@ def test_a_frozen_leader_does_not_freeze_the_app_servers(on_patroni: OnPatroni) 
         if s.proc is None or s.proc.poll() is not None:
             s.start(env=FAST)
     cluster.wait_replicas_streaming()
+    # the worst case: the frozen leader is the first host of the URL, so every new connection tries it first
+    first = cluster.names[0]
+    leader = cluster.wait_leader()
+    if leader != first:
+        r = httpx.post(f"{cluster.member(leader).rest_url}/switchover", json={"leader": leader, "candidate": first},
+                       timeout=60, trust_env=False)
+        assert r.status_code == 200, r.text
+        wait_until(lambda: cluster.leader() == first, timeout=60, what=f"{first} to lead")
+        cluster.wait_replicas_streaming()
     token = app1.login()
     writer = Writer(app1, token, "")
     with app1.client(token) as c:
         writer.resource_id = c.post("/resources", json={"name": "db-frozen"}).json()["id"]
     thread = threading.Thread(target=writer.run, daemon=True)
     thread.start()
-    frozen = cluster.wait_leader()
+    frozen = first
     try:
         wait_until(lambda: len(writer.acked) >= 3, timeout=30, what="writes before the freeze")
         _signal_member(cluster, frozen, signal.SIGSTOP)

@@ -176,6 +176,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._confirming = asyncio.Lock()
+        self._hosts = len(app_target(self.settings).hosts()) if self.settings.database.mode == "external" else 1
 
     @property
     def readonly(self) -> bool:
@@ -205,8 +206,12 @@ class Runtime:
     async def _bounded(self) -> AsyncIterator[None]:
         """No database call waits longer than ``database.operation_timeout``: a database that stopped
         answering (a frozen host keeps its connections open) gets a 503, and every pooled connection is
-        dropped, so that the next ones are made afresh (to the engine's new primary, after a failover)."""
-        limit = self.settings.database.operation_timeout
+        dropped, so that the next ones are made afresh (to the engine's new primary, after a failover).
+        A call that opens a connection may first wait ``connect_timeout`` on every host of the URL before
+        the one that answers: the limit is never shorter than that, or a frozen first host would fail
+        every call."""
+        db = self.settings.database
+        limit = max(db.operation_timeout, db.connect_timeout * self._hosts + 1)
         try:
             async with asyncio.timeout(limit):
                 yield
