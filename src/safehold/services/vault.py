@@ -256,32 +256,36 @@ async def update_account(rt: Runtime, p: Principal, account_id: str, *, username
             if notes is not None:
                 values["notes_enc"] = _barrier(rt).seal_str(NOTES, row.id, notes) if notes else None
             fields = sorted(k.removesuffix("_enc") for k in values)
+            changed = None
             if password is not None:
-                await _retire_and_set(rt, conn, p, row.id, bytes(row.password_enc), password, **values)
+                changed = await _retire_and_set(rt, conn, p, row.id, bytes(row.password_enc), password, **values)
                 fields = sorted([*fields, "password"])
             elif values:
-                await store.update_account(conn, row.id, **values)
+                changed = await store.update_account(conn, row.id, **values)
             if fields:
                 action = AuditAction.PASSWORD_CHANGED if password is not None else AuditAction.ACCOUNT_UPDATED
                 await rt.append_audit(conn, _ev(p, action, "account", row.id,
                                                 f"{row.resource_name}/{values.get('username', row.username)}",
                                                 fields=fields))
-            row, perm = await _account_for(rt, conn, p, account_id)
     except IntegrityError:
         raise Conflict("the resource already has an account with that username") from None
-    return _account_public(row, perm)
+    if changed is None:
+        return _account_public(row, perm)
+    return AccountView(row.id, row.resource_id, changed.username, row.created_at, changed.updated_at,
+                       changed.password_changed_at, changed.version, row.resource_name, perm)
 
 
 async def _retire_and_set(rt: Runtime, conn: Any, p: Principal, account_id: str, old_enc: bytes,
-                          password: str, **values: Any) -> None:
+                          password: str, **values: Any) -> AnyRow:
     """Under the account's row lock: set the new password, then keep the old one in the history, retired
     at the new one's set time (taken now, after the lock wait; never before the old one's set time)."""
-    set_at = await store.change_password(conn, account_id, _barrier(rt).seal_str(PASSWORD, account_id, password),
-                                         **values)
+    changed = await store.change_password(conn, account_id, _barrier(rt).seal_str(PASSWORD, account_id, password),
+                                          **values)
     hid = str(uuid.uuid4())
     old = _barrier(rt).open_str(PASSWORD, account_id, old_enc)
-    await store.add_history(conn, id=hid, account_id=account_id, changed_by=p.username, retired_at=set_at,
-                            password_enc=_barrier(rt).seal_str(HISTORY, hid, old))
+    await store.add_history(conn, id=hid, account_id=account_id, changed_by=p.username,
+                            retired_at=changed.password_changed_at, password_enc=_barrier(rt).seal_str(HISTORY, hid, old))
+    return changed
 
 
 async def delete_account(rt: Runtime, p: Principal, account_id: str, *, if_match: IfMatch | None = None) -> None:

@@ -144,26 +144,30 @@ async def create_account(conn: AsyncConnection, **values: Any) -> None:
     await conn.execute(insert(accounts).values(**values))
 
 
-async def update_account(conn: AsyncConnection, account_id: str, **values: Any) -> None:
-    """Write only the named columns (the caller holds the row lock)."""
-    await conn.execute(
-        update(accounts).where(accounts.c.id == account_id).values(updated_at=changed_at(), **values)
-    )
+#: What a change of an account changes, as its UPDATE returns it (no second read of the row).
+CHANGED_COLUMNS = [accounts.c.username, accounts.c.updated_at, accounts.c.password_changed_at, row_version(accounts)]
+
+
+async def update_account(conn: AsyncConnection, account_id: str, **values: Any) -> AnyRow:
+    """Write only the named columns (the caller holds the row lock); returns the :data:`CHANGED_COLUMNS`."""
+    q = update(accounts).where(accounts.c.id == account_id).values(updated_at=changed_at(), **values)
+    return (await conn.execute(q.returning(*CHANGED_COLUMNS))).one()
 
 
 async def change_password(conn: AsyncConnection, account_id: str, password_enc: bytes,
-                          **values: Any) -> Any:
-    """Set a new password (the caller holds the row lock) and return its set time, which is also the
-    retirement time of the one it replaces: the clock now, yet never before the previous set time
-    (it is strictly later, so an account's history has one order even if the clock steps back)."""
+                          **values: Any) -> AnyRow:
+    """Set a new password (the caller holds the row lock) and return the :data:`CHANGED_COLUMNS`; its set
+    time (``password_changed_at``) is also the retirement time of the one it replaces: the clock now, yet
+    never before the previous set time (it is strictly later, so an account's history has one order even if
+    the clock steps back)."""
     after_previous = accounts.c.password_changed_at + literal_column("interval '1 microsecond'")
     set_at = func.greatest(changed_at(), after_previous)
     q = (
         update(accounts).where(accounts.c.id == account_id)
         .values(password_enc=password_enc, password_changed_at=set_at, updated_at=set_at, **values)
-        .returning(accounts.c.password_changed_at)
+        .returning(*CHANGED_COLUMNS)
     )
-    return (await conn.execute(q)).scalar_one()
+    return (await conn.execute(q)).one()
 
 
 async def delete_account(conn: AsyncConnection, account_id: str) -> None:
