@@ -68,6 +68,36 @@ def test_a_shipped_record_that_is_stored_counts_only_if_it_is_the_same_record(sh
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("n", [1, 3, 256])
+def test_appended_records_and_their_head_move_together(shared_server: Server, n: int) -> None:
+    """Appending n records (256: the audit writer's largest group commit): every record stored in order,
+    linked to the one before, and the head at the last; a second append links to the first's head."""
+    server_id = str(uuid.uuid4())
+    key = b"k" * 32
+
+    async def go() -> None:
+        engine = make_engine(app_target(load_settings(shared_server.data_dir)), pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                tx = await conn.begin()  # rolled back: the shared server's log is left as it was
+                try:
+                    first = await audit_store.append(conn, key, server_id, "primary",
+                                                     [AuditEvent(actor="u", action="login", result="success")
+                                                      for _ in range(n)])
+                    assert await audit_store.head(conn, server_id) == (n, first[-1].mac)
+                    second = await audit_store.append(conn, key, server_id, "primary",
+                                                      [AuditEvent(actor="v", action="logout", result="success")])
+                    assert second[0].seq == n + 1 and second[0].prev_mac == first[-1].mac
+                    rows = await audit_store.chain_page(conn, server_id, 0, n + 10)
+                    assert [s.record.mac for s in rows] == [r.mac for r in [*first, *second]]
+                finally:
+                    await tx.rollback()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(go())
+
+
 # --- story A: a read-only server in emergency mode whose spool disk fills up ------------------------------
 
 
