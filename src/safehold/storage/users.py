@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import delete, func, insert, literal_column, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from safehold.storage.rows import AnyRow, changed_at, row_version
@@ -75,19 +75,22 @@ async def add_token(conn: AsyncConnection, **values: Any) -> None:
     await conn.execute(insert(auth_tokens).values(**values))
 
 
+#: Built once (the hot path of every request): only the token's hash changes from call to call.
+_PRINCIPAL_BY_TOKEN = (
+    select(
+        auth_tokens.c.id.label("token_id"), auth_tokens.c.kind, auth_tokens.c.expires_at,
+        auth_tokens.c.created_at,
+        auth_tokens.c.last_used_at, auth_tokens.c.csrf_token, auth_tokens.c.reauth_at,
+        users.c.id.label("user_id"), users.c.username, users.c.role, users.c.disabled,
+    )
+    .join(users, users.c.id == auth_tokens.c.user_id)
+    .where(auth_tokens.c.token_hash == bindparam("token_hash"))
+)
+
+
 async def principal_by_token(conn: AsyncConnection, token_hash: bytes) -> AnyRow | None:
     """The token and its user in one round trip (the hot path of every request)."""
-    q = (
-        select(
-            auth_tokens.c.id.label("token_id"), auth_tokens.c.kind, auth_tokens.c.expires_at,
-            auth_tokens.c.created_at,
-            auth_tokens.c.last_used_at, auth_tokens.c.csrf_token, auth_tokens.c.reauth_at,
-            users.c.id.label("user_id"), users.c.username, users.c.role, users.c.disabled,
-        )
-        .join(users, users.c.id == auth_tokens.c.user_id)
-        .where(auth_tokens.c.token_hash == token_hash)
-    )
-    return (await conn.execute(q)).first()
+    return (await conn.execute(_PRINCIPAL_BY_TOKEN, {"token_hash": token_hash})).first()
 
 
 async def touch_token(conn: AsyncConnection, token_id: str, now: dt.datetime, expires_at: dt.datetime | None) -> None:

@@ -14,7 +14,9 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -112,23 +114,30 @@ async def accounts_of(conn: AsyncConnection, resource_id: str) -> list[AnyRow]:
     return list(await conn.execute(q))
 
 
-async def account_with_access(conn: AsyncConnection, account_id: str, user_id: str, *,
-                              for_update: bool = False) -> AnyRow | None:
-    """An account, its ciphertexts, its resource and the user's share on it: one round trip
-    (``for_update``: with the account's row lock, held until the transaction ends)."""
-    q = (
+def _account_with_access() -> Select[Any]:
+    return (
         select(
             *ACCOUNT_COLUMNS, accounts.c.password_enc, accounts.c.notes_enc,
             resources.c.name.label("resource_name"), resources.c.owner_id,
             shares.c.permission.label("share_permission"),
         )
         .join(resources, resources.c.id == accounts.c.resource_id)
-        .outerjoin(shares, and_(shares.c.resource_id == resources.c.id, shares.c.user_id == user_id))
-        .where(accounts.c.id == account_id)
+        .outerjoin(shares, and_(shares.c.resource_id == resources.c.id, shares.c.user_id == bindparam("user_id")))
+        .where(accounts.c.id == bindparam("account_id"))
     )
-    if for_update:
-        q = q.with_for_update(of=accounts)
-    return (await conn.execute(q)).first()
+
+
+#: Built once (the hot path of every retrieval): only the account and the user change from call to call.
+_ACCOUNT_WITH_ACCESS = _account_with_access()
+_ACCOUNT_WITH_ACCESS_LOCKED = _account_with_access().with_for_update(of=accounts)
+
+
+async def account_with_access(conn: AsyncConnection, account_id: str, user_id: str, *,
+                              for_update: bool = False) -> AnyRow | None:
+    """An account, its ciphertexts, its resource and the user's share on it: one round trip
+    (``for_update``: with the account's row lock, held until the transaction ends)."""
+    q = _ACCOUNT_WITH_ACCESS_LOCKED if for_update else _ACCOUNT_WITH_ACCESS
+    return (await conn.execute(q, {"account_id": account_id, "user_id": user_id})).first()
 
 
 async def lock_account(conn: AsyncConnection, account_id: str) -> AnyRow | None:
