@@ -195,15 +195,16 @@ class Runtime:
         return self.keys.keyring
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self, *, limit: float | None = None) -> AsyncIterator[AsyncConnection]:
         """A connection in autocommit: each statement sees the newest committed data, without the
-        BEGIN/ROLLBACK round trips of a transaction."""
+        BEGIN/ROLLBACK round trips of a transaction.  ``limit``: a longer bound than the operation timeout,
+        for a call that is long by nature (a whole vault's export or import)."""
         with _database_errors():
-            async with self._bounded(), self._autocommit.connect() as conn:
+            async with self._bounded(limit), self._autocommit.connect() as conn:
                 yield conn
 
     @asynccontextmanager
-    async def _bounded(self) -> AsyncIterator[None]:
+    async def _bounded(self, longer: float | None = None) -> AsyncIterator[None]:
         """No database call waits longer than ``database.operation_timeout``: a database that stopped
         answering (a frozen host keeps its connections open) gets a 503, and every pooled connection is
         dropped, so that the next ones are made afresh (to the engine's new primary, after a failover).
@@ -211,11 +212,14 @@ class Runtime:
         the one that answers: the limit is never shorter than that, or a frozen first host would fail
         every call."""
         db = self.settings.database
-        limit = max(db.operation_timeout, db.connect_timeout * self._hosts + 1)
+        limit = max(db.operation_timeout, db.connect_timeout * self._hosts + 1, longer or 0)
+        timer = asyncio.timeout(limit)
         try:
-            async with asyncio.timeout(limit):
+            async with timer:
                 yield
         except TimeoutError:
+            if not timer.expired():
+                raise  # not this bound's: something inside timed out on its own
             log.warning("the database did not answer within %g s: the connection pool is replaced", limit)
             await self.engine.dispose(close=False)
             raise DatabaseError(f"the database did not answer within {limit:g} s; try again in a moment") from None
@@ -230,8 +234,8 @@ class Runtime:
         return True
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction; commit on success.  A read-only or fenced server refuses at once, and so does a
+    async def write(self, *, limit: float | None = None) -> AsyncIterator[AsyncConnection]:
+        """A transaction; commit on success (``limit``: as for :meth:`read`).  A read-only or fenced server refuses at once, and so does a
         writer whose lease ran out and cannot be confirmed — checked again immediately before COMMIT, so a
         request that began before a stall and would commit after it is refused too."""
         if self.fence is not None:
@@ -240,7 +244,7 @@ class Runtime:
             raise ReadOnlyMode()
         await self.ensure_writer()
         with _database_errors():
-            async with self._bounded(), self.engine.begin() as conn:
+            async with self._bounded(limit), self.engine.begin() as conn:
                 yield conn
                 await self.ensure_writer()
 

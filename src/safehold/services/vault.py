@@ -40,6 +40,8 @@ from safehold.storage.rows import AnyRow, present
 
 EXPORT_COLUMNS = ["resource", "type", "address", "description", "tags", "username", "password", "notes"]
 MAX_SECRET = 4096
+#: The bound of a whole vault's import or export (one transaction): long by nature, unlike a request's calls.
+LONG_CALL = 3600.0
 
 
 PASSWORD, NOTES, HISTORY = Secret.ACCOUNT_PASSWORD, Secret.ACCOUNT_NOTES, Secret.HISTORY_PASSWORD
@@ -366,7 +368,7 @@ async def unshare(rt: Runtime, p: Principal, resource_id: str, user_id: str, *,
 
 async def export_csv(rt: Runtime, p: Principal) -> str:
     """Every visible account with its password, as CSV.  The caller re-authenticated first."""
-    async with rt.read() as conn:
+    async with rt.read(limit=LONG_CALL) as conn:
         rows = await store.export_rows(conn, visible_to=access.visible_scope(p))
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -404,7 +406,7 @@ async def import_csv(rt: Runtime, p: Principal, text: str) -> ImportReport:
     if errors:
         raise InvalidInput("; ".join(errors[:20]), field="file")
     report = ImportReport()
-    async with rt.write() as conn:
+    async with rt.write(limit=LONG_CALL) as conn:
         cache: dict[str, str] = {}
         for r in rows:
             name = r["resource"].strip()
