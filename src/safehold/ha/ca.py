@@ -46,6 +46,15 @@ async def keep_cluster_ca(rt: Runtime, master: MasterKey) -> None:
             await store_ca_key(conn, master, key.read_bytes(), cert.read_bytes())
 
 
+async def kept_ca(conn: AsyncConnection, master: MasterKey) -> tuple[bytes, bytes] | None:
+    """The CA certificate and key (PEM) the database keeps, the key unwrapped; None when it keeps none."""
+    cert = await cluster_store.ca_cert(conn)
+    stored = next((k for k in await cluster_store.keys(conn) if k.purpose == CA and k.active), None)
+    if cert is None or stored is None:
+        return None
+    return cert, master.unwrap(stored.wrapped, wrap_label(CA, stored.version))
+
+
 async def _ca_key(settings: Settings, master: MasterKey) -> bytes:
     path = ca_key_path(settings)
     engine = make_engine(app_target(settings), pool_size=1)

@@ -39,6 +39,7 @@ from safehold.storage.db import (
     IntegrityError,
     SQLAlchemyError,
     app_target,
+    driver_reason,
     make_engine,
     ping,
 )
@@ -115,17 +116,13 @@ def _database_errors() -> Iterator[None]:
         global _said_at
         if time.monotonic() - _said_at > 10:  # once in a while during an outage, not once per request
             _said_at = time.monotonic()
-            log.warning("a database call failed: %s", _why(exc))
+            log.warning("a database call failed: %s", driver_reason(exc))
         raise DatabaseError("the database is unavailable; try again in a moment") from None
 
 
 _said_at = -1e9
 
 
-def _why(exc: BaseException) -> str:
-    """The database driver's own first line (it names the host and the reason, never a password)."""
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0][:300] if lines else "no answer"
 
 
 @dataclass(frozen=True)
@@ -430,7 +427,7 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
                     )
         except SQLAlchemyError as exc:
             raise DatabaseError(
-                f"cannot connect to the database at {app_target(settings).where()} ({_why(exc)})",
+                f"cannot connect to the database at {app_target(settings).where()} ({driver_reason(exc)})",
                 hint="is the database running? 'safehold db status --data-dir ...' tells",
             ) from None
     except BaseException:

@@ -33,12 +33,18 @@ from safehold.crypto.keyfile import MasterKey, load_key_file
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, DatabaseError
 from safehold.files import write_private
-from safehold.ha.ca import CA
-from safehold.runtime import check_key, public_url, wrap_label
-from safehold.storage import cluster as cluster_store
+from safehold.ha.ca import kept_ca
+from safehold.runtime import check_key, public_url
 from safehold.storage import dburl
 from safehold.storage import servers as server_store
-from safehold.storage.db import DB_ERRORS, DbTarget, app_target, make_engine, primary_target
+from safehold.storage.db import (
+    DB_ERRORS,
+    DbTarget,
+    app_target,
+    driver_reason,
+    make_engine,
+    primary_target,
+)
 
 Say = Callable[[str], None]
 
@@ -123,20 +129,19 @@ async def _read_cluster(target: DbTarget, master: MasterKey) -> _Cluster:
     try:
         async with engine.connect() as conn:
             row = await check_key(conn, master)
-            ca_cert = await cluster_store.ca_cert(conn)
-            wrapped = next((k for k in await cluster_store.keys(conn) if k.purpose == CA and k.active), None)
+            ca = await kept_ca(conn, master)
     except DB_ERRORS as exc:
         raise DatabaseError(f"cannot read the cluster from the database at {target.where()} "
-                            f"({str(getattr(exc, 'orig', exc)).strip().splitlines()[0][:200]})",
+                            f"({driver_reason(exc)})",
                             hint="is the URL right, and does the database hold a Safehold cluster "
                                  "('safehold init --database-url' makes one)?") from None
     finally:
         await engine.dispose()
-    if ca_cert is None or wrapped is None:
+    if ca is None:
         raise ConfigError("the database does not hold the cluster CA yet (it was made by an older Safehold)",
                           hint="start the first server of the cluster ('safehold serve') once with this version, "
                                "then join again")
-    return _Cluster(row.cluster_id, ca_cert, master.unwrap(wrapped.wrapped, wrap_label(CA, wrapped.version)))
+    return _Cluster(row.cluster_id, *ca)
 
 
 async def _register_readonly(settings: Settings) -> None:
@@ -148,7 +153,7 @@ async def _register_readonly(settings: Settings) -> None:
                                         url=public_url(settings), port=settings.http.port, version=__version__)
     except DB_ERRORS as exc:
         raise DatabaseError(f"cannot register this server through the writable database "
-                            f"({str(getattr(exc, 'orig', exc)).strip().splitlines()[0][:200]})",
+                            f"({driver_reason(exc)})",
                             hint="give the writable database with --primary-url") from None
     finally:
         await engine.dispose()

@@ -30,8 +30,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: errors they tell apart (IntegrityError, DataError, SQLAlchemyError), are imported from here, so that
 #: nothing above storage imports the driver.
 __all__ = ["DB_ERRORS", "AsyncConnection", "AsyncEngine", "DataError", "DbTarget", "IntegrityError",
-           "SQLAlchemyError", "app_target", "check_reachable", "connect", "database_time", "grant_app_privileges",
-           "make_engine", "owner_target", "ping", "primary_target", "run_migrations", "schema_is_current"]
+           "SQLAlchemyError", "app_target", "check_reachable", "connect", "database_time", "driver_reason",
+           "grant_app_privileges", "make_engine", "owner_target", "ping", "primary_target", "run_migrations", "schema_is_current"]
 
 #: What a database call may raise below storage (the sync driver's and the async engine's errors):
 #: callers above storage catch these without naming a driver.
@@ -132,9 +132,11 @@ def owner_target(settings: Settings, dbname: str | None = None) -> DbTarget:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text_ = str(exc).strip()
-    return text_.splitlines()[0] if text_ else type(exc).__name__
+def driver_reason(exc: BaseException) -> str:
+    """Why a database call failed, in the driver's own first line (the host and the reason, never a
+    password); SQLAlchemy's wrapper is looked through."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0][:300] if lines else "no answer"
 
 
 def connect(target: DbTarget, dbname: str | None = None, *, timeout: float = 10) -> psycopg.Connection:
@@ -149,7 +151,7 @@ def connect(target: DbTarget, dbname: str | None = None, *, timeout: float = 10)
         try:
             return psycopg.connect(make_conninfo("", **params), autocommit=True)
         except psycopg.Error as exc:
-            raise DatabaseError(f"cannot connect to the database ({_first_line(exc)})") from None
+            raise DatabaseError(f"cannot connect to the database ({driver_reason(exc)})") from None
     bundled: dict[str, Any] = {"host": target.host, "port": target.port, "user": target.user,
                                "password": target.password, "dbname": dbname or target.dbname,
                                "sslmode": "verify-full", "connect_timeout": max(1, int(timeout))}
@@ -158,7 +160,7 @@ def connect(target: DbTarget, dbname: str | None = None, *, timeout: float = 10)
     try:
         return psycopg.connect(**bundled, autocommit=True)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to the database as {target.user} ({_first_line(exc)})") from None
+        raise DatabaseError(f"cannot connect to the database as {target.user} ({driver_reason(exc)})") from None
 
 
 def check_reachable(target: DbTarget, *, timeout: float = 10) -> None:
