@@ -89,6 +89,7 @@ def test_the_browser_story(topology: tuple[Server, Server, Server], page: Page) 
     account.locator(".reveal").click()
     expect(page.locator("#revealed-password")).to_have_text(PASSWORD)
     page.click("#copy-password")
+    expect(page.locator("#copy-password")).to_have_text("Copied")  # the copy is asynchronous; the button says when
     assert page.evaluate("navigator.clipboard.readText()") == PASSWORD
     page.goto(f"{primary.url}/ui/vault?q=db-prod")
     expect(page.locator('#resources tr[data-name="db-prod-01"]')).to_be_visible()

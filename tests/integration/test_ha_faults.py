@@ -95,12 +95,18 @@ def writer(server: Server, token: str, results: dict[str, int]) -> Callable[[str
     return write
 
 
-def test_a_frozen_primary_acknowledges_nothing_after_the_cluster_moved_on(pair: tuple[Server, Server]) -> None:
-    primary, readonly = pair
+def replicated_write(primary: Server, readonly: Server, name: str) -> str:
+    """Sign in to the primary, create a resource, wait until the replica has it; the token."""
     token = primary.login()
     with primary.client(token) as c:
-        assert c.post("/resources", json={"name": "before-freeze"}).status_code == 201
-    wait_until(lambda: "before-freeze" in resources(readonly.data_dir), what="the replica to have it")
+        assert c.post("/resources", json={"name": name}).status_code == 201
+    wait_until(lambda: name in resources(readonly.data_dir), what="the replica to have it")
+    return token
+
+
+def test_a_frozen_primary_acknowledges_nothing_after_the_cluster_moved_on(pair: tuple[Server, Server]) -> None:
+    primary, readonly = pair
+    token = replicated_write(primary, readonly, "before-freeze")
     assert local(primary)["write_lease"]["valid"] is True
 
     results: dict[str, int] = {}
@@ -131,6 +137,41 @@ def test_a_frozen_primary_acknowledges_nothing_after_the_cluster_moved_on(pair: 
     acknowledged = {name for name, code in results.items() if code == 201} | {"before-freeze"}
     assert acknowledged <= resources(readonly.data_dir)
     assert not {n for n in resources(primary.data_dir) if n.startswith(("queued-", "just-after"))}
+
+
+def test_a_promotion_while_the_primary_writes_loses_no_acknowledged_change(pair: tuple[Server, Server]) -> None:
+    """The operator promotes the read-only server while the primary is alive and busy (a mistake, or a
+    primary that only looked dead): the promotion first stops confirming the primary's lease and waits it
+    out, so whatever the primary acknowledged reached the replica before it became the acting primary."""
+    primary, readonly = pair
+    token = replicated_write(primary, readonly, "before")
+
+    results: dict[str, int] = {}
+    write = writer(primary, token, results)
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            write(f"during-{i:05d}")
+
+    busy = threading.Thread(target=keep_writing)
+    busy.start()
+    try:
+        promoted = run_cli("ha", "promote", "--data-dir", str(readonly.data_dir))
+        wait_until(lambda: local(readonly)["mode"] == "read-write", timeout=30, what="the promotion")
+        wait_until(lambda: local(primary)["mode"] == "fenced", timeout=30, what="the old primary to be fenced")
+    finally:
+        stop.set()
+        busy.join(120)
+    acknowledged = {name for name, code in results.items() if code == 201}
+    refused = {name for name, code in results.items() if code == 503}
+    assert acknowledged and refused, results  # it wrote during the promotion, and was then refused
+    missing = acknowledged - resources(readonly.data_dir)
+    assert not missing, f"acknowledged by the old primary but not on the acting primary: {sorted(missing)}"
+    assert "write leases this server confirmed to run out" in promoted.stdout, promoted.stdout
+    assert not (promoting := readonly.data_dir / "promoting").exists(), promoting  # removed at the take-over
 
 
 def test_a_fenced_old_primary_starts_fenced_with_or_without_its_peers(pair: tuple[Server, Server]) -> None:
@@ -272,10 +313,7 @@ def test_automatic_failover_refuses_a_replica_known_to_be_behind(watched_pair: t
 def test_a_frozen_primary_is_superseded_by_automatic_failover_and_acknowledges_nothing(
         watched_pair: tuple[Server, Server]) -> None:
     primary, readonly = watched_pair
-    token = primary.login()
-    with primary.client(token) as c:
-        assert c.post("/resources", json={"name": "before-freeze"}).status_code == 201
-    wait_until(lambda: "before-freeze" in resources(readonly.data_dir), what="the replica to have it")
+    token = replicated_write(primary, readonly, "before-freeze")
     results: dict[str, int] = {}
     write = writer(primary, token, results)
 

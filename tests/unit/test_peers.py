@@ -43,7 +43,7 @@ FULL = LocalReport(
     audit_backlog=BacklogReport(2, 7, "2026-01-02T03:04:05+00:00", None),
     data_age_seconds=1.5, url="https://alpha:8443", alarm=AlarmReport("WriterUnconfirmed", "no peer"),
     database_ok=True, wal_lsn="0/3000060",
-    write_lease=LeaseReport(10.0, True, 9.25, "confirmed"),
+    write_lease=LeaseReport(10.0, True, 9.25, "confirmed"), promoting=True,
 )
 FULL_JSON: dict[str, Any] = {
     "server_id": "s1", "server_name": "alpha", "role": "primary", "cluster_id": "c1", "generation": 3,
@@ -56,6 +56,7 @@ FULL_JSON: dict[str, Any] = {
     "alarm": {"condition": "WriterUnconfirmed", "message": "no peer"},
     "database_ok": True, "wal_lsn": "0/3000060",
     "write_lease": {"seconds": 10.0, "valid": True, "remaining": 9.25, "confirmed_by": "confirmed"},
+    "promoting": True,
 }
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 
 from safehold.config import FailoverSection, HaSection, lease_problem
-from safehold.ha.fencing import confirmation_from
+from safehold.ha.fencing import ConfirmedLeases, confirmation_from, lease_runout
 from safehold.ha.peers import LocalReport
 from safehold.runtime.writelease import Confirmation, WriteLease, clock
 
-OK, NONE, OVERRIDE = Confirmation.CONFIRMED, Confirmation.UNCONFIRMED, Confirmation.OVERRIDE
+OK, NONE, OVERRIDE, DENIED = (Confirmation.CONFIRMED, Confirmation.UNCONFIRMED, Confirmation.OVERRIDE,
+                              Confirmation.DENIED)
 
 
 def replay(ticks: list[tuple[float, Confirmation]], duration: float = 3.0,
@@ -38,6 +39,17 @@ def replay(ticks: list[tuple[float, Confirmation]], duration: float = 3.0,
                  id="after an override, punctual ticks keep it again"),
     pytest.param([(0, OK), (2.9, NONE)], 5.8, True, id="a tick just inside the lease renews it"),
     pytest.param([(0, OK), (3.0, NONE)], 3.1, False, id="a tick at its very end does not"),
+    pytest.param([(0, OK), (1, DENIED)], 2.9, True, id="a peer being promoted takes nothing away..."),
+    pytest.param([(0, OK), (1, DENIED), (2, NONE)], 3.1, False,
+                 id="...but breaks the chain: no punctual tick renews it after"),
+    pytest.param([(0, OK), (1, DENIED), (2, DENIED), (2.5, NONE)], 4.0, False, id="it runs out where it was"),
+    pytest.param([(0, OK), (1, DENIED), (2, OK)], 3.5, False,
+                 id="another peer's confirmation does not mend it soon after (the promoted one missed a question)"),
+    pytest.param([(0, OK), (1, DENIED), (7.5, OK)], 9.0, True, id="two lease lengths after the denial, it does"),
+    pytest.param([(0, OK), (1, DENIED), (7.5, OK), (8.5, NONE)], 11.0, True,
+                 id="...and punctual ticks keep it again after that confirmation"),
+    pytest.param([(0, OK), (1, DENIED), (6.0, NONE)], 6.5, False, id="but not before one"),
+    pytest.param([(0, OK), (1, DENIED), (2, OVERRIDE)], 4.5, True, id="an operator's override mends it at once"),
 ])
 def test_renewal(ticks: list[tuple[float, Confirmation]], now: float, valid: bool) -> None:
     assert replay(ticks).valid(now) is valid
@@ -75,6 +87,14 @@ def test_descriptions() -> None:
     pytest.param(["https://ro", "https://s"], [LocalReport(cluster_id="c1", generation=2),
                                                LocalReport(cluster_id="c1", generation=1)], OK,
                  id="a peer at this generation confirms"),
+    pytest.param(["https://ro"], [LocalReport(cluster_id="c1", generation=1, promoting=True)], DENIED,
+                 id="a peer being promoted denies it"),
+    pytest.param(["https://ro", "https://s"], [LocalReport(cluster_id="c1", generation=1, promoting=True),
+                                               LocalReport(cluster_id="c1", generation=1)], DENIED,
+                 id="...whatever the others say"),
+    pytest.param(["https://x", "https://s"], [LocalReport(cluster_id="other", generation=1, promoting=True),
+                                              LocalReport(cluster_id="c1", generation=1)], OK,
+                 id="a promotion in another cluster is not this one's business"),
 ])
 def test_confirmation_from_peer_reports(peers: list[str], reports: list[LocalReport],
                                         expected: Confirmation) -> None:
@@ -104,3 +124,27 @@ def test_the_default_lease_follows_the_check_interval() -> None:
     with pytest.raises(ValueError, match="peer_timeout"):  # a hung peer would make a heartbeat outlast it
         HaSection(check_interval=0.5, write_lease_seconds=2, peer_timeout=2)
     assert HaSection(check_interval=0.5, write_lease_seconds=2, peer_timeout=0.5).write_lease == 2
+
+
+def test_a_promotion_is_in_the_report_both_ways() -> None:
+    report = LocalReport(cluster_id="c1", generation=1, promoting=True)
+    assert report.to_json()["promoting"] is True
+    assert LocalReport.from_json(report.to_json()).promoting is True
+    assert LocalReport.from_json({"cluster_id": "c1", "generation": 1}).promoting is False  # an older peer
+    assert LocalReport.from_json({"promoting": "yes"}).promoting is False  # malformed: not a promotion
+
+
+def test_the_promotion_waits_longer_than_the_lease() -> None:
+    assert lease_runout(10.0) == 11.0
+    assert lease_runout(2.0) == 2.5
+
+
+def test_a_read_only_server_knows_how_long_the_leases_it_confirmed_may_last() -> None:
+    leases = ConfirmedLeases(2.0)
+    assert leases.wait(clock()) == 0.0  # it never answered: nothing to wait for
+    assert leases.answer(False) is False
+    answered = clock()
+    assert 2.0 < leases.wait(answered) <= 2.5
+    assert leases.wait(answered + 2.5) == 0.0
+    assert leases.answer(True) is True  # "promoting" confirms nothing: the wait still counts from before
+    assert leases.wait(answered + 2.5) == 0.0

@@ -53,10 +53,13 @@ from safehold.ha.cycle import (
 )
 from safehold.ha.failover import ReplicaReport, WriterReport
 from safehold.ha.fencing import (
+    ConfirmedLeases,
     clear_fence,
+    clear_promoting,
     confirmation_from,
     fence_database,
     peer_reports,
+    promoting_marked,
     save_fence,
     superseded_by,
     take_override,
@@ -112,6 +115,7 @@ class HaAgent:
         self.lease: ScheduleLease | None = None
         self.alerts: Any = None  # the alert dispatcher (safehold.alerts), set by the app
         self._promote_lock = asyncio.Lock()
+        self._leases = ConfirmedLeases(rt.settings.ha.write_lease)  # the writers' leases /ha/local confirmed
         self._config_mtime: int | None = None
         self.alarm: tuple[str, str] | None = None  # a raised alarm only this server knows of (condition, message)
         self._said: dict[str, str] = {}  # each loop's last decision, logged when it changes
@@ -458,6 +462,7 @@ class HaAgent:
         self._publish(d.event)
         if d.action is ReadOnlyAction.TAKE_OVER and loaded is not None and row is not None:
             await self.rt.become_primary(loaded, row.generation)  # a promotion by 'safehold ha promote'
+            await asyncio.to_thread(clear_promoting, self.rt.settings)  # it reports the new generation now
             return After.NEW_MODE
         if d.action is not ReadOnlyAction.WAIT:
             self.peers = list(view.peers or ())
@@ -487,9 +492,14 @@ class HaAgent:
         failover policy); returns the new generation."""
         from safehold.ha.promote import promote_database, record_promotion, write_as_primary
 
-        async with self._promote_lock:
+        async with self._promote_lock:  # from here /ha/local says "promoting": no writer's lease is confirmed
             if not self.rt.readonly or self.rt.fence is not None:
                 raise SafeholdError("this server is not a read-only server; nothing to promote")
+            # every writer's lease this server confirmed must run out first (a switchover's old primary stopped
+            # writing before it asked)
+            if reason is not EventKind.MANUAL_SWITCH and (wait := self._leases.wait(clock())) > 0:
+                log.warning("promotion: waiting %.1f s for the write leases this server confirmed to run out", wait)
+                await asyncio.sleep(wait)
             if wait_lsn:
                 await self._wait_replayed(wait_lsn, timeout)
             await asyncio.to_thread(promote_database, self.rt.settings, lambda m: log.warning("promotion: %s", m))
@@ -500,6 +510,12 @@ class HaAgent:
             await self.rt.become_primary(settings, promotion.generation)
             asyncio.get_running_loop().create_task(self._restart(), name="ha-restart")
             return promotion.generation
+
+    def promoting(self) -> bool:
+        """What /ha/local says about a promotion of this server: while one is under way (here, or by 'safehold
+        ha promote') it confirms no writer's lease; any other answer may confirm one (its time is noted)."""
+        readonly = self.rt.identity.role == ServerRole.READONLY
+        return self._leases.answer(readonly and (self._promote_lock.locked() or promoting_marked(self.rt.settings)))
 
     def _failover_watch(self, settings: Any = None) -> Any:
         """Automatic failover (opt-in): ping the primary; promote this server after the configured number of

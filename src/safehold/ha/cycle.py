@@ -120,6 +120,9 @@ def _lease_words(confirmation: Confirmation, lease: WriteLease | None, now: floa
         return "its write lease is renewed by an operator's override"
     if confirmation is Confirmation.CONFIRMED:
         return "its write lease is renewed: no peer reports a newer primary"
+    if confirmation is Confirmation.DENIED:
+        return ("a read-only server is being promoted: its write lease is not renewed, and once it has run out "
+                "this server refuses every change")
     if lease.valid(now):
         return "no peer answered: its write lease goes on from punctual heartbeats"
     return "no peer confirmed its generation and its write lease ran out: it refuses every change"

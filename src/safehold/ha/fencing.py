@@ -30,7 +30,7 @@ from safehold.errors import SafeholdError
 from safehold.ha.peers import LocalReport, PeerClient
 from safehold.pg.runas import write_file
 from safehold.runtime import Fence
-from safehold.runtime.writelease import Confirmation
+from safehold.runtime.writelease import Confirmation, clock
 from safehold.storage import system_settings
 from safehold.storage.db import DB_ERRORS, owner_target
 
@@ -73,7 +73,11 @@ def confirmation_from(cluster_id: str, generation: int, peer_urls: Sequence[str]
     """What the peers' reports say about this server's write lease: confirmed when a peer of the cluster answered
     at this server's generation or an older one, or when the cluster has no other server (nobody could have
     taken over).  A report of a newer generation never confirms, even one :func:`superseded_by` could not
-    read a fence from."""
+    read a fence from; a peer of the cluster being promoted denies it, whatever the others say (the lease must
+    run out before the promoted database takes a write)."""
+    reports = list(reports)
+    if any(r.cluster_id == cluster_id and r.promoting for r in reports):
+        return Confirmation.DENIED
     if not peer_urls or any(r.cluster_id == cluster_id and r.generation is not None and r.generation <= generation
                             for r in reports):
         return Confirmation.CONFIRMED
@@ -84,6 +88,62 @@ FENCE_FILE = "fence.json"
 OVERRIDE_FILE = "lease-override"
 #: how long an operator's override waits to be picked up by the running server
 OVERRIDE_TTL = 120.0
+PROMOTING_FILE = "promoting"
+#: how long a promotion's marker holds when the command that wrote it died without removing it
+PROMOTING_TTL = 120.0
+
+
+def lease_runout(lease: float) -> float:
+    """How long after its last confirmation a writer's lease of ``lease`` seconds has surely run out: the
+    lease counts from before the writer asked, so from the answer on it is shorter still; the margin covers
+    two machines' clocks ticking at slightly different rates."""
+    return lease + max(0.5, 0.1 * lease)
+
+
+class ConfirmedLeases:
+    """A read-only server's side of the writers' leases: when its /ha/local last answered in a way a writer
+    may take as a confirmation, and so how long a promotion of it must wait for every such lease to run out."""
+
+    def __init__(self, lease: float) -> None:
+        self.lease = lease
+        self.confirmed_at: float | None = None  # on the lease clock
+
+    def answer(self, promoting: bool) -> bool:
+        """Note an answer that does not say "promoting" (it may confirm a lease); returns ``promoting``."""
+        if not promoting:
+            self.confirmed_at = clock()
+        return promoting
+
+    def wait(self, now: float) -> float:
+        """Seconds until the last lease this server may have confirmed has surely run out."""
+        if self.confirmed_at is None:
+            return 0.0
+        return max(0.0, self.confirmed_at + lease_runout(self.lease) - now)
+
+
+def mark_promoting(settings: Settings) -> None:
+    """'safehold ha promote' is about to promote this read-only server's replica: from now on the running
+    server answers its peers that it is being promoted, so it confirms no writer's lease (see
+    :func:`confirmation_from`).  The mark goes when the server has taken over (or the command gave up)."""
+    write_file(settings.data_dir / PROMOTING_FILE, f"{time.time():.3f}\n".encode(), mode=0o600, owner=None)
+
+
+def promoting_marked(settings: Settings) -> bool:
+    """Whether a promotion of this server is under way (a mark younger than :data:`PROMOTING_TTL`)."""
+    try:
+        st = (settings.data_dir / PROMOTING_FILE).stat()
+    except OSError:
+        return False
+    return time.time() - st.st_mtime < PROMOTING_TTL
+
+
+def clear_promoting(settings: Settings) -> None:
+    try:
+        (settings.data_dir / PROMOTING_FILE).unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove %s (%s): it lapses by itself", PROMOTING_FILE, exc.strerror)
 
 
 def save_fence(settings: Settings, fence: Fence) -> None:

@@ -187,6 +187,8 @@ class LocalReport:
     database_ok: bool | None = None
     wal_lsn: str | None = None
     write_lease: LeaseReport | None = None
+    # a read-only server being promoted: it confirms no writer's lease until it is the acting primary
+    promoting: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The JSON of ``GET /api/v1/ha/local`` (its field names and shapes are read by older peers)."""
@@ -200,6 +202,7 @@ class LocalReport:
             "alarm": self.alarm.to_json() if self.alarm is not None else None,
             "database_ok": self.database_ok, "wal_lsn": self.wal_lsn,
             "write_lease": self.write_lease.to_json() if self.write_lease is not None else None,
+            "promoting": self.promoting,
         }
 
     @classmethod
@@ -214,6 +217,7 @@ class LocalReport:
             data_age_seconds=_num(d, "data_age_seconds"), url=_str(d, "url"),
             alarm=AlarmReport.from_json(_map(d, "alarm")), database_ok=_bool(d, "database_ok"),
             wal_lsn=_opt_str(d, "wal_lsn"), write_lease=LeaseReport.from_json(_map(d, "write_lease")),
+            promoting=_bool(d, "promoting") is True,
         )
 
     @property

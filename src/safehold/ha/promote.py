@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from safehold.config import Settings, load_settings, write_settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, SafeholdError
+from safehold.ha.fencing import clear_promoting
 from safehold.ha.policy import EventKind
 from safehold.storage import cluster as cluster_store
 from safehold.storage import ha as ha_store
@@ -175,6 +177,7 @@ def promote_here(settings: Settings, master: MasterKey, *, force: bool, max_data
         return ReplicaFacts(settings.server.role, view.in_recovery,
                             row is not None and row.key_check == master.check_value, data_age(view, now()))
 
+    begun = False
     try:
         f = asyncio.run(facts())
         reasons = check_promotable(f, max_data_age=limit, force=force)
@@ -182,16 +185,37 @@ def promote_here(settings: Settings, master: MasterKey, *, force: bool, max_data
             raise PromotionRefused("not promoting: " + "; ".join(reasons),
                                    hint="check why the replica fell behind; --force promotes anyway (changes "
                                         "the old primary made since are then reported at its rejoin)")
+        if f.in_recovery:
+            outlast_leases(settings, say)
+        begun = True  # from here the mark stays until the server took over (or it lapses)
         promote_database(settings, say)
         promotion = asyncio.run(_record_offline(settings, master, replay=not server_running, say=say))
     except BaseException:
+        if not begun:
+            clear_promoting(settings)  # nothing was promoted: the server confirms its peers again
         if started and pg.is_standby():
             pg.stop()
         raise
     write_as_primary(settings)
-    if started and not server_running:
-        pg.stop()
+    if not server_running:
+        clear_promoting(settings)  # else the running server removes it once it has taken over
+        if started:
+            pg.stop()
     return promotion
+
+
+def outlast_leases(settings: Settings, say: Say) -> None:
+    """Before the replica is promoted: stop confirming the writers' leases (the running server answers its
+    peers that it is being promoted), then wait until every lease it confirmed has run out.  An old primary
+    that is frozen, not dead, thaws to find its lease gone and this server denying it: it acknowledges
+    nothing the promoted database lacks.  What it commits until then still streams to this replica."""
+    from safehold.ha.fencing import lease_runout, mark_promoting
+
+    mark_promoting(settings)
+    wait = lease_runout(settings.ha.write_lease)
+    say(f"waiting {wait:.1f} s for the write leases this server confirmed to run out (a primary that is "
+        "frozen rather than dead must not acknowledge a change after this point)")
+    time.sleep(wait)
 
 
 async def _record_offline(settings: Settings, master: MasterKey, *, replay: bool, say: Say) -> Promotion:

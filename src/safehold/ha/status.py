@@ -42,7 +42,7 @@ from safehold.storage.db import app_target, primary_target
 
 
 def local_report(rt: Runtime, data_age: float | None, alarm: tuple[str, str] | None = None,
-                 wal: tuple[bool, str] | None = None) -> LocalReport:
+                 wal: tuple[bool, str] | None = None, *, promoting: bool = False) -> LocalReport:
     db = rt.settings.database
     now = clock()
     lease = rt.lease
@@ -59,6 +59,7 @@ def local_report(rt: Runtime, data_age: float | None, alarm: tuple[str, str] | N
         write_lease=None if lease is None else LeaseReport(lease.duration, lease.valid(now),
                                                            round(lease.remaining(now), 3),
                                                            lease.how.value if lease.how else None),
+        promoting=promoting,
     )
 
 

@@ -16,7 +16,11 @@ database and asked its peers):
    still held at ``t`` (``LOCAL``) — a chain of punctual heartbeats; a dead read-only server does not
    stop a healthy primary.  Once a tick comes late (the process stalled longer than the lease), the
    chain is broken and only a peer (or an operator's override) renews it;
-3. a peer reports a newer generation: the server is fenced (not this module's business).
+3. a peer answered that it is being promoted (``DENIED``): not renewed, for two lease lengths not even by
+   another peer's confirmation (the one being promoted may just have missed a question), and after that
+   only by a confirmation, never by punctual heartbeats — the cluster is moving on, and the promotion waits
+   for this lease to run out before it promotes the database;
+4. a peer reports a newer generation: the server is fenced (not this module's business).
 
 The clock must count every second that passed, frozen or not: :func:`clock` uses ``CLOCK_BOOTTIME``
 where the platform has it (it also counts a suspended machine), else the monotonic clock.
@@ -42,6 +46,7 @@ class Confirmation(StrEnum):
 
     CONFIRMED = "confirmed"      # a peer answered; none is newer
     UNCONFIRMED = "unconfirmed"  # no peer answered (or there is none)
+    DENIED = "denied"            # a peer answered that it is being promoted: the lease must run out
     OVERRIDE = "override"        # an operator said so ('safehold ha override-lease')
 
 
@@ -52,6 +57,12 @@ class WriteLease:
     duration: float
     renewed_at: float | None = None
     how: Confirmation | None = None
+    denied_at: float | None = None  # the last cycle in which a peer said it was being promoted
+
+    def denied(self, now: float) -> bool:
+        """Whether a peer's promotion still bars a renewal: for two lease lengths after it was last seen, by
+        which time that promotion went through (its server then fences this one) or was given up."""
+        return self.denied_at is not None and now < self.denied_at + 2 * self.duration
 
     def valid(self, now: float) -> bool:
         return self.renewed_at is not None and self.renewed_at <= now < self.renewed_at + self.duration
@@ -63,9 +74,16 @@ class WriteLease:
 
     def renew(self, started: float, confirmation: Confirmation) -> WriteLease:
         """The lease after a heartbeat cycle that started at ``started`` learned ``confirmation``."""
-        if confirmation in (Confirmation.CONFIRMED, Confirmation.OVERRIDE):
+        if confirmation is Confirmation.OVERRIDE:
+            return replace(self, renewed_at=max(started, self.renewed_at or started), how=confirmation,
+                           denied_at=None)
+        if confirmation is Confirmation.DENIED:
+            return replace(self, how=confirmation, denied_at=max(started, self.denied_at or started))
+        if self.denied(started):  # not even a peer at this generation: the one being promoted may not answer it
+            return self
+        if confirmation is Confirmation.CONFIRMED:
             return replace(self, renewed_at=max(started, self.renewed_at or started), how=confirmation)
-        if self.valid(started):
+        if self.how is not Confirmation.DENIED and self.valid(started):
             return replace(self, renewed_at=started, how=self.how)
         return self
 

@@ -46,8 +46,10 @@ async def local(request: Request, rt: RuntimeDep) -> dict[str, Any]:
     No authentication; it holds no secret."""
     agent = getattr(request.app.state, "agent", None)
     wal = await wal_now(rt, min(1.0, rt.settings.ha.peer_timeout / 2))
+    # asked last: an answer that may confirm a writer's lease is noted as late as it can be
+    promoting = agent.promoting() if agent else False
     return local_report(rt, agent.data_age_seconds if agent else None, agent.alarm if agent else None,
-                        wal).to_json()
+                        wal, promoting=promoting).to_json()
 
 
 @router.patch("/servers/{server_id}", status_code=200, responses=errors(401, 403, 404, 422, 503))
