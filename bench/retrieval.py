@@ -690,7 +690,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="interpreter that has safehold installed (default: this one)")
     ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the server, e.g. SAFEHOLD_DATABASE__POOL_SIZE=20 (repeatable)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="the server's http.workers (default: its own setting)")
+    ap.add_argument("--compare-workers", action="store_true",
+                    help="two runs, one after the other: http.workers = 1, then --workers (default: the CPU count)")
     args = ap.parse_args(argv)
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        ap.error("--workers must be 1..64")
     if not 1 <= args.clients <= 1024:
         ap.error("--clients must be 1..1024")
     if args.duration <= 0 or args.warmup < 0 or args.duration + args.warmup > 3600:
@@ -705,17 +711,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    ok = False
+def memory_of(server: Server) -> list[tuple[int, int]]:
+    """(pid, resident kB) of the app server's processes: the server itself and its workers, if any."""
+    if server.proc is None:
+        return []
+    out = []
+    for pid in [server.proc.pid, *children_of(server.proc.pid)]:
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out.append((pid, int(line.split()[1])))
+    return out
+
+
+def report_memory(server: Server) -> None:
+    rss = memory_of(server)
+    if rss:
+        each = ", ".join(f"{kb / 1024:.0f}" for _, kb in rss)
+        print(f"  memory            app server resident {sum(kb for _, kb in rss) / 1024:.0f} MiB in {len(rss)} "
+              f"process(es): {each} MiB (the first is the server or its supervisor)")
+
+
+def one_run(args: argparse.Namespace, workers: int | None) -> tuple[bool, float, float]:
+    """One whole run (a fresh server, seeded, loaded); its success, requests/s and p99 ms."""
+    env = dict(item.split("=", 1) for item in args.server_env)
+    if workers is not None:
+        env["SAFEHOLD_HTTP__WORKERS"] = str(workers)
     with bench_run("safehold-bench-", args.keep_dir) as run:
-        server = Server(args.python, run.root, dict(item.split("=", 1) for item in args.server_env))
+        server = Server(args.python, run.root, env)
         run.servers.append(server)
         admin_password = "Bench-Admin-" + secrets.token_urlsafe(12)
         log(f"initialising a server in {server.data_dir} (https {HOST}:{server.port}, db port {server.db_port})")
         t = time.monotonic()
         server.init(admin_password)
-        log(f"initialised in {time.monotonic() - t:.1f} s; starting it")
+        log(f"initialised in {time.monotonic() - t:.1f} s; starting it"
+            + (f" with http.workers = {workers}" if workers is not None else ""))
         server.start()
         server.wait_healthy()
         assert server.proc is not None
@@ -731,19 +761,34 @@ def main(argv: list[str] | None = None) -> int:
                     port=server.port, ssl_context=server.ssl_context())
         log(f"running {args.clients} {args.engine} client(s): {args.warmup:g} s warm-up, "
             f"{args.duration:g} s measured")
-        cut_short = False
         try:
             results, usage, finished = run_load(plan, server, args.engine)
         except KeyboardInterrupt:
             log("interrupted")
             raise
-        if finished < plan.t_end:
-            cut_short = True  # --max-requests reached before the end of the window
+        cut_short = finished < plan.t_end  # --max-requests reached before the end of the window
         after = audited_retrievals(server, token)
         counters_after = audit_counters(server)
         commits = (counters_after[0] - counters_before[0], counters_after[1] - counters_before[1])
+        if workers is not None:
+            print(f"\n== http.workers = {workers} ==")
         ok = report(args, results, usage, after - before, commits, cut_short, calibration_ms)
-    return 0 if ok else 1
+        report_memory(server)
+        lat = sorted(x for r in results for x in r.latencies)
+        return ok, len(lat) / args.duration, percentile(lat, 99) * 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.compare_workers:
+        return 0 if one_run(args, args.workers)[0] else 1
+    many = args.workers or os.cpu_count() or 1
+    ok1, rate1, p99_1 = one_run(args, 1)
+    ok2, rate2, p99_2 = one_run(args, many)
+    print(f"\nworkers: 1 -> {rate1:.1f}/s (p99 {p99_1:.1f} ms); {many} -> {rate2:.1f}/s (p99 {p99_2:.1f} ms); "
+          f"ratio {rate2 / rate1 if rate1 else 0:.2f}")
+    print(f"workers_1={rate1:.1f} workers_{many}={rate2:.1f} ratio={rate2 / rate1 if rate1 else 0:.2f}", flush=True)
+    return 0 if ok1 and ok2 else 1
 
 
 if __name__ == "__main__":

@@ -386,7 +386,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="interpreter that has safehold installed (default: this one)")
     ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the server, e.g. SAFEHOLD_DATABASE__POOL_SIZE=20 (repeatable)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="the server's http.workers (default: its own setting)")
     args = ap.parse_args(argv)
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        ap.error("--workers must be 1..64")
     if not 1 <= args.clients <= 1024:
         ap.error("--clients must be 1..1024")
     if args.duration <= 0 or args.warmup < 0 or args.duration + args.warmup > 3600:
@@ -404,7 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ok = False
     with bench_run("safehold-bench-writes-", args.keep_dir) as run:
-        server = Server(args.python, run.root, dict(item.split("=", 1) for item in args.server_env))
+        env = dict(item.split("=", 1) for item in args.server_env)
+        if args.workers is not None:
+            env["SAFEHOLD_HTTP__WORKERS"] = str(args.workers)
+        server = Server(args.python, run.root, env)
         run.servers.append(server)
         admin_password = "Bench-Admin-" + secrets.token_urlsafe(12)
         log(f"initialising a server in {server.data_dir} (https {HOST}:{server.port}, db port {server.db_port})")

@@ -112,8 +112,8 @@ class AuditSpool:
 
     def __init__(self, directory: Path, key: bytes, server_id: str, server_role: str,
                  *, head: tuple[int, bytes] = (0, GENESIS),
-                 on_failure: Callable[[str], None] | None = None,
-                 on_recovered: Callable[[], None] | None = None,
+                 on_failure: Callable[[str], object] | None = None,
+                 on_recovered: Callable[[], object] | None = None,
                  write: Writer = os.write, fsync: Callable[[int], None] = os.fsync) -> None:
         self.dir, self._key, self.server_id, self.server_role = directory, key, server_id, server_role
         self.on_failure, self.on_recovered = on_failure, on_recovered

@@ -117,7 +117,8 @@ def init(
 def serve(data_dir: DataDir) -> None:
     """Run the server (HTTPS) in the foreground; SIGTERM or Ctrl-C stops it cleanly."""
     from safehold.runtime import database
-    from safehold.web.server import check_port_free, run
+    from safehold.web.server import check_port_free, run_server
+    from safehold.web.supervisor import worker_count
 
     settings, master = load(data_dir)
     refuse_if_serving(settings, "starting it again")
@@ -135,9 +136,11 @@ def serve(data_dir: DataDir) -> None:
                       "the acting primary and refuses every change[/]")
         pidfile.parent.mkdir(exist_ok=True)
         pidfile.write_text(f"{os.getpid()}\n")
+        workers = worker_count(settings)
         out.print(f"Safehold {__version__} [bold]{settings.server.name}[/] ({settings.server.role}) serving on "
-                  f"https://{settings.http.listen}:{settings.http.port}", highlight=False)
-        run(settings, master)
+                  f"https://{settings.http.listen}:{settings.http.port}"
+                  + (f" with {workers} worker processes" if workers > 1 else ""), highlight=False)
+        run_server(settings, master)
     finally:
         pidfile.unlink(missing_ok=True)
         if pg is not None and started:

@@ -25,6 +25,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import os
+import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
 from pathlib import Path
@@ -98,11 +100,14 @@ class After(Enum):
 
 class HaAgent:
     def __init__(self, rt: Runtime, *, backup: Callable[[Runtime], Awaitable[Path]] | None = None,
-                 follow_failover: FailoverFollower | None = None) -> None:
+                 follow_failover: FailoverFollower | None = None, first_worker: bool = True) -> None:
         """``backup`` makes the scheduled backup (``backup.every_minutes``) and ``follow_failover`` runs the
         automatic failover watch with the cluster's policy on a read-only server: both are services, handed in
-        by the web layer (HA does not import the services)."""
+        by the web layer (HA does not import the services).  ``first_worker``: this process runs what a server
+        with several workers runs once (the synchronous-mode guard)."""
         self.rt = rt
+        self.first_worker = first_worker
+        self._leaving = False  # a worker that stops because its server became read-only
         self._backup = backup
         self._follow_failover = follow_failover
         self.peers: list[PeerObservation] = []
@@ -152,7 +157,7 @@ class HaAgent:
             self._tasks.append(loop.create_task(run_schedules(self.lease, jobs), name="ha-schedules"))
             from safehold.ha.syncrep import SyncGuard, guard_runs_on
 
-            if guard_runs_on(self.rt.settings):  # synchronous mode, on the server of the primary database
+            if self.first_worker and guard_runs_on(self.rt.settings):  # sync mode, on the primary database's server
                 guard = SyncGuard(self.rt.settings, self.rt.identity.id)
                 self._tasks.append(loop.create_task(guard.run_forever(), name="ha-sync-guard"))
 
@@ -163,13 +168,8 @@ class HaAgent:
         if spool is None:
             return
 
-        def failed(message: str) -> None:
-            loop.call_soon_threadsafe(self._spool_alarm, message)
-
-        def recovered() -> None:
-            loop.call_soon_threadsafe(self._spool_alarm, None)
-
-        spool.on_failure, spool.on_recovered = failed, recovered
+        spool.on_failure = lambda message: loop.call_soon_threadsafe(self._spool_alarm, message)
+        spool.on_recovered = lambda: loop.call_soon_threadsafe(self._spool_alarm, None)
         if spool.last_error:
             self._spool_alarm(spool.last_error)
 
@@ -235,6 +235,9 @@ class HaAgent:
         said, said_at = "", 0.0
         while True:
             soon = False
+            if self._leaving:
+                await asyncio.sleep(self.interval)
+                continue
             try:
                 after = await step()
             except asyncio.CancelledError:
@@ -382,7 +385,14 @@ class HaAgent:
             return False
 
     async def _become_readonly(self, settings: Settings) -> None:
-        """Follow the database: carry on as a read-only server, forgetting any fence."""
+        """Follow the database: carry on as a read-only server, forgetting any fence.  A read-only server runs
+        one worker (its sessions and its audit spool are its own): any other worker stops instead."""
+        if not self.first_worker:
+            if not self._leaving:
+                log.warning("this server is now a read-only server, which runs one worker: this worker stops")
+                self._leaving = True  # its loops idle until the shutdown stops them
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
         await self.rt.become_readonly(settings)
         await asyncio.to_thread(clear_fence, settings)
 
@@ -490,7 +500,7 @@ class HaAgent:
                            timeout: float = 30) -> int:
         """Promote this read-only server in-process (the peer API for a switchover, or the automatic
         failover policy); returns the new generation."""
-        from safehold.ha.promote import promote_database, record_promotion, write_as_primary
+        from safehold.ha import promote as steps
 
         async with self._promote_lock:  # from here /ha/local says "promoting": no writer's lease is confirmed
             if not self.rt.readonly or self.rt.fence is not None:
@@ -501,12 +511,12 @@ class HaAgent:
                 log.warning("promotion: waiting %.1f s for the write leases this server confirmed to run out", wait)
                 await asyncio.sleep(wait)
             if wait_lsn:
-                await self._wait_replayed(wait_lsn, timeout)
-            await asyncio.to_thread(promote_database, self.rt.settings, lambda m: log.warning("promotion: %s", m))
+                await steps.wait_replayed(self.rt, wait_lsn, timeout)
+            await asyncio.to_thread(steps.promote_database, self.rt.settings, lambda m: log.warning("promotion: %s", m))
             async with self.rt.engine.begin() as conn:
-                promotion = await record_promotion(conn, self.rt.settings, url=public_url(self.rt.settings),
+                promotion = await steps.record_promotion(conn, self.rt.settings, url=public_url(self.rt.settings),
                                                    reason=reason, note=note)
-            settings = await asyncio.to_thread(write_as_primary, self.rt.settings)
+            settings = await asyncio.to_thread(steps.write_as_primary, self.rt.settings)
             await self.rt.become_primary(settings, promotion.generation)
             asyncio.get_running_loop().create_task(self._restart(), name="ha-restart")
             return promotion.generation
@@ -561,17 +571,6 @@ class HaAgent:
         heard = (None if view.last_msg_receipt_time is None
                  else max(0.0, (dt.datetime.now(dt.UTC) - view.last_msg_receipt_time).total_seconds()))
         return ReplicaReport(view.streaming, view.receive_lsn, heard)
-
-    async def _wait_replayed(self, lsn: str, timeout: float) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            async with self.rt.read() as conn:
-                done = await replication.replayed_up_to(conn, lsn)
-            if done:
-                return
-            if asyncio.get_running_loop().time() > deadline:
-                raise SafeholdError(f"the replica did not replay up to {lsn} within {timeout:g} s; not promoting")
-            await asyncio.sleep(0.05)
 
     def _primary_engine(self) -> AsyncEngine:
         if self._primary_db is None:

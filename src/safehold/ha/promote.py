@@ -21,6 +21,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from safehold import __version__, names
 from safehold.config import Settings, load_settings, write_settings
@@ -33,6 +34,9 @@ from safehold.storage import cluster as cluster_store
 from safehold.storage import ha as ha_store
 from safehold.storage import servers as server_store
 from safehold.storage.db import AsyncConnection, AsyncEngine
+
+if TYPE_CHECKING:
+    from safehold.runtime import Runtime
 
 Say = Callable[[str], None]
 
@@ -133,6 +137,23 @@ def data_age_limit(settings: Settings, override: float | None) -> float:
     if override is not None and override < 0:
         raise ConfigError("--max-data-age must not be negative")
     return settings.ha.promote_max_data_age if override is None else override
+
+
+async def wait_replayed(rt: Runtime, lsn: str, timeout: float) -> None:
+    """Before a switchover's promotion: wait until the replica replayed up to ``lsn`` (the old primary's last)."""
+    import asyncio
+
+    from safehold.storage import replication
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        async with rt.read() as conn:
+            done = await replication.replayed_up_to(conn, lsn)
+        if done:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise SafeholdError(f"the replica did not replay up to {lsn} within {timeout:g} s; not promoting")
+        await asyncio.sleep(0.05)
 
 
 def now() -> dt.datetime:

@@ -143,9 +143,12 @@ async def _housekeeping(rt: Runtime, every: float = 600) -> None:
             log.warning("housekeeping skipped: %s", exc.message)
 
 
-def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: Runtime | None = None,
+               worker: int = 0) -> FastAPI:
     """Build the app.  The runtime (database, keys) is opened in the app's own event loop at start-up;
-    the master key is needed only then."""
+    the master key is needed only then.  ``worker``: this process's index among the server's workers
+    (what happens once per server happens in worker 0)."""
+    first = worker == 0
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -161,27 +164,30 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         master = None  # the key is not kept once the data keys are unwrapped
         rt.start_background()
         app.state.runtime = rt
-        agent = HaAgent(rt, backup=scheduled_backup, follow_failover=follow_failover)
+        agent = HaAgent(rt, backup=scheduled_backup, follow_failover=follow_failover, first_worker=first)
         app.state.agent = agent
         # the cluster's alert channels (from the database; safehold.toml's [alerts] imported once), followed
         alerting = await start_alerts(rt)
         app.state.alerts = agent.alerts = alerting.dispatcher
         agent.start()
-        try:
-            await rt.record_audit(system_event(AuditAction.SERVER_STARTED, detail={"version": __version__}))
-        except SafeholdError as exc:  # e.g. a writer whose lease no peer confirmed yet: it still serves reads
-            log.warning("the start of this server is not audited: %s", exc.message)
-        housekeeping = asyncio.get_running_loop().create_task(_housekeeping(rt), name="housekeeping")
+        if first:
+            try:
+                await rt.record_audit(system_event(AuditAction.SERVER_STARTED, detail={"version": __version__}))
+            except SafeholdError as exc:  # e.g. a writer whose lease no peer confirmed yet: it still serves reads
+                log.warning("the start of this server is not audited: %s", exc.message)
+        housekeeping = asyncio.get_running_loop().create_task(_housekeeping(rt), name="housekeeping") if first else None
         try:
             yield
         finally:
-            housekeeping.cancel()
+            if housekeeping is not None:
+                housekeeping.cancel()
             await agent.stop()
             await alerting.stop()
-            try:
-                await rt.record_audit(system_event(AuditAction.SERVER_STOPPED))
-            except Exception:  # noqa: BLE001 - the database may already be gone
-                log.warning("could not audit the server stop")
+            if first:
+                try:
+                    await rt.record_audit(system_event(AuditAction.SERVER_STOPPED))
+                except Exception:  # noqa: BLE001 - the database may already be gone
+                    log.warning("could not audit the server stop")
             await rt.close()
 
     app = FastAPI(
@@ -209,7 +215,7 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
             fn = getattr(pool, attr, None)
             if callable(fn):
                 gauge.set(fn())
-        return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(rt.metrics.collected()), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
     async def root(request: Request) -> Response:

@@ -31,19 +31,28 @@ def check_port_free(host: str, port: int) -> None:
                               hint="stop what uses it, or set http.port in safehold.toml") from None
 
 
-async def serve(settings: Settings, master: MasterKey) -> None:
-    """Open the runtime first (fail fast on a wrong key or an unreachable database), then serve."""
+async def serve(settings: Settings, master: MasterKey, sock: socket.socket | None = None, worker: int = 0) -> None:
+    """Open the runtime first (fail fast on a wrong key or an unreachable database), then serve (on ``sock``
+    when a supervisor bound it for its workers; ``worker`` is this process's index among them)."""
+    if sock is not None:
+        settings = settings.model_copy(update={"database": settings.database.model_copy(
+            update={"pool_size": worker_pool_size(settings)})})
     rt = await open_runtime(settings, master, fencing=STARTUP)
-    app = create_app(settings, runtime=rt)
+    app = create_app(settings, runtime=rt, worker=worker)
     config = uvicorn.Config(
         app, host=settings.http.listen, port=settings.http.port, log_level="warning", access_log=False,
         ssl_certfile=str(settings.path(settings.http.tls_cert)), ssl_keyfile=str(settings.path(settings.http.tls_key)),
         server_header=False, proxy_headers=False, timeout_graceful_shutdown=10, lifespan="on",
     )
     server = uvicorn.Server(config)
-    await server.serve()
+    await server.serve(sockets=[sock] if sock is not None else None)
     if not server.started:
         raise ConfigError(f"the HTTPS server could not start on {settings.http.listen}:{settings.http.port}")
+
+
+def worker_pool_size(settings: Settings) -> int:
+    """Each worker's share of ``database.pool_size`` (the database's connections are shared by the workers)."""
+    return max(4, -(-settings.database.pool_size // max(1, settings.http.workers)))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -54,7 +63,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def run(settings: Settings, master: MasterKey) -> None:
+def run(settings: Settings, master: MasterKey, sock: socket.socket | None = None, worker: int = 0) -> None:
     """Serve until SIGTERM/SIGINT.  uvicorn re-raises the signal after its graceful shutdown;
     our handlers swallow it so the caller can still stop the bundled database."""
     received: list[int] = []
@@ -62,9 +71,19 @@ def run(settings: Settings, master: MasterKey) -> None:
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(serve(settings, master))
+            runner.run(serve(settings, master, sock, worker))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if received:
         log.info("stopped by signal %s", received[0])
+
+
+def run_server(settings: Settings, master: MasterKey) -> None:
+    """This server in one process, or in ``http.workers`` processes under a supervisor."""
+    from safehold.web.supervisor import Supervisor, worker_count
+
+    if settings.http.workers == 1:
+        run(settings, master)
+    else:  # a read-only server runs one worker under the supervisor, and gets the others once promoted
+        Supervisor(settings, master, run, worker_count(settings)).run()

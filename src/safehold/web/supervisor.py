@@ -1,0 +1,255 @@
+"""Several worker processes on one HTTPS port (``http.workers``): every core serves.
+
+The supervisor is the ``safehold serve`` process.  It has read the key file, started the bundled database
+and run the migrations (``cli.main.serve``); here it binds the listening socket once and forks the workers,
+which inherit the socket and the key in memory (the file is read once).  Each worker is a whole server of
+the same identity — its own event loop, connection pool, HA agent, write lease and fencing — so every
+worker checks the lease before each COMMIT itself; what must happen once per server runs in worker 0 only
+(the start and stop audit records, housekeeping, the synchronous-mode guard), and the schedules (the HA
+monitor, alerts, backups) run on whichever process holds the schedules lease, as across servers.
+
+The supervisor replaces a worker that died (a crash, ``kill -9``), unless workers keep dying (then it stops
+them all and fails); SIGTERM or SIGINT is passed to every worker, and once they have stopped the caller
+stops the bundled database.  Prometheus metrics are kept in files shared by the workers
+(``run/metrics``), so ``/metrics`` on any worker shows the sum over all of them.
+
+A read-only server runs one worker: its sessions live in its memory and its audit spool has one appender.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from safehold.config import CONFIG_NAME, Settings, load_settings
+from safehold.crypto.keyfile import MasterKey
+from safehold.domain import ServerRole
+from safehold.errors import ConfigError, SafeholdError
+
+log = logging.getLogger(__name__)
+
+#: workers that die this many times within CRASH_WINDOW seconds stop the server
+CRASH_LIMIT = 5
+CRASH_WINDOW = 60.0
+#: how long the workers get to stop after SIGTERM before they are killed
+STOP_GRACE = 20.0
+METRICS_DIR = "run/metrics"
+
+
+def worker_count(settings: Settings) -> int:
+    """How many workers this server runs: ``http.workers``, one on a read-only server."""
+    if settings.server.role == ServerRole.READONLY:
+        return 1
+    return settings.http.workers
+
+
+def listening_socket(settings: Settings) -> socket.socket:
+    host, port = settings.http.listen, settings.http.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise ConfigError(f"HTTPS port {port} on {host} is already in use",
+                          hint="stop what uses it, or set http.port in safehold.toml") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def metrics_dir(settings: Settings) -> Path:
+    return settings.data_dir / METRICS_DIR
+
+
+def share_metrics(directory: Path) -> None:
+    """In a worker: keep this process's Prometheus values in ``directory`` (summed by /metrics)."""
+    from prometheus_client import values
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    values.ValueClass = values.MultiProcessValue()
+
+
+Worker = Callable[[Settings, MasterKey, socket.socket, int], None]
+
+
+class Supervisor:
+    """Fork ``count`` workers running ``worker(settings, master, sock, index)``; keep them running until a
+    signal says stop."""
+
+    def __init__(self, settings: Settings, master: MasterKey, worker: Worker, count: int) -> None:
+        self.settings, self.master, self.worker, self.count = settings, master, worker, count
+        self.children: dict[int, int] = {}  # pid -> worker index
+        self.stopping = False
+        self.crashes: list[float] = []
+        self.failed: str | None = None
+
+    def run(self) -> None:
+        sock = listening_socket(self.settings)
+        directory = metrics_dir(self.settings)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True, mode=0o700)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for index in range(self.count):
+                self._spawn(index, sock)
+            log.info("serving with %d worker processes", self.count)
+            self._watch(sock)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._stop_all()
+            sock.close()
+            shutil.rmtree(directory, ignore_errors=True)
+        if self.failed:
+            raise SafeholdError(self.failed, hint="see the server log for why the workers stopped")
+
+    # --- children -------------------------------------------------------------------------------
+
+    def _spawn(self, index: int, sock: socket.socket) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: never return into the supervisor's code (it would stop the database)
+            code = 0
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                share_metrics(metrics_dir(self.settings))
+                self.worker(self.settings, self.master, sock, index)
+            except SafeholdError as exc:
+                log.error("worker %d stopped: %s", index, exc.message)
+                code = 1
+            except BaseException:  # noqa: BLE001 - anything else is a crash; the supervisor replaces it
+                log.exception("worker %d crashed", index)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = index
+
+    def _watch(self, sock: socket.socket) -> None:
+        """Reap workers that ended and replace them; follow the role in the settings file (a promoted read-only
+        server gets its other workers, a server that became read-only keeps one)."""
+        seen = self._settings_mtime()
+        while self.children:
+            time.sleep(0.2)
+            for pid, status in self._reaped():
+                index = self.children.pop(pid)
+                self._forget(pid)
+                if self.stopping:
+                    continue
+                if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+                    self._follow_settings(sock)  # it left on purpose (this server became read-only)
+                    if index < self.count:
+                        self._spawn(index, sock)
+                    continue
+                self._crashed(index, pid, _exit_words(status), sock)
+            if not self.stopping and (mtime := self._settings_mtime()) != seen:
+                seen = mtime
+                self._follow_settings(sock)
+
+    def _reaped(self) -> list[tuple[int, int]]:
+        done = []
+        for pid in list(self.children):
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                got, status = pid, 0
+            if got:
+                done.append((pid, status))
+        return done
+
+    def _crashed(self, index: int, pid: int, how: str, sock: socket.socket) -> None:
+        now = time.monotonic()
+        self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW] + [now]
+        if len(self.crashes) >= CRASH_LIMIT:
+            self.failed = (f"worker {index} {how}; {len(self.crashes)} workers died within {CRASH_WINDOW:.0f} s, "
+                           "so the server stops")
+            log.error("%s", self.failed)
+            self.stopping = True
+            self._signal_all(signal.SIGTERM)
+            return
+        log.warning("worker %d (pid %d) %s: starting a new one", index, pid, how)
+        self._spawn(index, sock)
+
+    def _settings_mtime(self) -> int:
+        try:
+            return (self.settings.data_dir / CONFIG_NAME).stat().st_mtime_ns
+        except OSError:
+            return 0
+
+    def _follow_settings(self, sock: socket.socket) -> None:
+        """Run as many workers as the role in the settings file wants: start the missing ones; the surplus
+        ones (a server that became read-only) leave by themselves."""
+        try:
+            self.settings = load_settings(self.settings.data_dir)
+        except SafeholdError as exc:
+            log.warning("the settings file cannot be read (%s): the workers stay as they are", exc.message)
+            return
+        wanted = worker_count(self.settings)
+        if wanted != self.count:
+            log.warning("this server is now a %s server: %d worker process(es)", self.settings.server.role, wanted)
+        self.count = wanted
+        running = set(self.children.values())
+        for index in range(wanted):
+            if index not in running:
+                self._spawn(index, sock)
+
+    def _forget(self, pid: int) -> None:
+        """A dead worker's live gauges no longer count."""
+        from prometheus_client import multiprocess
+
+        try:
+            multiprocess.mark_process_dead(pid, str(metrics_dir(self.settings)))
+        except OSError:
+            pass
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if not self.stopping:
+            log.info("stopping the workers (signal %d)", signum)
+        self.stopping = True
+        self._signal_all(signal.SIGTERM)
+
+    def _signal_all(self, sig: int) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _stop_all(self) -> None:
+        """SIGTERM every worker still running, wait for them, kill what is left after the grace period."""
+        self.stopping = True
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while self.children and time.monotonic() < deadline:
+            for pid in list(self.children):
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done = pid
+                if done:
+                    self.children.pop(pid, None)
+            time.sleep(0.05)
+        if self.children:
+            log.warning("killing %d worker(s) that did not stop within %.0f s", len(self.children), STOP_GRACE)
+            self._signal_all(signal.SIGKILL)
+            for pid in list(self.children):
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+            self.children.clear()
+
+
+def _exit_words(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by signal {os.WTERMSIG(status)}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"

@@ -1,0 +1,168 @@
+"""A server with several worker processes (http.workers): they share the HTTPS port and serve concurrently;
+the audit chain stays one and verifies, a revoked token is refused by every worker at once, metrics are
+summed over the workers, a worker that dies is replaced, and SIGTERM stops all of them and the database."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.test_ha_failover import local, resources
+from tests.support import Server, run_cli, running_pair, wait_until
+
+WORKERS = {"SAFEHOLD_HTTP__WORKERS": "2"}
+
+
+def workers_of(server: Server) -> list[int]:
+    """The supervisor's worker processes (its children that are Python, not a subprocess it ran)."""
+    assert server.proc is not None
+    pids = []
+    for task in os.listdir(f"/proc/{server.proc.pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{server.proc.pid}/task/{task}/children") as f:
+            pids.extend(int(p) for p in f.read().split())
+    alive = []
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            if f.read().split(") ")[-1].split()[0] != "Z":
+                alive.append(pid)
+    return alive
+
+
+@pytest.fixture()
+def server(server_root: Path) -> Iterator[Server]:
+    s = Server(Path(tempfile.mkdtemp(dir=server_root)) / "data")
+    try:
+        s.init()
+        s.start(env=WORKERS)
+        wait_until(lambda: len(workers_of(s)) == 2, what="two workers")
+        yield s
+    finally:
+        s.cleanup()
+
+
+def postmaster_alive(server: Server) -> bool:
+    pid_file = server.data_dir / "pg" / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        os.kill(int(pid_file.read_text().split()[0]), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    return True
+
+
+def seed(server: Server, token: str) -> str:
+    with server.client(token) as c:
+        resource = c.post("/resources", json={"name": "db-01"}).json()["id"]
+        r = c.post(f"/resources/{resource}/accounts", json={"username": "svc", "password": "Worker-Secret-1"})
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+
+def metric(server: Server, name: str) -> float:
+    with httpx.Client(verify=server.ssl_context(), timeout=10) as c:
+        text = c.get(f"{server.url}/metrics").text
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def test_workers_serve_concurrently_with_one_verifiable_audit_chain(server: Server) -> None:
+    token = server.login()
+    account = seed(server, token)
+    before = metric(server, "safehold_password_retrievals_total")
+    results: list[int] = []
+
+    def retrieve(n: int) -> None:
+        for _ in range(n):
+            with server.client(token) as c:  # a new connection each time: the kernel spreads them over the workers
+                r = c.get(f"/accounts/{account}/password")
+                results.append(r.status_code)
+                assert r.status_code != 200 or r.json()["password"] == "Worker-Secret-1"
+
+    threads = [threading.Thread(target=retrieve, args=(25,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results == [200] * 200
+    # every worker counted its own; /metrics (answered by either) shows the sum
+    assert metric(server, "safehold_password_retrievals_total") - before == 200
+    with server.client(token) as c:
+        audited = c.get("/audit", params={"action": "password_retrieved", "limit": 1}).json()["total"]
+    assert audited == 200
+    out = server.cli("audit", "verify")
+    assert "audit chain intact" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_revoked_token_is_refused_by_every_worker_within_a_second(server: Server) -> None:
+    token = server.login()
+    with server.client(token) as c:
+        created = c.post("/me/tokens", json={"name": "automation"}).json()
+    api_token = created["token"]
+    for _ in range(6):  # served by both workers
+        with server.client(api_token) as c:
+            assert c.get("/resources").status_code == 200
+    with server.client(token) as c:
+        assert c.delete(f"/me/tokens/{created['id']}").status_code == 204
+    # no waiting: the very next requests, whichever worker takes them, are refused
+    for _ in range(10):
+        with server.client(api_token) as c:
+            assert c.get("/resources").status_code == 401
+
+
+def test_a_dead_worker_is_replaced_and_sigterm_stops_everything(server: Server) -> None:
+    first = workers_of(server)
+    os.kill(first[0], signal.SIGKILL)
+    wait_until(lambda: len(workers_of(server)) == 2 and first[0] not in workers_of(server),
+               what="the dead worker to be replaced")
+    assert "starting a new one" in server.log()
+    token = server.login()
+    with server.client(token) as c:
+        assert c.post("/resources", json={"name": "after-the-crash"}).status_code == 201
+
+    workers = workers_of(server)
+    assert server.stop() == 0
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[-1][0] == "Z"
+    assert not postmaster_alive(server)
+    assert "stopped the bundled PostgreSQL" in server.log()
+
+
+@pytest.fixture()
+def pair(server_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Server, Server]]:
+    monkeypatch.setenv("SAFEHOLD_HTTP__WORKERS", "2")  # both servers (a read-only server still runs one)
+    with running_pair(Path(tempfile.mkdtemp(dir=server_root))) as servers:
+        yield servers
+
+
+def test_a_switchover_moves_the_workers_with_the_roles(pair: tuple[Server, Server]) -> None:
+    primary, readonly = pair
+    wait_until(lambda: len(workers_of(primary)) == 2 and len(workers_of(readonly)) == 1,
+               what="two workers on the primary, one on the read-only server")
+    token = primary.login()
+    with primary.client(token) as c:
+        for i in range(10):
+            assert c.post("/resources", json={"name": f"before-{i}"}).status_code == 201
+    wait_until(lambda: (readonly.client().get("/ha/local").json()["data_age_seconds"] or 99) < 5, timeout=30,
+               what="the replica to stream")
+    out = run_cli("ha", "switchover", "--data-dir", str(primary.data_dir), "--to", "readonly")
+    assert "is the primary (generation 2)" in out.stdout, out.stdout + out.stderr
+    # the new primary gets its second worker; the old one, now read-only, keeps one
+    wait_until(lambda: len(workers_of(readonly)) == 2, timeout=30, what="the new primary's second worker")
+    wait_until(lambda: len(workers_of(primary)) == 1 and local(primary)["role"] == "readonly", timeout=30,
+               what="the old primary to carry on read-only with one worker")
+    token = readonly.login()
+    for i in range(10):  # new connections: both workers of the new primary take writes
+        with readonly.client(token) as c:
+            assert c.post("/resources", json={"name": f"after-{i}"}).status_code == 201
+    assert {f"before-{i}" for i in range(10)} | {f"after-{i}" for i in range(10)} <= resources(readonly.data_dir)
+    out = readonly.cli("audit", "verify")
+    assert "audit chain intact" in out.stdout, out.stdout + out.stderr
