@@ -166,3 +166,21 @@ def test_a_switchover_moves_the_workers_with_the_roles(pair: tuple[Server, Serve
     assert {f"before-{i}" for i in range(10)} | {f"after-{i}" for i in range(10)} <= resources(readonly.data_dir)
     out = readonly.cli("audit", "verify")
     assert "audit chain intact" in out.stdout, out.stdout + out.stderr
+
+
+def test_the_workers_stop_when_the_supervisor_is_killed(server: Server) -> None:
+    workers = workers_of(server)
+    assert server.proc is not None
+    server.proc.kill()  # kill -9: no chance to stop them itself
+    server.proc.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(") ")[-1][0] in "ZX"
+        except OSError:
+            return True
+
+    wait_until(lambda: all(gone(pid) for pid in workers), timeout=30, what="the orphaned workers to stop")
+    with pytest.raises(httpx.TransportError), httpx.Client(verify=server.ssl_context(), timeout=3) as c:
+        c.get(f"{server.url}/api/v1/health")

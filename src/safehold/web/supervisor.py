@@ -18,6 +18,7 @@ A read-only server runs one worker: its sessions live in its memory and its audi
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -41,6 +42,7 @@ CRASH_WINDOW = 60.0
 #: how long the workers get to stop after SIGTERM before they are killed
 STOP_GRACE = 20.0
 METRICS_DIR = "run/metrics"
+PR_SET_PDEATHSIG = 1
 
 
 def worker_count(settings: Settings) -> int:
@@ -121,6 +123,7 @@ class Supervisor:
             try:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
+                _die_with_parent(os.getppid())
                 share_metrics(metrics_dir(self.settings))
                 self.worker(self.settings, self.master, sock, index)
             except SafeholdError as exc:
@@ -247,6 +250,19 @@ class Supervisor:
                 except ChildProcessError:
                     pass
             self.children.clear()
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker stops when its supervisor dies (``kill -9``): it must not serve on as an orphan that no one
+    supervises, and nobody stops.  Linux's parent-death signal; checked once more in case the supervisor
+    died before it was set."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the worker finds out when it next accepts nothing
+        log.warning("worker processes do not stop by themselves if the supervisor is killed on this platform")
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _exit_words(status: int) -> str:
