@@ -253,12 +253,12 @@ class Supervisor:
 
 
 def _die_with_parent(parent: int) -> None:
-    """A worker stops when its supervisor dies (``kill -9``): it must not serve on as an orphan that no one
-    supervises, and nobody stops.  Linux's parent-death signal; checked once more in case the supervisor
-    died before it was set."""
+    """A worker dies with its supervisor (``kill -9``, a crash): it must not serve on as an orphan that no one
+    supervises and nobody stops, and a killed server stays a killed server (no graceful stop, no stop
+    record).  Linux's parent-death signal; checked once more in case the supervisor died before it was set."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the worker finds out when it next accepts nothing
         log.warning("worker processes do not stop by themselves if the supervisor is killed on this platform")
     if os.getppid() != parent:
