@@ -113,7 +113,7 @@ def test_a_frozen_primary_acknowledges_nothing_after_the_cluster_moved_on(pair: 
     write = writer(primary, token, results)
 
     assert primary.proc is not None
-    with frozen(primary.proc.pid, *process_tree(postmaster_pid(primary))):
+    with frozen(*process_tree(primary.proc.pid), *process_tree(postmaster_pid(primary))):
         # while it is frozen the read-only server is promoted, and users' writes queue up at the old primary
         queued = [threading.Thread(target=write, args=(f"queued-{i}",)) for i in range(4)]
         for t in queued:
@@ -232,7 +232,8 @@ def test_a_primary_restarted_while_no_peer_answers_writes_only_once_confirmed(pa
             return c.post("/resources", json={"name": f"confirmed-{os.urandom(3).hex()}"}).status_code == 201
 
     wait_until(writes, timeout=30, what="writes after the override")
-    assert local(primary)["alarm"] is None
+    # (with several workers, each takes the override at its own next heartbeat)
+    wait_until(lambda: local(primary)["alarm"] is None, timeout=10, what="the alarm to clear")
 
 
 def test_a_cut_off_replica_does_not_look_fresh(pair: tuple[Server, Server]) -> None:
@@ -319,7 +320,7 @@ def test_a_frozen_primary_is_superseded_by_automatic_failover_and_acknowledges_n
 
     assert primary.proc is not None
     queued = [threading.Thread(target=write, args=(f"queued-{i}",)) for i in range(3)]
-    with frozen(primary.proc.pid, *process_tree(postmaster_pid(primary))):
+    with frozen(*process_tree(primary.proc.pid), *process_tree(postmaster_pid(primary))):
         for t in queued:
             t.start()
         wait_until(lambda: local(readonly)["role"] == "primary", timeout=60, what="the automatic failover")
@@ -338,7 +339,7 @@ def test_a_hung_read_only_server_does_not_stop_the_primary(pair: tuple[Server, S
     token = primary.login()
     assert readonly.proc is not None
     codes = []
-    with frozen(readonly.proc.pid, *process_tree(postmaster_pid(readonly))), primary.client(token) as c:
+    with frozen(*process_tree(readonly.proc.pid), *process_tree(postmaster_pid(readonly))), primary.client(token) as c:
         deadline = time.monotonic() + 6  # three write leases (2 s each) of a hung peer
         i = 0
         while time.monotonic() < deadline:

@@ -3,10 +3,22 @@ breaks it, and what only a peer (or an operator) can mend; plus the pure helpers
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
 from safehold.config import FailoverSection, HaSection, lease_problem
-from safehold.ha.fencing import ConfirmedLeases, confirmation_from, lease_runout
+from safehold.ha.fencing import (
+    ConfirmedLeases,
+    confirmation_from,
+    lease_runout,
+    request_override,
+    take_override,
+)
 from safehold.ha.peers import LocalReport
 from safehold.runtime.writelease import Confirmation, WriteLease, clock
 
@@ -148,3 +160,18 @@ def test_a_read_only_server_knows_how_long_the_leases_it_confirmed_may_last() ->
     assert leases.wait(answered + 2.5) == 0.0
     assert leases.answer(True) is True  # "promoting" confirms nothing: the wait still counts from before
     assert leases.wait(answered + 2.5) == 0.0
+
+
+def test_an_override_is_taken_once_by_each_process(tmp_path: Path) -> None:
+    settings: Any = SimpleNamespace(data_dir=tmp_path)
+    assert take_override(settings) is False  # none asked for
+    request_override(settings)
+    assert take_override(settings) is True
+    assert take_override(settings) is False  # this process used it; another worker still finds it
+    assert (tmp_path / "lease-override").exists()
+    stamp = (tmp_path / "lease-override").stat().st_mtime_ns
+    os.utime(tmp_path / "lease-override", ns=(stamp + 10**9, stamp + 10**9))  # asked for again
+    assert take_override(settings) is True
+    old = time.time() - 600
+    os.utime(tmp_path / "lease-override", (old, old))  # too old: ignored
+    assert take_override(settings) is False

@@ -100,13 +100,15 @@ class After(Enum):
 
 class HaAgent:
     def __init__(self, rt: Runtime, *, backup: Callable[[Runtime], Awaitable[Path]] | None = None,
-                 follow_failover: FailoverFollower | None = None, first_worker: bool = True) -> None:
+                 follow_failover: FailoverFollower | None = None, first_worker: bool = True,
+                 on_primary: Callable[[], None] | None = None) -> None:
         """``backup`` makes the scheduled backup (``backup.every_minutes``) and ``follow_failover`` runs the
         automatic failover watch with the cluster's policy on a read-only server: both are services, handed in
         by the web layer (HA does not import the services).  ``first_worker``: this process runs what a server
-        with several workers runs once (the synchronous-mode guard)."""
+        with several workers runs once (the synchronous-mode guard); ``on_primary``: told when it took over as
+        the primary (its supervisor then starts the other workers)."""
         self.rt = rt
-        self.first_worker = first_worker
+        self.first_worker, self._on_primary = first_worker, on_primary or (lambda: None)
         self._leaving = False  # a worker that stops because its server became read-only
         self._backup = backup
         self._follow_failover = follow_failover
@@ -473,6 +475,7 @@ class HaAgent:
         if d.action is ReadOnlyAction.TAKE_OVER and loaded is not None and row is not None:
             await self.rt.become_primary(loaded, row.generation)  # a promotion by 'safehold ha promote'
             await asyncio.to_thread(clear_promoting, self.rt.settings)  # it reports the new generation now
+            self._on_primary()
             return After.NEW_MODE
         if d.action is not ReadOnlyAction.WAIT:
             self.peers = list(view.peers or ())
@@ -518,6 +521,7 @@ class HaAgent:
                                                    reason=reason, note=note)
             settings = await asyncio.to_thread(steps.write_as_primary, self.rt.settings)
             await self.rt.become_primary(settings, promotion.generation)
+            self._on_primary()
             asyncio.get_running_loop().create_task(self._restart(), name="ha-restart")
             return promotion.generation
 

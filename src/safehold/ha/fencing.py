@@ -185,19 +185,25 @@ def request_override(settings: Settings) -> None:
 
 
 def take_override(settings: Settings) -> bool:
-    """Whether an operator asked for an override (recently); the request is used up."""
+    """Whether an operator asked for an override (recently) that this process has not used yet.  The request
+    stays for its time to live, so each worker of a server with several takes it once."""
     path = settings.data_dir / OVERRIDE_FILE
     try:
         st = path.lstat()
-        path.unlink()
-    except FileNotFoundError:
-        return False
     except OSError:
         return False
     if st.st_uid != os.geteuid() and st.st_uid != 0:
         log.warning("%s is not owned by this server's user: ignored", OVERRIDE_FILE)
         return False
-    return time.time() - st.st_mtime < OVERRIDE_TTL
+    key = str(settings.data_dir)
+    if _overrides_taken.get(key) == st.st_mtime_ns or time.time() - st.st_mtime >= OVERRIDE_TTL:
+        return False
+    _overrides_taken[key] = st.st_mtime_ns
+    return True
+
+
+#: per process: the override request (its file's mtime) this process already used, by data directory
+_overrides_taken: dict[str, int] = {}
 
 
 def fence_database(settings: Settings, on: bool = True) -> bool:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from safehold import __version__, names
 from safehold.audit.chain import GENESIS, AuditEvent
@@ -169,6 +169,13 @@ class Runtime:
     # asks the peers now and renews (or fences); set by the HA agent, used when a write finds the lease
     # expired (after a stall)
     confirm_writer: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
+    # authentication's short-lived cache (services.auth): a token's hash -> (monotonic time of the read, row)
+    principals: dict[bytes, tuple[float, Any]] = field(default_factory=dict, repr=False)
+
+    def forget_principals(self) -> None:
+        """A token was revoked or a user changed: this process reads every token's principal afresh (the
+        other workers and servers within the cache's short life, see services.auth.PRINCIPAL_TTL)."""
+        self.principals.clear()
 
     def __post_init__(self) -> None:
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")

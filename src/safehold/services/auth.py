@@ -8,8 +8,10 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pyotp
 from argon2 import PasswordHasher
@@ -36,6 +38,11 @@ _DUMMY_HASH = HASHER.hash("safehold dummy password for timing")
 SESSION_PREFIX = "shs_"
 API_PREFIX = "sht_"
 TOUCH_EVERY = dt.timedelta(seconds=60)
+#: how long a token's principal (its user, role, expiry) is reused without reading the database again: a
+#: revoked token, a logout, a disabled user or a changed role takes effect within this on every worker and
+#: server (and at once in the process that made the change); well under the one second the vault promises
+PRINCIPAL_TTL = 0.5
+PRINCIPAL_CACHE_MAX = 10_000
 REAUTH_VALID = dt.timedelta(minutes=5)
 MIN_PASSWORD_LEN = 12
 UNKNOWN_USER = "(unknown user)"  # the actor of a failed sign-in whose name is no user's
@@ -264,23 +271,42 @@ async def authenticate(rt: Runtime, token: str, source_ip: str = "") -> Principa
         raise AuthenticationFailed("invalid or expired token")
     if rt.readonly:
         return await _authenticate_readonly(rt, token, source_ip)
-    async with rt.read() as conn:
-        row = await user_store.principal_by_token(conn, hash_token(token))
-        t = now()
-        if row is None or row.disabled or (row.expires_at is not None and row.expires_at <= t):
-            raise AuthenticationFailed("invalid or expired token")
-        max_age = dt.timedelta(hours=rt.settings.security.session_max_hours)
-        if row.kind == "session" and row.created_at + max_age <= t:
-            raise AuthenticationFailed("the session has expired; sign in again")
-        if t - row.last_used_at > TOUCH_EVERY:
-            expires = None
-            if row.kind == "session":
-                expires = min(t + dt.timedelta(minutes=rt.settings.security.session_idle_minutes),
-                              row.created_at + max_age)
+    token_hash = hash_token(token)
+    row = await _principal_row(rt, token_hash)
+    t = now()
+    if row is None or row.disabled or (row.expires_at is not None and row.expires_at <= t):
+        raise AuthenticationFailed("invalid or expired token")
+    max_age = dt.timedelta(hours=rt.settings.security.session_max_hours)
+    if row.kind == "session" and row.created_at + max_age <= t:
+        raise AuthenticationFailed("the session has expired; sign in again")
+    if t - row.last_used_at > TOUCH_EVERY:
+        expires = None
+        if row.kind == "session":
+            expires = min(t + dt.timedelta(minutes=rt.settings.security.session_idle_minutes),
+                          row.created_at + max_age)
+        rt.principals.pop(token_hash, None)  # its last use and expiry change
+        async with rt.read() as conn:
             await user_store.touch_token(conn, row.token_id, t, expires)
             await conn.commit()
     return Principal(row.user_id, row.username, UserRole(row.role), row.token_id, row.kind, source_ip,
                      row.csrf_token)
+
+
+async def _principal_row(rt: Runtime, token_hash: bytes) -> Any:
+    """A token's principal row, read from the database at most once per :data:`PRINCIPAL_TTL` per process.  The
+    age counts from before the read, so a change committed before it is seen, and one committed later within
+    the TTL after it."""
+    hit = rt.principals.get(token_hash)
+    started = time.monotonic()
+    if hit is not None and started - hit[0] < PRINCIPAL_TTL:
+        return hit[1]
+    async with rt.read() as conn:
+        row = await user_store.principal_by_token(conn, token_hash)
+    if row is not None:
+        if len(rt.principals) >= PRINCIPAL_CACHE_MAX:
+            rt.principals.clear()
+        rt.principals[token_hash] = (started, row)
+    return row
 
 
 async def _authenticate_readonly(rt: Runtime, token: str, source_ip: str) -> Principal:
@@ -316,6 +342,7 @@ async def logout(rt: Runtime, p: Principal) -> None:
         await user_store.delete_token(conn, p.token_id)
         await rt.append_audit(conn, _event(p.username, AuditAction.LOGOUT, AuditResult.SUCCESS,
                                            p.source_ip, p.user_id))
+    rt.forget_principals()
 
 
 async def reauthenticate(rt: Runtime, p: Principal, password: str, totp: str | None) -> None:
@@ -411,3 +438,4 @@ async def revoke_api_token(rt: Runtime, p: Principal, token_id: str) -> None:
         await rt.append_audit(conn, AuditEvent(actor=p.username, action=AuditAction.TOKEN_REVOKED,
                                                result=AuditResult.SUCCESS, source_ip=p.source_ip,
                                                target_type="token", target_id=token_id))
+    rt.forget_principals()

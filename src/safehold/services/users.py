@@ -117,7 +117,9 @@ async def update_user(
             await user_store.delete_user_sessions(conn, user_id)
         changed = {k: v for k, v in values.items() if k in ("role", "disabled")}
         await rt.append_audit(conn, _audit(actor, AuditAction.USER_UPDATED, user_id, user.username, **changed))
-        return UserView.of(present(await user_store.by_id(conn, user_id)))
+        view = UserView.of(present(await user_store.by_id(conn, user_id)))
+    rt.forget_principals()  # a role or a disabled user counts at once here, within a moment everywhere
+    return view
 
 
 async def delete_user(rt: Runtime, actor: Actor, user_id: str, *, if_match: IfMatch | None = None) -> None:
@@ -131,6 +133,7 @@ async def delete_user(rt: Runtime, actor: Actor, user_id: str, *, if_match: IfMa
             raise Conflict("this is the last active administrator; it cannot be deleted")
         await user_store.delete_user(conn, user_id)
         await rt.append_audit(conn, _audit(actor, AuditAction.USER_DELETED, user_id, user.username))
+    rt.forget_principals()
 
 
 async def set_password(rt: Runtime, actor: Actor, user_id: str, password: str, *, own: bool = False) -> None:
@@ -146,6 +149,7 @@ async def set_password(rt: Runtime, actor: Actor, user_id: str, password: str, *
         await user_store.delete_user_sessions(conn, user_id)
         action = AuditAction.OWN_PASSWORD_CHANGED if own else AuditAction.USER_UPDATED
         await rt.append_audit(conn, _audit(actor, action, user_id, user.username, password_reset=True))
+    rt.forget_principals()  # its sessions are gone
 
 
 async def unlock(rt: Runtime, actor: Actor, user_id: str) -> None:

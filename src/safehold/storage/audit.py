@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, insert, literal, select, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -28,6 +28,14 @@ PUBLIC_COLUMNS = [
 ]
 
 
+# the statements of every append, built once (building them per call costs more than running them)
+_HEAD_LOCKED = (select(audit_heads.c.seq, audit_heads.c.mac).where(audit_heads.c.server_id == bindparam("server_id"))
+                .with_for_update())
+_ADD_RECORDS = insert(audit_log)
+_MOVE_HEAD = (update(audit_heads).where(audit_heads.c.server_id == bindparam("head_of"))
+              .values(seq=bindparam("new_seq"), mac=bindparam("new_mac")))
+
+
 async def append(
     conn: AsyncConnection, key: bytes, server_id: str, server_role: str, events: Sequence[AuditEvent]
 ) -> list[ChainedRecord]:
@@ -38,20 +46,15 @@ async def append(
     """
     if not events:
         return []
-    locked = select(audit_heads.c.seq, audit_heads.c.mac).where(audit_heads.c.server_id == server_id).with_for_update()
-    head = (await conn.execute(locked)).first()
+    head = (await conn.execute(_HEAD_LOCKED, {"server_id": server_id})).first()
     if head is None:  # this server's first record: create its head, then lock it
         await conn.execute(
             pg_insert(audit_heads).values(server_id=server_id, seq=0, mac=GENESIS).on_conflict_do_nothing()
         )
-        head = (await conn.execute(locked)).one()
+        head = (await conn.execute(_HEAD_LOCKED, {"server_id": server_id})).one()
     records = extend(key, server_id, server_role, head.seq, bytes(head.mac), events)
-    await conn.execute(insert(audit_log), [r.row() for r in records])
-    await conn.execute(
-        update(audit_heads)
-        .where(audit_heads.c.server_id == server_id)
-        .values(seq=records[-1].seq, mac=records[-1].mac)
-    )
+    await conn.execute(_ADD_RECORDS, [r.row() for r in records])
+    await conn.execute(_MOVE_HEAD, {"head_of": server_id, "new_seq": records[-1].seq, "new_mac": records[-1].mac})
     return records
 
 

@@ -163,20 +163,28 @@ async def update_account(conn: AsyncConnection, account_id: str, **values: Any) 
     return (await conn.execute(q.returning(*CHANGED_COLUMNS))).one()
 
 
+def _set_password(**values: Any) -> Any:
+    after_previous = accounts.c.password_changed_at + literal_column("interval '1 microsecond'")
+    set_at = func.greatest(changed_at(), after_previous)
+    return (
+        update(accounts).where(accounts.c.id == bindparam("account_id"))
+        .values(password_enc=bindparam("new_enc"), password_changed_at=set_at, updated_at=set_at, **values)
+        .returning(*CHANGED_COLUMNS)
+    )
+
+
+_SET_PASSWORD = _set_password()  # the usual change (the password alone), built once
+_ADD_HISTORY = insert(password_history)
+
+
 async def change_password(conn: AsyncConnection, account_id: str, password_enc: bytes,
                           **values: Any) -> AnyRow:
     """Set a new password (the caller holds the row lock) and return the :data:`CHANGED_COLUMNS`; its set
     time (``password_changed_at``) is also the retirement time of the one it replaces: the clock now, yet
     never before the previous set time (it is strictly later, so an account's history has one order even if
     the clock steps back)."""
-    after_previous = accounts.c.password_changed_at + literal_column("interval '1 microsecond'")
-    set_at = func.greatest(changed_at(), after_previous)
-    q = (
-        update(accounts).where(accounts.c.id == account_id)
-        .values(password_enc=password_enc, password_changed_at=set_at, updated_at=set_at, **values)
-        .returning(*CHANGED_COLUMNS)
-    )
-    return (await conn.execute(q)).one()
+    q = _set_password(**values) if values else _SET_PASSWORD
+    return (await conn.execute(q, {"account_id": account_id, "new_enc": password_enc})).one()
 
 
 async def delete_account(conn: AsyncConnection, account_id: str) -> None:
@@ -189,7 +197,7 @@ async def account_by_username(conn: AsyncConnection, resource_id: str, username:
 
 
 async def add_history(conn: AsyncConnection, **values: Any) -> None:
-    await conn.execute(insert(password_history).values(**values))
+    await conn.execute(_ADD_HISTORY, values)
 
 
 async def history(conn: AsyncConnection, account_id: str) -> list[AnyRow]:

@@ -31,6 +31,7 @@ from safehold.services.cluster_settings import follow_failover, start_alerts
 from safehold.web import errors, ui
 from safehold.web.api import alerts, audit, auth, ha, ha_checks, ha_peer, system, users, vault
 from safehold.web.limits import BodyLimit
+from safehold.web.supervisor import tell_supervisor
 from safehold.web.ui.core import LoginRequired, login_redirect
 
 log = logging.getLogger(__name__)
@@ -144,10 +145,10 @@ async def _housekeeping(rt: Runtime, every: float = 600) -> None:
 
 
 def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: Runtime | None = None,
-               worker: int = 0) -> FastAPI:
+               worker: int = 0, supervised: bool = False) -> FastAPI:
     """Build the app.  The runtime (database, keys) is opened in the app's own event loop at start-up;
     the master key is needed only then.  ``worker``: this process's index among the server's workers
-    (what happens once per server happens in worker 0)."""
+    (what happens once per server happens in worker 0); ``supervised``: it runs under a supervisor."""
     first = worker == 0
 
     @asynccontextmanager
@@ -164,7 +165,8 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         master = None  # the key is not kept once the data keys are unwrapped
         rt.start_background()
         app.state.runtime = rt
-        agent = HaAgent(rt, backup=scheduled_backup, follow_failover=follow_failover, first_worker=first)
+        agent = HaAgent(rt, backup=scheduled_backup, follow_failover=follow_failover, first_worker=first,
+                        on_primary=tell_supervisor if supervised and first else None)
         app.state.agent = agent
         # the cluster's alert channels (from the database; safehold.toml's [alerts] imported once), followed
         alerting = await start_alerts(rt)

@@ -38,7 +38,7 @@ async def serve(settings: Settings, master: MasterKey, sock: socket.socket | Non
         settings = settings.model_copy(update={"database": settings.database.model_copy(
             update={"pool_size": worker_pool_size(settings)})})
     rt = await open_runtime(settings, master, fencing=STARTUP)
-    app = create_app(settings, runtime=rt, worker=worker)
+    app = create_app(settings, runtime=rt, worker=worker, supervised=sock is not None)
     config = uvicorn.Config(
         app, host=settings.http.listen, port=settings.http.port, log_level="warning", access_log=False,
         ssl_certfile=str(settings.path(settings.http.tls_cert)), ssl_keyfile=str(settings.path(settings.http.tls_key)),

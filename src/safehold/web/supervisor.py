@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from safehold.config import CONFIG_NAME, Settings, load_settings
+from safehold.config import Settings, load_settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, SafeholdError
@@ -72,6 +72,11 @@ def metrics_dir(settings: Settings) -> Path:
     return settings.data_dir / METRICS_DIR
 
 
+def tell_supervisor() -> None:
+    """In worker 0: this server's role changed (it was promoted); the supervisor starts the other workers."""
+    os.kill(os.getppid(), signal.SIGUSR1)
+
+
 def share_metrics(directory: Path) -> None:
     """In a worker: keep this process's Prometheus values in ``directory`` (summed by /metrics)."""
     from prometheus_client import values
@@ -93,6 +98,7 @@ class Supervisor:
         self.stopping = False
         self.crashes: list[float] = []
         self.failed: str | None = None
+        self.follow = False  # worker 0 said the server's role changed
 
     def run(self) -> None:
         sock = listening_socket(self.settings)
@@ -100,6 +106,7 @@ class Supervisor:
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True, mode=0o700)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_role_change)
         try:
             for index in range(self.count):
                 self._spawn(index, sock)
@@ -121,7 +128,7 @@ class Supervisor:
         if pid == 0:  # the worker: never return into the supervisor's code (it would stop the database)
             code = 0
             try:
-                for sig in (signal.SIGTERM, signal.SIGINT):
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                     signal.signal(sig, signal.SIG_DFL)
                 _die_with_parent(os.getppid())
                 share_metrics(metrics_dir(self.settings))
@@ -138,11 +145,14 @@ class Supervisor:
         self.children[pid] = index
 
     def _watch(self, sock: socket.socket) -> None:
-        """Reap workers that ended and replace them; follow the role in the settings file (a promoted read-only
-        server gets its other workers, a server that became read-only keeps one)."""
-        seen = self._settings_mtime()
+        """Reap workers that ended and replace them; follow the role in the settings file when worker 0 says it
+        changed (SIGUSR1: a promoted read-only server gets its other workers once it has taken over; a server
+        that became read-only keeps one, the others leave by themselves)."""
         while self.children:
             time.sleep(0.2)
+            if self.follow and not self.stopping:
+                self.follow = False
+                self._follow_settings(sock)
             for pid, status in self._reaped():
                 index = self.children.pop(pid)
                 self._forget(pid)
@@ -154,9 +164,6 @@ class Supervisor:
                         self._spawn(index, sock)
                     continue
                 self._crashed(index, pid, _exit_words(status), sock)
-            if not self.stopping and (mtime := self._settings_mtime()) != seen:
-                seen = mtime
-                self._follow_settings(sock)
 
     def _reaped(self) -> list[tuple[int, int]]:
         done = []
@@ -181,12 +188,6 @@ class Supervisor:
             return
         log.warning("worker %d (pid %d) %s: starting a new one", index, pid, how)
         self._spawn(index, sock)
-
-    def _settings_mtime(self) -> int:
-        try:
-            return (self.settings.data_dir / CONFIG_NAME).stat().st_mtime_ns
-        except OSError:
-            return 0
 
     def _follow_settings(self, sock: socket.socket) -> None:
         """Run as many workers as the role in the settings file wants: start the missing ones; the surplus
@@ -213,6 +214,9 @@ class Supervisor:
             multiprocess.mark_process_dead(pid, str(metrics_dir(self.settings)))
         except OSError:
             pass
+
+    def _on_role_change(self, _signum: int, _frame: FrameType | None) -> None:
+        self.follow = True
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if not self.stopping:

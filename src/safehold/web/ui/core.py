@@ -9,6 +9,8 @@ policy allows no inline script or style.
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +24,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from safehold import __version__
+from safehold.crypto.envelope import Keyring
 from safehold.domain import UserRole
 from safehold.errors import (
     AuthenticationFailed,
@@ -203,34 +206,34 @@ def render(request: Request, template: str, p: Principal | None = None, *, statu
 
 
 class PendingLogins:
-    """Between the password step and the TOTP step of a sign-in: the checked credentials, in this
-    process's memory only, for two minutes, under a random ticket (never in the page or a URL)."""
+    """Between the password step and the TOTP step of a sign-in: the checked credentials, sealed (AES-256-GCM
+    under a key derived from the cluster's keys) into the ticket itself for two minutes, so whichever worker
+    or server takes the second step can open it.  The ticket travels only in an httponly, secure, strict
+    cookie scoped to the sign-in page (never in the page or a URL); the TOTP code's one-time use is what stops
+    a replayed ticket."""
 
     TTL = 120.0
+    AAD = b"safehold pending sign-in v1"
 
-    def __init__(self) -> None:
-        self._items: dict[str, tuple[float, str, str]] = {}
+    def __init__(self, key: bytes) -> None:
+        self._ring = Keyring({1: key}, 1)
 
     def put(self, username: str, password: str) -> str:
-        self._purge()
-        ticket = secrets.token_urlsafe(24)
-        self._items[ticket] = (time.monotonic() + self.TTL, username, password)
-        return ticket
+        body = json.dumps({"u": username, "p": password, "e": time.time() + self.TTL}).encode()
+        return base64.urlsafe_b64encode(self._ring.seal(body, self.AAD)).decode().rstrip("=")
 
     def take(self, ticket: str) -> tuple[str, str] | None:
-        self._purge()
-        item = self._items.pop(ticket, None)
-        return (item[1], item[2]) if item else None
+        try:
+            padded = ticket + "=" * (-len(ticket) % 4)
+            d = json.loads(self._ring.open(base64.urlsafe_b64decode(padded), self.AAD))
+            username, password, expires = str(d["u"]), str(d["p"]), float(d["e"])
+        except (SafeholdError, ValueError, KeyError, TypeError):  # damaged, forged or from another cluster
+            return None
+        return (username, password) if time.time() < expires else None
 
     def peek(self, ticket: str) -> str | None:
-        self._purge()
-        item = self._items.get(ticket)
-        return item[1] if item else None
-
-    def _purge(self) -> None:
-        now = time.monotonic()
-        for k in [k for k, v in self._items.items() if v[0] < now]:
-            del self._items[k]
+        taken = self.take(ticket)
+        return taken[0] if taken else None
 
 
 async def error_page(request: Request, status: int, exc: SafeholdError) -> Response:

@@ -30,10 +30,7 @@ REFUSED = ("This sign-in form has expired or was not sent from this server's sig
 
 
 def _pending(request: Request) -> PendingLogins:
-    store: PendingLogins | None = getattr(request.app.state, "pending_logins", None)
-    if store is None:
-        store = request.app.state.pending_logins = PendingLogins()
-    return store
+    return PendingLogins(auth.derived_key(runtime(request), "pending sign-in"))
 
 
 def _page(request: Request, form: Form, next_path: str, step: str, status: int = 200) -> Response:
@@ -129,7 +126,8 @@ async def login_totp(request: Request) -> Response:
         return _page(request, Form(values={"username": username},
                                    errors={"totp": "enter the 6-digit code from your app"}), next_path, "totp", 422)
     taken = store.take(ticket)
-    assert taken is not None
+    if taken is None:  # it ran out just now
+        return _page(request, Form(message="the sign-in took too long; start again"), next_path, "password", 401)
     try:
         result = await auth.login(runtime(request), taken[0], taken[1], code, client_ip(request))
     except (AuthenticationFailed, AccountLocked) as exc:
