@@ -1,8 +1,11 @@
 """Several worker processes on one HTTPS port (``http.workers``): every core serves.
 
 The supervisor is the ``safehold serve`` process.  It has read the key file, started the bundled database
-and run the migrations (``cli.main.serve``); here it binds the listening socket once and forks the workers,
-which inherit the socket and the key in memory (the file is read once).  Each worker is a whole server of
+and run the migrations (``cli.main.serve``); here it binds one listening socket per worker on the same port
+(``SO_REUSEPORT``: the kernel spreads new connections over them, where one shared socket lets the first worker
+to wake take them all) and forks the workers, which inherit their socket and the key in memory (the file is
+read once).  The supervisor keeps the sockets: connections that arrive while a worker is being replaced wait
+in its socket's backlog for the new one.  Each worker is a whole server of
 the same identity — its own event loop, connection pool, HA agent, write lease and fencing — so every
 worker checks the lease before each COMMIT itself; what must happen once per server runs in worker 0 only
 (the start and stop audit records, housekeeping, the synchronous-mode guard), and the schedules (the HA
@@ -53,10 +56,12 @@ def worker_count(settings: Settings) -> int:
 
 
 def listening_socket(settings: Settings) -> socket.socket:
+    """One worker's listening socket on the server's port (``SO_REUSEPORT``: the workers' sockets share it)."""
     host, port = settings.http.listen, settings.http.port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError:
@@ -99,9 +104,9 @@ class Supervisor:
         self.crashes: list[float] = []
         self.failed: str | None = None
         self.follow = False  # worker 0 said the server's role changed
+        self.sockets: dict[int, socket.socket] = {}  # worker index -> its listening socket (kept here)
 
     def run(self) -> None:
-        sock = listening_socket(self.settings)
         directory = metrics_dir(self.settings)
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True, mode=0o700)
@@ -109,21 +114,32 @@ class Supervisor:
         previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_role_change)
         try:
             for index in range(self.count):
-                self._spawn(index, sock)
+                self._spawn(index)
             log.info("serving with %d worker processes", self.count)
-            self._watch(sock)
+            self._watch()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._stop_all()
-            sock.close()
+            for index in list(self.sockets):
+                self._close_socket(index)
             shutil.rmtree(directory, ignore_errors=True)
         if self.failed:
             raise SafeholdError(self.failed, hint="see the server log for why the workers stopped")
 
+    def _close_socket(self, index: int) -> None:
+        """A worker slot no longer used: its socket leaves the port (else the kernel would keep sending it
+        connections that nobody accepts)."""
+        sock = self.sockets.pop(index, None)
+        if sock is not None:
+            sock.close()
+
     # --- children -------------------------------------------------------------------------------
 
-    def _spawn(self, index: int, sock: socket.socket) -> None:
+    def _spawn(self, index: int) -> None:
+        if index not in self.sockets:
+            self.sockets[index] = listening_socket(self.settings)
+        sock = self.sockets[index]
         pid = os.fork()
         if pid == 0:  # the worker: never return into the supervisor's code (it would stop the database)
             code = 0
@@ -131,6 +147,9 @@ class Supervisor:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                     signal.signal(sig, signal.SIG_DFL)
                 _die_with_parent(os.getppid())
+                for other, theirs in self.sockets.items():  # only its own: a closed slot must leave the port
+                    if other != index:
+                        theirs.close()
                 share_metrics(metrics_dir(self.settings))
                 self.worker(self.settings, self.master, sock, index)
             except SafeholdError as exc:
@@ -144,7 +163,7 @@ class Supervisor:
                 os._exit(code)
         self.children[pid] = index
 
-    def _watch(self, sock: socket.socket) -> None:
+    def _watch(self) -> None:
         """Reap workers that ended and replace them; follow the role in the settings file when worker 0 says it
         changed (SIGUSR1: a promoted read-only server gets its other workers once it has taken over; a server
         that became read-only keeps one, the others leave by themselves)."""
@@ -152,18 +171,20 @@ class Supervisor:
             time.sleep(0.2)
             if self.follow and not self.stopping:
                 self.follow = False
-                self._follow_settings(sock)
+                self._follow_settings()
             for pid, status in self._reaped():
                 index = self.children.pop(pid)
                 self._forget(pid)
                 if self.stopping:
                     continue
                 if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-                    self._follow_settings(sock)  # it left on purpose (this server became read-only)
+                    self._follow_settings()  # it left on purpose (this server became read-only)
                     if index < self.count:
-                        self._spawn(index, sock)
+                        self._spawn(index)
+                    else:
+                        self._close_socket(index)
                     continue
-                self._crashed(index, pid, _exit_words(status), sock)
+                self._crashed(index, pid, _exit_words(status))
 
     def _reaped(self) -> list[tuple[int, int]]:
         done = []
@@ -176,7 +197,7 @@ class Supervisor:
                 done.append((pid, status))
         return done
 
-    def _crashed(self, index: int, pid: int, how: str, sock: socket.socket) -> None:
+    def _crashed(self, index: int, pid: int, how: str) -> None:
         now = time.monotonic()
         self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW] + [now]
         if len(self.crashes) >= CRASH_LIMIT:
@@ -187,9 +208,9 @@ class Supervisor:
             self._signal_all(signal.SIGTERM)
             return
         log.warning("worker %d (pid %d) %s: starting a new one", index, pid, how)
-        self._spawn(index, sock)
+        self._spawn(index)
 
-    def _follow_settings(self, sock: socket.socket) -> None:
+    def _follow_settings(self) -> None:
         """Run as many workers as the role in the settings file wants: start the missing ones; the surplus
         ones (a server that became read-only) leave by themselves."""
         try:
@@ -204,7 +225,7 @@ class Supervisor:
         running = set(self.children.values())
         for index in range(wanted):
             if index not in running:
-                self._spawn(index, sock)
+                self._spawn(index)
 
     def _forget(self, pid: int) -> None:
         """A dead worker's live gauges no longer count."""
