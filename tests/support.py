@@ -243,10 +243,11 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
     """Every path under ``root`` (itself included) with its mode, and for files their size and mtime:
     equal snapshots mean nothing in the tree was created, removed or changed.  A directory's own size
     and mtime are left out: a scratch directory made and removed inside it changes them; so are the live
-    metrics files of a server running with several workers (``run/metrics``)."""
+    metrics files of a server running with several workers (``run/metrics``) and its count of revocations
+    (``run/principals``)."""
     snapshot: dict[str, tuple[int, int, int]] = {}
     for path in [root, *sorted(root.rglob("*"))]:
-        if path.relative_to(root).parts[:2] == ("run", "metrics"):
+        if path.relative_to(root).parts[:2] in (("run", "metrics"), ("run", "principals")):
             continue
         st = path.lstat()
         is_dir = path.is_dir() and not path.is_symlink()

@@ -52,9 +52,15 @@ class HttpSection(_Section):
     tls_key: Path = Path("tls/server.key")
     tls_ca: Path = Path("tls/ca.crt")
     public_url: str | None = None
-    workers: int = Field(default=1, ge=1, le=64)
+    # worker processes sharing the port (see web.supervisor); unset: one per CPU (``processes``)
+    workers: int | None = Field(default=None, ge=1, le=64)
     # the largest request body accepted (the CSV import has its own, larger limit); refused before reading
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
+
+    @property
+    def processes(self) -> int:
+        """How many worker processes ``workers`` asks for: as set, else one per CPU (at most 64)."""
+        return self.workers if self.workers is not None else max(1, min(64, os.cpu_count() or 1))
 
 
 class DatabaseSection(_Section):

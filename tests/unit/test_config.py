@@ -290,3 +290,11 @@ def test_write_then_load_round_trips(tmp_path: Path) -> None:
     assert "data_dir" not in tomllib.loads(path.read_text())  # the top-level one is implied
     again = load_settings(tmp_path, env={})
     assert again == s
+
+
+def test_workers_default_to_one_per_cpu() -> None:
+    from safehold.config import HttpSection
+
+    assert HttpSection().workers is None  # not written to safehold.toml: follows the machine
+    assert HttpSection().processes == max(1, min(64, os.cpu_count() or 1))
+    assert HttpSection(workers=3).processes == 3

@@ -28,6 +28,7 @@ from safehold.domain import AuditResult, ServerMode, ServerRole
 from safehold.errors import AuditUnavailable, DatabaseError, InvalidInput, KeyFileError, Unavailable
 from safehold.metrics import Metrics
 from safehold.runtime.local_state import LocalState
+from safehold.runtime.shared import SharedCounter
 from safehold.runtime.writelease import Confirmation, WriteLease, clock
 from safehold.storage import audit as audit_store
 from safehold.storage import cluster as cluster_store
@@ -169,15 +170,22 @@ class Runtime:
     # asks the peers now and renews (or fences); set by the HA agent, used when a write finds the lease
     # expired (after a stall)
     confirm_writer: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
-    # authentication's short-lived cache (services.auth): a token's hash -> (monotonic time of the read, row)
-    principals: dict[bytes, tuple[float, Any]] = field(default_factory=dict, repr=False)
+    # authentication's short-lived cache (services.auth): a token's hash -> (monotonic time of the read,
+    # principals_seen() before the read, row)
+    principals: dict[bytes, tuple[float, int, Any]] = field(default_factory=dict, repr=False)
+
+    def principals_seen(self) -> int:
+        """How many times any process of this server forgot the principals (a value to compare, no more)."""
+        return self._principal_changes.value()
 
     def forget_principals(self) -> None:
-        """A token was revoked or a user changed: this process reads every token's principal afresh (the
-        other workers and servers within the cache's short life, see services.auth.PRINCIPAL_TTL)."""
+        """A token was revoked or a user changed: every process of this server reads every token's principal
+        afresh (other servers within the cache's short life, see services.auth.PRINCIPAL_TTL)."""
         self.principals.clear()
+        self._principal_changes.bump()
 
     def __post_init__(self) -> None:
+        self._principal_changes = SharedCounter(self.settings.data_dir / "run" / "principals")
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._confirming = asyncio.Lock()
         self._hosts = len(app_target(self.settings).hosts()) if self.settings.database.mode == "external" else 1

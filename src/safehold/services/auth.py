@@ -39,8 +39,8 @@ SESSION_PREFIX = "shs_"
 API_PREFIX = "sht_"
 TOUCH_EVERY = dt.timedelta(seconds=60)
 #: how long a token's principal (its user, role, expiry) is reused without reading the database again: a
-#: revoked token, a logout, a disabled user or a changed role takes effect within this on every worker and
-#: server (and at once in the process that made the change); well under the one second the vault promises
+#: revoked token, a logout, a disabled user or a changed role takes effect at once on the server that made the
+#: change (all its workers) and within this on every other server; well under the one second promised
 PRINCIPAL_TTL = 0.5
 PRINCIPAL_CACHE_MAX = 10_000
 REAUTH_VALID = dt.timedelta(minutes=5)
@@ -293,19 +293,20 @@ async def authenticate(rt: Runtime, token: str, source_ip: str = "") -> Principa
 
 
 async def _principal_row(rt: Runtime, token_hash: bytes) -> Any:
-    """A token's principal row, read from the database at most once per :data:`PRINCIPAL_TTL` per process.  The
-    age counts from before the read, so a change committed before it is seen, and one committed later within
-    the TTL after it."""
+    """A token's principal row, read from the database at most once per :data:`PRINCIPAL_TTL` per process, and
+    afresh once any process of this server forgot the principals (a revocation there).  The age and that count
+    are taken before the read, so a change committed before it is seen, and one committed later within the
+    TTL after it (at once when it was made on this server)."""
     hit = rt.principals.get(token_hash)
-    started = time.monotonic()
-    if hit is not None and started - hit[0] < PRINCIPAL_TTL:
-        return hit[1]
+    started, seen = time.monotonic(), rt.principals_seen()
+    if hit is not None and started - hit[0] < PRINCIPAL_TTL and hit[1] == seen:
+        return hit[2]
     async with rt.read() as conn:
         row = await user_store.principal_by_token(conn, token_hash)
     if row is not None:
         if len(rt.principals) >= PRINCIPAL_CACHE_MAX:
             rt.principals.clear()
-        rt.principals[token_hash] = (started, row)
+        rt.principals[token_hash] = (started, seen, row)
     return row
 
 

@@ -52,7 +52,7 @@ async def serve(settings: Settings, master: MasterKey, sock: socket.socket | Non
 
 def worker_pool_size(settings: Settings) -> int:
     """Each worker's share of ``database.pool_size`` (the database's connections are shared by the workers)."""
-    return max(4, -(-settings.database.pool_size // max(1, settings.http.workers)))
+    return max(4, -(-settings.database.pool_size // settings.http.processes))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -83,7 +83,7 @@ def run_server(settings: Settings, master: MasterKey) -> None:
     """This server in one process, or in ``http.workers`` processes under a supervisor."""
     from safehold.web.supervisor import Supervisor, worker_count
 
-    if settings.http.workers == 1:
+    if settings.http.processes == 1:
         run(settings, master)
     else:  # a read-only server runs one worker under the supervisor, and gets the others once promoted
         Supervisor(settings, master, run, worker_count(settings)).run()

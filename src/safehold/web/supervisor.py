@@ -52,7 +52,7 @@ def worker_count(settings: Settings) -> int:
     """How many workers this server runs: ``http.workers``, one on a read-only server."""
     if settings.server.role == ServerRole.READONLY:
         return 1
-    return settings.http.workers
+    return settings.http.processes
 
 
 def listening_socket(settings: Settings) -> socket.socket:
