@@ -105,6 +105,7 @@ class Supervisor:
         self.failed: str | None = None
         self.follow = False  # worker 0 said the server's role changed
         self.sockets: dict[int, socket.socket] = {}  # worker index -> its listening socket (kept here)
+        self.pid = os.getpid()
 
     def run(self) -> None:
         directory = metrics_dir(self.settings)
@@ -240,6 +241,8 @@ class Supervisor:
         self.follow = True
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if os.getpid() != self.pid:  # a worker just forked, before it set its own handlers: not ours to act on
+            os._exit(0)
         if not self.stopping:
             log.info("stopping the workers (signal %d)", signum)
         self.stopping = True
