@@ -25,8 +25,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import os
-import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
 from pathlib import Path
@@ -101,14 +99,14 @@ class After(Enum):
 class HaAgent:
     def __init__(self, rt: Runtime, *, backup: Callable[[Runtime], Awaitable[Path]] | None = None,
                  follow_failover: FailoverFollower | None = None, first_worker: bool = True,
-                 on_primary: Callable[[], None] | None = None) -> None:
+                 on_role_change: Callable[[], None] | None = None) -> None:
         """``backup`` makes the scheduled backup (``backup.every_minutes``) and ``follow_failover`` runs the
         automatic failover watch with the cluster's policy on a read-only server: both are services, handed in
         by the web layer (HA does not import the services).  ``first_worker``: this process runs what a server
-        with several workers runs once (the synchronous-mode guard); ``on_primary``: told when it took over as
-        the primary (its supervisor then starts the other workers)."""
+        with several workers runs once (the synchronous-mode guard); ``on_role_change``: told when the server's
+        role changed under a supervisor (it starts or stops the other workers)."""
         self.rt = rt
-        self.first_worker, self._on_primary = first_worker, on_primary or (lambda: None)
+        self.first_worker, self._on_role_change = first_worker, on_role_change or (lambda: None)
         self._leaving = False  # a worker that stops because its server became read-only
         self._backup = backup
         self._follow_failover = follow_failover
@@ -392,10 +390,11 @@ class HaAgent:
         if not self.first_worker:
             if not self._leaving:
                 log.warning("this server is now a read-only server, which runs one worker: this worker stops")
-                self._leaving = True  # its loops idle until the shutdown stops them
-                os.kill(os.getpid(), signal.SIGTERM)
+                self._leaving = True  # its loops idle until the supervisor stops it (its socket closed first)
+                self._on_role_change()
             return
         await self.rt.become_readonly(settings)
+        self._on_role_change()  # the supervisor stops the other workers
         await asyncio.to_thread(clear_fence, settings)
 
     def publish(self, kind: EventKind, subject: str, message: str, args: tuple[str, ...]) -> None:
@@ -475,7 +474,7 @@ class HaAgent:
         if d.action is ReadOnlyAction.TAKE_OVER and loaded is not None and row is not None:
             await self.rt.become_primary(loaded, row.generation)  # a promotion by 'safehold ha promote'
             await asyncio.to_thread(clear_promoting, self.rt.settings)  # it reports the new generation now
-            self._on_primary()
+            self._on_role_change()
             return After.NEW_MODE
         if d.action is not ReadOnlyAction.WAIT:
             self.peers = list(view.peers or ())
@@ -521,7 +520,7 @@ class HaAgent:
                                                    reason=reason, note=note)
             settings = await asyncio.to_thread(steps.write_as_primary, self.rt.settings)
             await self.rt.become_primary(settings, promotion.generation)
-            self._on_primary()
+            self._on_role_change()
             asyncio.get_running_loop().create_task(self._restart(), name="ha-restart")
             return promotion.generation
 

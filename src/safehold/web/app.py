@@ -166,7 +166,7 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         rt.start_background()
         app.state.runtime = rt
         agent = HaAgent(rt, backup=scheduled_backup, follow_failover=follow_failover, first_worker=first,
-                        on_primary=tell_supervisor if supervised and first else None)
+                        on_role_change=tell_supervisor if supervised else None)
         app.state.agent = agent
         # the cluster's alert channels (from the database; safehold.toml's [alerts] imported once), followed
         alerting = await start_alerts(rt)

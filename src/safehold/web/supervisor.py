@@ -21,6 +21,7 @@ A read-only server runs one worker: its sessions live in its memory and its audi
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -78,7 +79,8 @@ def metrics_dir(settings: Settings) -> Path:
 
 
 def tell_supervisor() -> None:
-    """In worker 0: this server's role changed (it was promoted); the supervisor starts the other workers."""
+    """In a worker: this server's role changed (promoted, or now read-only); the supervisor re-reads the
+    settings and starts or stops the other workers."""
     os.kill(os.getppid(), signal.SIGUSR1)
 
 
@@ -212,8 +214,8 @@ class Supervisor:
         self._spawn(index)
 
     def _follow_settings(self) -> None:
-        """Run as many workers as the role in the settings file wants: start the missing ones; the surplus
-        ones (a server that became read-only) leave by themselves."""
+        """Run as many workers as the role in the settings file wants: start the missing ones, stop the surplus
+        ones (a server that became read-only) after closing their sockets."""
         try:
             self.settings = load_settings(self.settings.data_dir)
         except SafeholdError as exc:
@@ -223,6 +225,11 @@ class Supervisor:
         if wanted != self.count:
             log.warning("this server is now a %s server: %d worker process(es)", self.settings.server.role, wanted)
         self.count = wanted
+        for pid, index in list(self.children.items()):
+            if index >= wanted:  # its socket leaves the port first, so no new connection waits for it in vain
+                self._close_socket(index)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
         running = set(self.children.values())
         for index in range(wanted):
             if index not in running:
