@@ -670,21 +670,15 @@ def report(args: argparse.Namespace, results: list[ClientResult], usage: Usage |
 # --- main --------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def load_parser(description: str) -> argparse.ArgumentParser:
+    """The options every load benchmark shares (clients, timing, accounts, the server's environment)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     ap.add_argument("--duration", type=float, default=20.0, help="measured seconds (default 20)")
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before (default 3)")
     ap.add_argument("--accounts", type=int, default=100, help="accounts to seed (default 100)")
     ap.add_argument("--max-requests", type=int, default=2_000_000,
                     help="stop after this many requests in all (default 2,000,000)")
-    ap.add_argument("--engine", choices=("asyncio", "threads"), default="asyncio",
-                    help="client engine (default asyncio: least client CPU per request)")
-    ap.add_argument("--endpoint", choices=tuple(ENDPOINTS), default="password",
-                    help="what the clients request: 'password' (the audited retrieval, default); for comparison "
-                         "'account' (the same account's metadata: authenticated, not audited) or 'health' "
-                         "(no authentication, one trivial database query)")
     ap.add_argument("--keep-dir", action="store_true", help="keep the temporary directory (logs, data)")
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter that has safehold installed (default: this one)")
@@ -692,8 +686,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="extra environment for the server, e.g. SAFEHOLD_DATABASE__POOL_SIZE=20 (repeatable)")
     ap.add_argument("--workers", type=int, default=None,
                     help="the server's http.workers (default: its own setting)")
-    ap.add_argument("--compare-workers", action="store_true",
-                    help="two runs, one after the other: http.workers = 1, then --workers (default: the CPU count)")
+    return ap
+
+
+def parse_load_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.workers is not None and not 1 <= args.workers <= 64:
         ap.error("--workers must be 1..64")
@@ -709,6 +705,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if "=" not in item:
             ap.error(f"--server-env needs NAME=VALUE, not {item!r}")
     return args
+
+
+def server_env(args: argparse.Namespace, workers: int | None) -> dict[str, str]:
+    """The server's extra environment: --server-env, and http.workers when given."""
+    env = dict(item.split("=", 1) for item in args.server_env)
+    if workers is not None:
+        env["SAFEHOLD_HTTP__WORKERS"] = str(workers)
+    return env
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = load_parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--engine", choices=("asyncio", "threads"), default="asyncio",
+                    help="client engine (default asyncio: least client CPU per request)")
+    ap.add_argument("--endpoint", choices=tuple(ENDPOINTS), default="password",
+                    help="what the clients request: 'password' (the audited retrieval, default); for comparison "
+                         "'account' (the same account's metadata: authenticated, not audited) or 'health' "
+                         "(no authentication, one trivial database query)")
+    ap.add_argument("--compare-workers", action="store_true",
+                    help="two runs, one after the other: http.workers = 1, then --workers (default: the CPU count)")
+    return parse_load_args(ap, argv)
 
 
 def memory_of(server: Server) -> list[tuple[int, int]]:
@@ -734,9 +751,7 @@ def report_memory(server: Server) -> None:
 
 def one_run(args: argparse.Namespace, workers: int | None) -> tuple[bool, float, float]:
     """One whole run (a fresh server, seeded, loaded); its success, requests/s and p99 ms."""
-    env = dict(item.split("=", 1) for item in args.server_env)
-    if workers is not None:
-        env["SAFEHOLD_HTTP__WORKERS"] = str(workers)
+    env = server_env(args, workers)
     with bench_run("safehold-bench-", args.keep_dir) as run:
         server = Server(args.python, run.root, env)
         run.servers.append(server)

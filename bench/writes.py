@@ -92,7 +92,10 @@ from bench.retrieval import (  # noqa: E402
     calibrate,
     children_of,
     cpu_model,
+    load_parser,
+    parse_load_args,
     seed,
+    server_env,
 )
 
 GOOD = b'"password_changed_at"'  # in the body of a 200 answer to the PATCH
@@ -371,47 +374,17 @@ def report(args: argparse.Namespace, results: list[ClientResult], usage: Usage |
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
-    ap.add_argument("--duration", type=float, default=20.0, help="measured seconds (default 20)")
-    ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before (default 3)")
-    ap.add_argument("--accounts", type=int, default=100, help="accounts to seed (default 100)")
+    ap = load_parser((__doc__ or "").split("\n\n")[0])
     ap.add_argument("--pick", choices=("own", "random"), default="own",
                     help="'own' (default): each client changes its own accounts in turn; 'random': any account")
-    ap.add_argument("--max-requests", type=int, default=2_000_000,
-                    help="stop after this many requests in all (default 2,000,000)")
-    ap.add_argument("--keep-dir", action="store_true", help="keep the temporary directory (logs, data)")
-    ap.add_argument("--python", default=sys.executable,
-                    help="interpreter that has safehold installed (default: this one)")
-    ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
-                    help="extra environment for the server, e.g. SAFEHOLD_DATABASE__POOL_SIZE=20 (repeatable)")
-    ap.add_argument("--workers", type=int, default=None,
-                    help="the server's http.workers (default: its own setting)")
-    args = ap.parse_args(argv)
-    if args.workers is not None and not 1 <= args.workers <= 64:
-        ap.error("--workers must be 1..64")
-    if not 1 <= args.clients <= 1024:
-        ap.error("--clients must be 1..1024")
-    if args.duration <= 0 or args.warmup < 0 or args.duration + args.warmup > 3600:
-        ap.error("--duration must be > 0, --warmup >= 0, and together at most 3600 s")
-    if not 1 <= args.accounts <= 100_000:
-        ap.error("--accounts must be 1..100000")
-    if args.max_requests < args.clients:
-        ap.error("--max-requests must be at least --clients")
-    if any("=" not in item for item in args.server_env):
-        ap.error("--server-env needs NAME=VALUE")
-    return args
+    return parse_load_args(ap, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ok = False
     with bench_run("safehold-bench-writes-", args.keep_dir) as run:
-        env = dict(item.split("=", 1) for item in args.server_env)
-        if args.workers is not None:
-            env["SAFEHOLD_HTTP__WORKERS"] = str(args.workers)
-        server = Server(args.python, run.root, env)
+        server = Server(args.python, run.root, server_env(args, args.workers))
         run.servers.append(server)
         admin_password = "Bench-Admin-" + secrets.token_urlsafe(12)
         log(f"initialising a server in {server.data_dir} (https {HOST}:{server.port}, db port {server.db_port})")

@@ -214,3 +214,18 @@ def test_the_workers_stop_when_the_supervisor_is_killed(server: Server) -> None:
     wait_until(lambda: all(gone(pid) for pid in workers), timeout=30, what="the orphaned workers to stop")
     with pytest.raises(httpx.TransportError), httpx.Client(verify=server.ssl_context(), timeout=3) as c:
         c.get(f"{server.url}/api/v1/health")
+
+
+def test_a_second_server_on_the_same_port_refuses_to_start(server: Server, server_root: Path) -> None:
+    """The workers' sockets share the port among themselves (SO_REUSEPORT), never with another server."""
+    other = Server(Path(tempfile.mkdtemp(dir=server_root)) / "other")
+    try:
+        other.init()
+        other.start(wait=False, env={"SAFEHOLD_HTTP__PORT": str(server.port)})
+        assert other.proc is not None
+        assert other.proc.wait(60) != 0
+        assert f"HTTPS port {server.port} on 127.0.0.1 is already in use" in other.log(), other.log()
+        token = server.login()  # the first one serves on, alone
+        assert answers(server, token) == {200}
+    finally:
+        other.cleanup()

@@ -175,3 +175,13 @@ def test_an_override_is_taken_once_by_each_process(tmp_path: Path) -> None:
     old = time.time() - 600
     os.utime(tmp_path / "lease-override", (old, old))  # too old: ignored
     assert take_override(settings) is False
+
+
+def test_a_promotion_that_cannot_write_its_mark_changes_nothing(tmp_path: Path) -> None:
+    from safehold.ha.promote import PromotionRefused, outlast_leases
+
+    settings: Any = SimpleNamespace(data_dir=tmp_path / "gone", ha=SimpleNamespace(write_lease=2.0))
+    said: list[str] = []
+    with pytest.raises(PromotionRefused, match="cannot write promoting .*: not promoting"):
+        outlast_leases(settings, said.append)
+    assert said == []  # it did not start waiting

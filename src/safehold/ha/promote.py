@@ -230,9 +230,13 @@ def outlast_leases(settings: Settings, say: Say) -> None:
     peers that it is being promoted), then wait until every lease it confirmed has run out.  An old primary
     that is frozen, not dead, thaws to find its lease gone and this server denying it: it acknowledges
     nothing the promoted database lacks.  What it commits until then still streams to this replica."""
-    from safehold.ha.fencing import lease_runout, mark_promoting
+    from safehold.ha.fencing import PROMOTING_FILE, lease_runout, mark_promoting
 
-    mark_promoting(settings)
+    try:
+        mark_promoting(settings)
+    except OSError as exc:  # a full disk, a read-only file system: nothing was changed
+        raise PromotionRefused(f"cannot write {PROMOTING_FILE} in {settings.data_dir} ({exc.strerror}): not promoting",
+                               hint="free space on (or repair) the data directory's file system") from None
     wait = lease_runout(settings.ha.write_lease)
     say(f"waiting {wait:.1f} s for the write leases this server confirmed to run out (a primary that is "
         "frozen rather than dead must not acknowledge a change after this point)")

@@ -21,14 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def check_port_free(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            raise ConfigError(f"HTTPS port {port} on {host} is already in use",
-                              hint="stop what uses it, or set http.port in safehold.toml") from None
+    from safehold.web.supervisor import bound_socket
+
+    bound_socket(host, port).close()
 
 
 async def serve(settings: Settings, master: MasterKey, sock: socket.socket | None = None, worker: int = 0) -> None:

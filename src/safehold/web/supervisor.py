@@ -58,19 +58,27 @@ def worker_count(settings: Settings) -> int:
 
 def listening_socket(settings: Settings) -> socket.socket:
     """One worker's listening socket on the server's port (``SO_REUSEPORT``: the workers' sockets share it)."""
-    host, port = settings.http.listen, settings.http.port
+    sock = bound_socket(settings.http.listen, settings.http.port, share=True)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def bound_socket(host: str, port: int, *, share: bool = False) -> socket.socket:
+    """A TCP socket bound to ``host:port``, or a clear error when something holds the port.  ``share``: join
+    the port's other ``SO_REUSEPORT`` sockets (the workers'); without it the bind fails if any socket holds
+    the port, which is how ``serve`` makes sure no other server (Safehold or not) listens there first."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if share:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError:
         sock.close()
         raise ConfigError(f"HTTPS port {port} on {host} is already in use",
                           hint="stop what uses it, or set http.port in safehold.toml") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
