@@ -366,3 +366,15 @@ class Listener:
     def reopen(self) -> Listener:
         """The same address listening again."""
         return Listener(self.host, self.port)
+
+
+def serves_users_itself(readonly: Server) -> bool:
+    """Whether a read-only server serves users itself (emergency mode) instead of redirecting them."""
+    with readonly.client() as c:
+        return c.get("/me").status_code != 307
+
+
+def accounts_in(data_dir: Path) -> set[str]:
+    """The ids of the accounts in a server's database (a read-only server's: its replica)."""
+    with app_connect(data_dir) as conn:
+        return {str(r[0]) for r in conn.execute("SELECT id FROM accounts")}

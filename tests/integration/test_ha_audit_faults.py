@@ -24,7 +24,16 @@ from safehold.config import load_settings
 from safehold.storage import audit as audit_store
 from safehold.storage.db import app_target, make_engine
 from tests.integration.test_ha_failover import kill_app, kill_database, local
-from tests.support import Server, app_connect, run_cli, running_pair, seed_account, wait_until
+from tests.support import (
+    Server,
+    accounts_in,
+    app_connect,
+    run_cli,
+    running_pair,
+    seed_account,
+    serves_users_itself,
+    wait_until,
+)
 
 # --- the shipper stores a record once, and only the same record -------------------------------------------
 
@@ -166,9 +175,9 @@ def test_a_full_spool_disk_refuses_retrievals_and_loses_no_acknowledged_record(s
 
         # the primary's app dies (its database stays): the read-only server serves in emergency mode
         kill_app(primary)
-        wait_until(lambda: local(readonly)["mode"] == "read-only-emergency" and _no_redirect(readonly),
+        wait_until(lambda: local(readonly)["mode"] == "read-only-emergency" and serves_users_itself(readonly),
                    timeout=30, what="read-only emergency mode")
-        wait_until(lambda: aid in _accounts_on_replica(readonly.data_dir), what="the replica to have the account")
+        wait_until(lambda: aid in accounts_in(readonly.data_dir), what="the replica to have the account")
         token = readonly.login()
         acked = 0
         status, body = retrieve(readonly, token, aid)
@@ -215,16 +224,6 @@ def test_a_full_spool_disk_refuses_retrievals_and_loses_no_acknowledged_record(s
         assert "audit chain intact" in out.stdout, out.stdout + out.stderr
 
 
-def _no_redirect(readonly: Server) -> bool:
-    with readonly.client() as c:
-        return c.get("/me").status_code != 307
-
-
-def _accounts_on_replica(data_dir: Path) -> set[str]:
-    with app_connect(data_dir) as conn:
-        return {str(r[0]) for r in conn.execute("SELECT id FROM accounts")}
-
-
 # --- story B: promote -> switchover back -> promote, with retrievals in between ---------------------------
 
 
@@ -244,8 +243,8 @@ def test_audit_sequences_survive_promote_switchover_back_and_promote(server_root
             """The primary's app dies (its database stays): the read-only server serves in emergency mode and
             spools what it audits, shipped to the primary database; then the primary's app comes back."""
             kill_app(primary)
-            wait_until(lambda: _no_redirect(readonly), timeout=30, what="read-only emergency mode")
-            wait_until(lambda: aid in _accounts_on_replica(readonly.data_dir), what="the replica to have it")
+            wait_until(lambda: serves_users_itself(readonly), timeout=30, what="read-only emergency mode")
+            wait_until(lambda: aid in accounts_in(readonly.data_dir), what="the replica to have it")
             for _ in range(retrievals):
                 retrieve_on_readonly()
             wait_until(lambda: local(readonly)["audit_backlog"]["pending"] == 0, timeout=30, what="shipping")
@@ -279,12 +278,12 @@ def test_a_server_stopped_during_its_promotion_ships_its_spool_before_writing(se
     with running_pair(Path(tempfile.mkdtemp(dir=server_root))) as (primary, readonly):
         _, aid = seed_account(primary, primary.login(), "stopped-secret-1")
         ro_id = local(readonly)["server_id"]
-        wait_until(lambda: aid in _accounts_on_replica(readonly.data_dir), what="the replica to have the account")
+        wait_until(lambda: aid in accounts_in(readonly.data_dir), what="the replica to have the account")
 
         # the primary dies, database and all: the read-only server spools what it audits, nothing is shipped
         kill_database(primary)
         kill_app(primary)
-        wait_until(lambda: _no_redirect(readonly), timeout=30, what="read-only emergency mode")
+        wait_until(lambda: serves_users_itself(readonly), timeout=30, what="read-only emergency mode")
         token = readonly.login()
         for _ in range(3):
             assert retrieve(readonly, token, aid)[0] == 200

@@ -11,6 +11,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +19,19 @@ import httpx
 import pytest
 
 from safehold.services.auth import PRINCIPAL_TTL
-from tests.integration.test_ha_failover import local, resources
-from tests.support import Server, make_secondary, run_cli, running_pair, running_server, wait_until
+from tests.integration.test_ha_audit_faults import assert_exactly_once, chain_of, retrieve
+from tests.integration.test_ha_failover import kill_app, local, resources
+from tests.support import (
+    Server,
+    accounts_in,
+    make_secondary,
+    run_cli,
+    running_pair,
+    running_server,
+    seed_account,
+    serves_users_itself,
+    wait_until,
+)
 
 WORKERS = {"SAFEHOLD_HTTP__WORKERS": "2"}
 
@@ -168,15 +180,16 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_everything(server: Server) 
 
 @pytest.fixture()
 def pair(server_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Server, Server]]:
-    monkeypatch.setenv("SAFEHOLD_HTTP__WORKERS", "2")  # both servers (a read-only server still runs one)
+    monkeypatch.setenv("SAFEHOLD_HTTP__WORKERS", "2")  # both servers
     with running_pair(Path(tempfile.mkdtemp(dir=server_root))) as servers:
         yield servers
 
 
-def test_a_switchover_moves_the_workers_with_the_roles(pair: tuple[Server, Server]) -> None:
+def test_a_switchover_keeps_the_workers_through_the_role_changes(pair: tuple[Server, Server]) -> None:
     primary, readonly = pair
-    wait_until(lambda: len(workers_of(primary)) == 2 and len(workers_of(readonly)) == 1,
-               what="two workers on the primary, one on the read-only server")
+    wait_until(lambda: len(workers_of(primary)) == 2 and len(workers_of(readonly)) == 2,
+               what="two workers on each server")
+    before = set(workers_of(primary)) | set(workers_of(readonly))
     token = primary.login()
     with primary.client(token) as c:
         for i in range(10):
@@ -185,17 +198,50 @@ def test_a_switchover_moves_the_workers_with_the_roles(pair: tuple[Server, Serve
                what="the replica to stream")
     out = run_cli("ha", "switchover", "--data-dir", str(primary.data_dir), "--to", "readonly")
     assert "is the primary (generation 2)" in out.stdout, out.stdout + out.stderr
-    # the new primary gets its second worker; the old one, now read-only, keeps one
-    wait_until(lambda: len(workers_of(readonly)) == 2, timeout=30, what="the new primary's second worker")
-    wait_until(lambda: len(workers_of(primary)) == 1 and local(primary)["role"] == "readonly", timeout=30,
-               what="the old primary to carry on read-only with one worker")
+    wait_until(lambda: local(primary)["role"] == "readonly", timeout=30, what="the old primary to carry on read-only")
     token = readonly.login()
     for i in range(10):  # new connections: both workers of the new primary take writes
         with readonly.client(token) as c:
             assert c.post("/resources", json={"name": f"after-{i}"}).status_code == 201
+    # every worker followed the change itself: none was replaced
+    assert set(workers_of(primary)) | set(workers_of(readonly)) == before
     assert {f"before-{i}" for i in range(10)} | {f"after-{i}" for i in range(10)} <= resources(readonly.data_dir)
     out = readonly.cli("audit", "verify")
     assert "audit chain intact" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_read_only_server_with_two_workers_shares_sessions_and_ships_its_spool_exactly_once(
+        pair: tuple[Server, Server]) -> None:
+    primary, readonly = pair
+    wait_until(lambda: len(workers_of(readonly)) == 2, what="two workers on the read-only server")
+    _, aid = seed_account(primary, primary.login(), "Spooled-Secret-1")
+    ro_id = local(readonly)["server_id"]
+    kill_app(primary)  # its database stays: the read-only server serves users and ships to it
+    wait_until(lambda: serves_users_itself(readonly), timeout=30, what="read-only emergency mode")
+    wait_until(lambda: aid in accounts_in(readonly.data_dir), what="the replica to have the account")
+
+    # one session, used on new connections at once: the kernel spreads them over both workers
+    token = readonly.login()
+    codes: list[int] = []
+
+    def retrieve_once() -> None:
+        codes.append(retrieve(readonly, token, aid)[0])
+
+    threads = [threading.Thread(target=retrieve_once) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert codes == [200] * 40, codes  # the session made on one worker is known to the other
+    with readonly.client(token) as c:
+        assert c.post("/auth/logout").status_code == 204
+    refused = [retrieve(readonly, token, aid)[0] for _ in range(8)]  # on both workers
+    assert refused == [401] * 8, refused
+
+    wait_until(lambda: local(readonly)["audit_backlog"]["pending"] == 0, timeout=30, what="the spool shipped")
+    records = chain_of(primary.data_dir, ro_id)
+    assert_exactly_once(primary.data_dir, ro_id, 40)
+    assert Counter(action for _, action in records)["logout"] == 1
 
 
 def test_the_workers_stop_when_the_supervisor_is_killed(server: Server) -> None:

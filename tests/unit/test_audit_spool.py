@@ -331,3 +331,85 @@ def test_the_same_record_shipped_again_counts_as_shipped(tmp_path: Path) -> None
     spool = AuditSpool(tmp_path, KEY, SERVER, "readonly", head=(3, records[2].mac))
     assert asyncio.run(ship(spool, db.send)) == 4
     assert spool.backlog().pending == 0 and len(db.rows) == 4
+
+
+# --- several processes of one server share the spool --------------------------------------------------
+
+
+def _append_in_child(directory: Path, start: int, count: int) -> None:
+    spool = AuditSpool(directory, KEY, SERVER, "readonly")
+    for n in range(start, start + count):
+        spool.append(ev(n))
+
+
+def _children(*targets: tuple[Callable[..., None], tuple[object, ...]]) -> None:
+    """Run each target in a forked process at once (workers are forked from the supervisor)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=fn, args=args) for fn, args in targets]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0, f"a child process failed ({p.exitcode})"
+
+
+def test_processes_appending_at_once_make_one_chain(tmp_path: Path) -> None:
+    parent = AuditSpool(tmp_path, KEY, SERVER, "readonly")  # opened before the fork, like a worker's
+    parent.append(ev(0))
+    _children((_append_in_child, (tmp_path, 1000, 150)), (_append_in_child, (tmp_path, 2000, 150)),
+              (_append_in_child, (tmp_path, 3000, 150)))
+    nxt = parent.append(ev(9))  # the parent takes in what the others appended
+    assert nxt.seq == 452
+    records = AuditSpool(tmp_path, KEY, SERVER, "readonly").pending(1000)
+    assert [r.seq for r in records] == list(range(1, 453))
+    assert list(verify(KEY, SERVER, [StoredRecord(r.seq, r) for r in records], (452, records[-1].mac))) == []
+    targets = sorted(int(r.event.target_id) for r in records)
+    assert targets == sorted([0, 9, *range(1000, 1150), *range(2000, 2150), *range(3000, 3150)])
+
+
+def test_what_one_process_ships_and_compacts_the_others_see(tmp_path: Path) -> None:
+    db = FakeDatabase()
+    shipper = AuditSpool(tmp_path, KEY, SERVER, "readonly")
+    appender = AuditSpool(tmp_path, KEY, SERVER, "readonly")  # another worker's view of the same files
+    for n in range(1203):
+        appender.append(ev(n))
+    assert asyncio.run(ship(shipper, db.send)) == 1203
+    assert (tmp_path / RECORDS).read_text().count("\n") == 1  # compacted by the shipper
+    assert appender.backlog().pending == 0
+    nxt = appender.append(ev(7))
+    assert (nxt.seq, nxt.prev_mac) == (1204, db.rows[(SERVER, 1203)].mac)
+    assert asyncio.run(ship(shipper, db.send)) == 1
+    assert sorted(seq for _, seq in db.rows) == list(range(1, 1205)), "each record once"
+
+
+def test_a_closed_spool_takes_no_record_from_any_process_until_reopened(tmp_path: Path) -> None:
+    taking_over = AuditSpool(tmp_path, KEY, SERVER, "readonly")
+    other = AuditSpool(tmp_path, KEY, SERVER, "readonly")
+    other.append(ev(1))
+    taking_over.close()
+    assert [r.seq for r in taking_over.pending()] == [1]
+    with pytest.raises(AuditUnavailable, match="taking over"):
+        other.append(ev(2))
+    again = AuditSpool(tmp_path, KEY, SERVER, "readonly", reopen=True)  # read-only again, later
+    assert other.append(ev(3)).seq == 2 and again.append(ev(4)).seq == 3
+
+
+def test_a_process_holding_the_spool_too_long_makes_appends_fail_closed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    from safehold.audit import spool as spool_module
+
+    spool = AuditSpool(tmp_path, KEY, SERVER, "readonly")
+    monkeypatch.setattr(spool_module, "LOCK_WAIT", 0.2)
+    frozen = os.open(tmp_path / "lock", os.O_RDWR)  # another open file description: another process's lock
+    try:
+        fcntl.flock(frozen, fcntl.LOCK_EX)
+        with pytest.raises(AuditUnavailable, match="held the audit spool"):
+            spool.append(ev(1))
+        assert spool.backlog().pending == 0  # the status answers from what it knew
+    finally:
+        os.close(frozen)
+    assert spool.append(ev(1)).seq == 1

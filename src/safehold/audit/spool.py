@@ -31,20 +31,34 @@ What can go wrong, and what the spool does:
 4. Records the database may already hold stay pending until the shipper has
    confirmed them: it counts a record as stored only if the database holds
    the same record (same MAC), else :class:`ChainConflict` (an alarm).
+
+Several processes of one server (its workers) share the spool.  Whatever
+reads or changes the files holds an exclusive ``flock`` on ``lock`` and first
+takes in what the others appended, shipped or compacted since it last looked
+(a larger file: its new whole records, verified; another inode: the file
+anew), so the chain has one head and every record one seq.  A process that
+holds the lock too long (frozen) makes appends fail closed after
+:data:`LOCK_WAIT` seconds instead of hanging them.  A server taking over as
+the primary *closes* the spool (the file ``closed``) before it ships it for
+the last time: from then on no worker still in its read-only mode can append
+a record whose seq the database chain is about to take.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import errno
+import fcntl
 import hmac
 import json
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +70,10 @@ log = logging.getLogger(__name__)
 
 RECORDS = "audit.jsonl"
 SHIPPED = "shipped"
+LOCK = "lock"
+CLOSED = "closed"
+#: how long an append waits for another process of this server to finish with the spool
+LOCK_WAIT = 10.0
 
 Writer = Callable[[int, bytes], int]
 
@@ -111,20 +129,105 @@ class AuditSpool:
     ``write`` and ``fsync`` are seams for tests (``os.write``, ``os.fsync``)."""
 
     def __init__(self, directory: Path, key: bytes, server_id: str, server_role: str,
-                 *, head: tuple[int, bytes] = (0, GENESIS),
+                 *, head: tuple[int, bytes] = (0, GENESIS), reopen: bool = False,
                  on_failure: Callable[[str], object] | None = None,
                  on_recovered: Callable[[], object] | None = None,
                  write: Writer = os.write, fsync: Callable[[int], None] = os.fsync) -> None:
+        """``reopen``: a read-only or fenced server about to append: a spool closed by an earlier take-over
+        takes records again."""
         self.dir, self._key, self.server_id, self.server_role = directory, key, server_id, server_role
         self.on_failure, self.on_recovered = on_failure, on_recovered
         self._write, self._fsync = write, fsync
         self._lock = threading.Lock()
-        self._errors: dict[str, str] = {}  # what is failing ("write", "fork", "ship") -> why
+        self._errors: dict[str, str] = {}  # what is failing ("write", "fork", "ship", "share") -> why
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._path = directory / RECORDS
-        self._records, self._size = self._load()
-        self._shipped = self._load_shipped()
-        self._head = self._true_head(head)
+        self._lock_fd: int | None = None
+        self._lock_pid = 0
+        self._ino: int | None = None  # the records file this process has read (another after a compaction)
+        with self._exclusive():
+            self._records, self._size = self._load()
+            self._shipped = self._load_shipped()
+            self._head = self._true_head(head)
+            if reopen:
+                (directory / CLOSED).unlink(missing_ok=True)
+
+    # --- sharing with the server's other processes -----------------------------------------------
+
+    @contextlib.contextmanager
+    def _exclusive(self, wait: float | None = None, *, required: bool = True) -> Iterator[bool]:
+        """This thread and process alone on the spool; yields whether the other processes are kept out
+        (not ``required``: False once ``wait`` is over; ``required``: AuditUnavailable then)."""
+        wait = LOCK_WAIT if wait is None else wait
+        with self._lock:
+            got = self._flock(wait)
+            if not got and required:
+                raise AuditUnavailable("the audit record could not be written (another process of this server has "
+                                       f"held the audit spool for over {wait:.0f} s), so the action was not "
+                                       "carried out", hint="if a worker of this server is frozen, restart the server")
+            try:
+                yield got
+            finally:
+                if got and self._lock_fd is not None:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _flock(self, wait: float) -> bool:
+        if self._lock_pid != os.getpid():  # a lock inherited through fork() is the parent's: one of its own
+            self._lock_pid = os.getpid()
+            try:
+                self._lock_fd = os.open(self.dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except OSError as exc:  # a copy this process may only read: nobody else appends to it
+                self._lock_fd = None
+                log.debug("audit spool %s: no lock file (%s)", self.dir, _strerror(exc))
+        if self._lock_fd is None:
+            return True
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.002)
+
+    def _refresh(self) -> None:
+        """Take in what the server's other processes appended, shipped or compacted since this one looked.
+        Raises AuditUnavailable if the file no longer verifies."""
+        try:
+            st: os.stat_result | None = os.stat(self._path)
+        except FileNotFoundError:
+            st = None
+        try:
+            if st is not None and (st.st_ino != self._ino or st.st_size < self._size):
+                self._records, self._size = self._load()  # compacted (another inode), or made anew
+            elif st is not None and st.st_size > self._size:
+                self._load_tail()
+        except OSError as exc:  # cannot be read now: an append fails on it too, and says why
+            log.debug("audit spool %s: not re-read (%s)", self._path, _strerror(exc))
+        except SpoolDamaged as exc:
+            self._fail("share", exc.message)
+            raise AuditUnavailable("the audit spool cannot be read, so the action was not carried out",
+                                   hint="see the server log; an administrator must repair the spool") from None
+        self._clear("share")
+        self._shipped = max(self._shipped, self._load_shipped())
+        last = self._records[-1] if self._records else None
+        if last is not None and last.seq > self._head[0]:
+            self._head = (last.seq, last.mac)
+
+    def _load_tail(self) -> None:
+        """The whole records another process appended after this one's last; bytes after the last whole
+        record (an append cut short by a crash) are left for the next append to cut off."""
+        with open(self._path, "rb") as f:
+            f.seek(self._size)
+            data = f.read()
+        *lines, _partial = data.split(b"\n")
+        for raw in lines:
+            record, problem = self._verified(raw, self._records[-1] if self._records else None)
+            if record is None:
+                raise SpoolDamaged(f"the audit spool {self._path} is damaged after byte {self._size} ({problem})")
+            self._records.append(record)
+            self._size += len(raw) + 1
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -133,7 +236,9 @@ class AuditSpool:
         try:
             data = self._path.read_bytes()
         except FileNotFoundError:
+            self._ino = None
             return [], 0
+        self._ino = os.stat(self._path).st_ino
         lines = data.split(b"\n")
         tail = lines.pop()  # what follows the last newline: empty unless the last write was torn
         records: list[ChainedRecord] = []
@@ -201,7 +306,11 @@ class AuditSpool:
 
     def append(self, event: AuditEvent) -> ChainedRecord:
         """Chain the event and make it durable, whole or not at all; raises AuditUnavailable if it cannot be."""
-        with self._lock:
+        with self._exclusive():
+            if (self.dir / CLOSED).exists():
+                raise AuditUnavailable("this server is taking over as the primary right now, so the action was not "
+                                       "carried out", hint="try again in a moment")
+            self._refresh()
             if "fork" in self._errors:
                 raise AuditUnavailable("this server's audit chain conflicts with the database's, so the action "
                                        "was not carried out", hint="an administrator must resolve the audit "
@@ -281,12 +390,25 @@ class AuditSpool:
 
     # --- shipping ------------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """A server taking over as the primary: no process of it appends from now on (see the module's
+        docstring), and what they appended before is pending here."""
+        with self._exclusive():
+            fd = os.open(self.dir / CLOSED, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._refresh()
+
     def pending(self, limit: int = 500) -> list[ChainedRecord]:
-        with self._lock:
+        with self._exclusive():
+            self._refresh()
             return [r for r in self._records if r.seq > self._shipped][:limit]
 
     def mark_shipped(self, seq: int) -> None:
-        with self._lock:
+        with self._exclusive():
+            self._refresh()
             if seq <= self._shipped:
                 return
             tmp = self.dir / (SHIPPED + ".tmp")
@@ -316,9 +438,14 @@ class AuditSpool:
                 return
             self._records = [last]
             self._size = len(line.encode())
+            self._ino = os.stat(self._path).st_ino
 
     def backlog(self) -> Backlog:
-        with self._lock:
+        """How many records wait to be shipped (as last known, if another process holds the spool now)."""
+        with self._exclusive(0.05, required=False) as fresh:
+            if fresh:
+                with contextlib.suppress(AuditUnavailable):
+                    self._refresh()
             pending = [r for r in self._records if r.seq > self._shipped]
             return Backlog(len(pending), self._shipped, pending[0].event.at if pending else None, self.last_error)
 

@@ -118,7 +118,6 @@ def serve(data_dir: DataDir) -> None:
     """Run the server (HTTPS) in the foreground; SIGTERM or Ctrl-C stops it cleanly."""
     from safehold.runtime import database
     from safehold.web.server import check_port_free, run_server
-    from safehold.web.supervisor import worker_count
 
     settings, master = load(data_dir)
     refuse_if_serving(settings, "starting it again")
@@ -136,7 +135,7 @@ def serve(data_dir: DataDir) -> None:
                       "the acting primary and refuses every change[/]")
         pidfile.parent.mkdir(exist_ok=True)
         pidfile.write_text(f"{os.getpid()}\n")
-        workers = worker_count(settings)
+        workers = settings.http.processes
         out.print(f"Safehold {__version__} [bold]{settings.server.name}[/] ({settings.server.role}) serving on "
                   f"https://{settings.http.listen}:{settings.http.port}"
                   + (f" with {workers} worker processes" if workers > 1 else ""), highlight=False)

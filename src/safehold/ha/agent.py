@@ -60,6 +60,7 @@ from safehold.ha.fencing import (
     fence_database,
     peer_reports,
     promoting_marked,
+    role_on_disk,
     save_fence,
     superseded_by,
     take_override,
@@ -69,7 +70,8 @@ from safehold.ha.lsn import lag_bytes
 from safehold.ha.monitor import monitor_once
 from safehold.ha.peers import LocalReport, PeerClient, primary_wal, writer_report
 from safehold.ha.policy import Event, EventKind, PeerObservation
-from safehold.runtime import Fence, Runtime, engine_managed, in_cluster, public_url
+from safehold.runtime import Fence, Runtime, engine_managed, in_cluster
+from safehold.runtime.shared import SharedCounter
 from safehold.runtime.writelease import Confirmation, clock
 from safehold.storage import audit as audit_store
 from safehold.storage import cluster as cluster_store
@@ -85,6 +87,8 @@ log = logging.getLogger(__name__)
 
 
 SPOOL_FAILED = "AuditSpoolFailed"
+#: when a worker of this server last answered /ha/local in a way that may confirm a writer's lease (ms)
+LEASE_ANSWERS = "run/lease-answers"
 
 
 class After(Enum):
@@ -98,16 +102,14 @@ class After(Enum):
 
 class HaAgent:
     def __init__(self, rt: Runtime, *, backup: Callable[[Runtime], Awaitable[Path]] | None = None,
-                 follow_failover: FailoverFollower | None = None, first_worker: bool = True,
-                 on_role_change: Callable[[], None] | None = None) -> None:
+                 follow_failover: FailoverFollower | None = None, first_worker: bool = True) -> None:
         """``backup`` makes the scheduled backup (``backup.every_minutes``) and ``follow_failover`` runs the
         automatic failover watch with the cluster's policy on a read-only server: both are services, handed in
         by the web layer (HA does not import the services).  ``first_worker``: this process runs what a server
-        with several workers runs once (the synchronous-mode guard); ``on_role_change``: told when the server's
-        role changed under a supervisor (it starts or stops the other workers)."""
+        with several workers runs once (the synchronous-mode guard; on a read-only server the audit shipper and
+        the automatic failover watch)."""
         self.rt = rt
-        self.first_worker, self._on_role_change = first_worker, on_role_change or (lambda: None)
-        self._leaving = False  # a worker that stops because its server became read-only
+        self.first_worker = first_worker
         self._backup = backup
         self._follow_failover = follow_failover
         self.peers: list[PeerObservation] = []
@@ -120,7 +122,8 @@ class HaAgent:
         self.lease: ScheduleLease | None = None
         self.alerts: Any = None  # the alert dispatcher (safehold.alerts), set by the app
         self._promote_lock = asyncio.Lock()
-        self._leases = ConfirmedLeases(rt.settings.ha.write_lease)  # the writers' leases /ha/local confirmed
+        # the writers' leases /ha/local confirmed, on any worker of this server
+        self._leases = ConfirmedLeases(rt.settings.ha.write_lease, SharedCounter(rt.settings.data_dir / LEASE_ANSWERS))
         self._config_mtime: int | None = None
         self.alarm: tuple[str, str] | None = None  # a raised alarm only this server knows of (condition, message)
         self._said: dict[str, str] = {}  # each loop's last decision, logged when it changes
@@ -138,6 +141,8 @@ class HaAgent:
             self._tasks.append(loop.create_task(self._every(self.fenced_watch), name="ha-fenced"))
         elif self.rt.readonly:
             self._tasks.append(loop.create_task(self._every(self.check_peers), name="ha-peers"))
+            if not self.first_worker:  # each worker watches for itself; the rest is done once per server
+                return
             self._tasks.append(loop.create_task(self._every(self.ship_audit), name="ha-audit-shipper"))
             if self._follow_failover is not None and not engine_managed(self.rt.settings):
                 # the automatic failover watch, with the cluster's policy as this replica holds it (re-read)
@@ -235,9 +240,6 @@ class HaAgent:
         said, said_at = "", 0.0
         while True:
             soon = False
-            if self._leaving:
-                await asyncio.sleep(self.interval)
-                continue
             try:
                 after = await step()
             except asyncio.CancelledError:
@@ -385,16 +387,9 @@ class HaAgent:
             return False
 
     async def _become_readonly(self, settings: Settings) -> None:
-        """Follow the database: carry on as a read-only server, forgetting any fence.  A read-only server runs
-        one worker (its sessions and its audit spool are its own): any other worker stops instead."""
-        if not self.first_worker:
-            if not self._leaving:
-                log.warning("this server is now a read-only server, which runs one worker: this worker stops")
-                self._leaving = True  # its loops idle until the supervisor stops it (its socket closed first)
-                self._on_role_change()
-            return
+        """Follow the database: carry on as a read-only server, forgetting any fence (each worker of the
+        server for itself: they share its audit spool and its sessions)."""
         await self.rt.become_readonly(settings)
-        self._on_role_change()  # the supervisor stops the other workers
         await asyncio.to_thread(clear_fence, settings)
 
     def publish(self, kind: EventKind, subject: str, message: str, args: tuple[str, ...]) -> None:
@@ -474,7 +469,6 @@ class HaAgent:
         if d.action is ReadOnlyAction.TAKE_OVER and loaded is not None and row is not None:
             await self.rt.become_primary(loaded, row.generation)  # a promotion by 'safehold ha promote'
             await asyncio.to_thread(clear_promoting, self.rt.settings)  # it reports the new generation now
-            self._on_role_change()
             return After.NEW_MODE
         if d.action is not ReadOnlyAction.WAIT:
             self.peers = list(view.peers or ())
@@ -505,30 +499,19 @@ class HaAgent:
         from safehold.ha import promote as steps
 
         async with self._promote_lock:  # from here /ha/local says "promoting": no writer's lease is confirmed
-            if not self.rt.readonly or self.rt.fence is not None:
-                raise SafeholdError("this server is not a read-only server; nothing to promote")
-            # every writer's lease this server confirmed must run out first (a switchover's old primary stopped
-            # writing before it asked)
-            if reason is not EventKind.MANUAL_SWITCH and (wait := self._leases.wait(clock())) > 0:
-                log.warning("promotion: waiting %.1f s for the write leases this server confirmed to run out", wait)
-                await asyncio.sleep(wait)
-            if wait_lsn:
-                await steps.wait_replayed(self.rt, wait_lsn, timeout)
-            await asyncio.to_thread(steps.promote_database, self.rt.settings, lambda m: log.warning("promotion: %s", m))
-            async with self.rt.engine.begin() as conn:
-                promotion = await steps.record_promotion(conn, self.rt.settings, url=public_url(self.rt.settings),
-                                                   reason=reason, note=note)
-            settings = await asyncio.to_thread(steps.write_as_primary, self.rt.settings)
-            await self.rt.become_primary(settings, promotion.generation)
-            self._on_role_change()
+            generation = await steps.promote_running(self.rt, self._leases, reason=reason, wait_lsn=wait_lsn,
+                                                     note=note, timeout=timeout)
             asyncio.get_running_loop().create_task(self._restart(), name="ha-restart")
-            return promotion.generation
+            return generation
 
     def promoting(self) -> bool:
         """What /ha/local says about a promotion of this server: while one is under way (here, or by 'safehold
         ha promote') it confirms no writer's lease; any other answer may confirm one (its time is noted)."""
-        readonly = self.rt.identity.role == ServerRole.READONLY
-        return self._leases.answer(readonly and (self._promote_lock.locked() or promoting_marked(self.rt.settings)))
+        asked = clock()
+        promoting = self.rt.identity.role == ServerRole.READONLY and (
+            self._promote_lock.locked() or promoting_marked(self.rt.settings)
+            or role_on_disk(self.rt.settings) not in (None, ServerRole.READONLY))  # another worker took over
+        return self._leases.answer(promoting, asked)
 
     def _failover_watch(self, settings: Any = None) -> Any:
         """Automatic failover (opt-in): ping the primary; promote this server after the configured number of

@@ -18,18 +18,24 @@ The same reports confirm the write lease (:mod:`safehold.runtime.writelease`, :f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
-from safehold.config import Settings
+from safehold.config import CONFIG_NAME, Settings, load_settings
+from safehold.domain import ServerRole
 from safehold.errors import SafeholdError
 from safehold.ha.peers import LocalReport, PeerClient
 from safehold.pg.runas import write_file
 from safehold.runtime import Fence
+from safehold.runtime.shared import SharedCounter
 from safehold.runtime.writelease import Confirmation, clock
 from safehold.storage import system_settings
 from safehold.storage.db import DB_ERRORS, owner_target
@@ -102,23 +108,75 @@ def lease_runout(lease: float) -> float:
 
 class ConfirmedLeases:
     """A read-only server's side of the writers' leases: when its /ha/local last answered in a way a writer
-    may take as a confirmation, and so how long a promotion of it must wait for every such lease to run out."""
+    may take as a confirmation, and so how long a promotion of it must wait for every such lease to run out.
+    With ``shared`` (a value every worker of the server sees) an answer of any worker counts."""
 
-    def __init__(self, lease: float) -> None:
+    def __init__(self, lease: float, shared: SharedCounter | None = None) -> None:
         self.lease = lease
-        self.confirmed_at: float | None = None  # on the lease clock
+        self._shared = shared
+        self._confirmed_at: float | None = None  # on the lease clock
 
-    def answer(self, promoting: bool) -> bool:
-        """Note an answer that does not say "promoting" (it may confirm a lease); returns ``promoting``."""
+    @property
+    def confirmed_at(self) -> float | None:
+        if self._shared is not None and (ms := self._shared.value()):
+            return ms / 1000
+        return self._confirmed_at
+
+    def answer(self, promoting: bool, asked_at: float | None = None) -> bool:
+        """Note an answer that does not say "promoting" (it may confirm a lease); returns ``promoting``.
+        ``asked_at``: when the answer began (before the marks were looked at)."""
         if not promoting:
-            self.confirmed_at = clock()
+            self._confirmed_at = clock() if asked_at is None else asked_at
+            if self._shared is not None:
+                self._shared.raise_to(math.ceil(self._confirmed_at * 1000))
         return promoting
 
     def wait(self, now: float) -> float:
         """Seconds until the last lease this server may have confirmed has surely run out."""
-        if self.confirmed_at is None:
+        confirmed = self.confirmed_at
+        if confirmed is None:
             return 0.0
-        return max(0.0, self.confirmed_at + lease_runout(self.lease) - now)
+        return max(0.0, confirmed + lease_runout(self.lease) - now)
+
+
+PROMOTE_LOCK = "run/promote.lock"
+
+
+@contextlib.contextmanager
+def promotion_lock(settings: Settings) -> Iterator[None]:
+    """One promotion of this server at a time, whichever of its worker processes was asked (the peer API
+    lands on any of them); another one meanwhile is refused."""
+    path = settings.data_dir / PROMOTE_LOCK
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SafeholdError("a promotion of this server is already under way") from None
+        yield
+    finally:
+        os.close(fd)  # and with it the lock
+
+
+_roles: dict[Path, tuple[int, ServerRole | None]] = {}
+
+
+def role_on_disk(settings: Settings) -> ServerRole | None:
+    """The role this server's settings file names now (another worker may have promoted the server: this
+    process's own settings say read-only until it takes over); None if the file cannot be read."""
+    try:
+        mtime = (settings.data_dir / CONFIG_NAME).stat().st_mtime_ns
+    except OSError:
+        return None
+    cached = _roles.get(settings.data_dir)
+    if cached is None or cached[0] != mtime:
+        try:
+            role: ServerRole | None = load_settings(settings.data_dir).server.role
+        except SafeholdError:
+            role = None
+        cached = _roles[settings.data_dir] = (mtime, role)
+    return cached[1]
 
 
 def mark_promoting(settings: Settings) -> None:

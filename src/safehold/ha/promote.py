@@ -17,6 +17,7 @@ the automatic failover policy:
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -28,7 +29,13 @@ from safehold.config import Settings, load_settings, write_settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import ServerRole
 from safehold.errors import ConfigError, SafeholdError
-from safehold.ha.fencing import clear_promoting
+from safehold.ha.fencing import (
+    ConfirmedLeases,
+    clear_promoting,
+    mark_promoting,
+    promotion_lock,
+    role_on_disk,
+)
 from safehold.ha.policy import EventKind
 from safehold.storage import cluster as cluster_store
 from safehold.storage import ha as ha_store
@@ -39,6 +46,7 @@ if TYPE_CHECKING:
     from safehold.runtime import Runtime
 
 Say = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 class PromotionRefused(SafeholdError):
@@ -137,6 +145,44 @@ def data_age_limit(settings: Settings, override: float | None) -> float:
     if override is not None and override < 0:
         raise ConfigError("--max-data-age must not be negative")
     return settings.ha.promote_max_data_age if override is None else override
+
+
+async def promote_running(rt: Runtime, leases: ConfirmedLeases, *, reason: EventKind, wait_lsn: str | None,
+                          note: str, timeout: float) -> int:
+    """Promote the running read-only server ``rt`` (in one of its worker processes); returns the new generation.
+    While it runs, every worker of the server answers its peers "promoting" (the mark), so no writer's lease is
+    confirmed; it waits for those confirmed before to run out (not in a switchover: its old primary stopped
+    writing before it asked), promotes, records, writes the settings and takes over.  The other workers
+    follow the settings file (``fencing.role_on_disk``, and their next peer check takes over)."""
+    import asyncio
+
+    from safehold.runtime import public_url
+    from safehold.runtime.writelease import clock
+
+    with promotion_lock(rt.settings):
+        if (not rt.readonly or rt.fence is not None
+                or await asyncio.to_thread(role_on_disk, rt.settings) != ServerRole.READONLY):
+            raise SafeholdError("this server is not a read-only server; nothing to promote")
+        await asyncio.to_thread(mark_promoting, rt.settings)
+        keep_mark = False
+        try:
+            if reason is not EventKind.MANUAL_SWITCH and (wait := leases.wait(clock())) > 0:
+                log.warning("promotion: waiting %.1f s for the write leases this server confirmed to run out", wait)
+                await asyncio.sleep(wait)
+            if wait_lsn:
+                await wait_replayed(rt, wait_lsn, timeout)
+            keep_mark = True  # from here a failure leaves the mark to lapse by itself: the database may be promoted
+            await asyncio.to_thread(promote_database, rt.settings, lambda m: log.warning("promotion: %s", m))
+            async with rt.engine.begin() as conn:
+                promotion = await record_promotion(conn, rt.settings, url=public_url(rt.settings), reason=reason,
+                                                   note=note)
+            settings = await asyncio.to_thread(write_as_primary, rt.settings)
+            await rt.become_primary(settings, promotion.generation)
+            keep_mark = False
+        finally:
+            if not keep_mark:
+                await asyncio.to_thread(clear_promoting, rt.settings)
+        return promotion.generation
 
 
 async def wait_replayed(rt: Runtime, lsn: str, timeout: float) -> None:

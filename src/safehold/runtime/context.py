@@ -27,6 +27,7 @@ from safehold.crypto.keyfile import MasterKey
 from safehold.domain import AuditResult, ServerMode, ServerRole
 from safehold.errors import AuditUnavailable, DatabaseError, InvalidInput, KeyFileError, Unavailable
 from safehold.metrics import Metrics
+from safehold.runtime.local_state import FILE as LOCAL_STATE_FILE
 from safehold.runtime.local_state import LocalState
 from safehold.runtime.shared import SharedCounter
 from safehold.runtime.writelease import Confirmation, WriteLease, clock
@@ -157,7 +158,8 @@ class Runtime:
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     # set on a read-only server: its local audit spool (its replica cannot be written)
     spool: AuditSpool | None = None
-    local: LocalState = field(default_factory=LocalState)
+    # sessions, failed logins and TOTP steps of a server that cannot write its database (shared by its workers)
+    local: LocalState = field(init=False, repr=False)
     # the cluster generation this server's database holds (promotion raises it)
     generation: int = 1
     # set when a newer primary exists: no write is accepted (see services.fencing)
@@ -186,6 +188,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self._principal_changes = SharedCounter(self.settings.data_dir / "run" / "principals")
+        self.local = LocalState(self.settings.data_dir / LOCAL_STATE_FILE)
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._confirming = asyncio.Lock()
         self._hosts = len(app_target(self.settings).hosts()) if self.settings.database.mode == "external" else 1
@@ -320,8 +323,7 @@ class Runtime:
             self.audit.start()
 
     def _open_spool(self, head: tuple[int, bytes]) -> AuditSpool:
-        return AuditSpool(self.settings.data_dir / names.SPOOL_DIR, self.keys.audit_key, self.identity.id,
-                          self.identity.role, head=head)
+        return open_spool(self.settings, self.keys.audit_key, self.identity, head)
 
     async def become_fenced(self, fence: Fence) -> None:
         """Stop writing at once: later audit records go to the local spool (shipped once rejoined).
@@ -347,7 +349,8 @@ class Runtime:
         from safehold.audit.spool import ship
 
         replayed = 0
-        if self.spool is not None:
+        if self.spool is not None:  # closed first: no other worker of this server appends to it any more
+            await asyncio.to_thread(self.spool.close)
             replayed = await ship(self.spool, audit_store.shipper(self.engine))
         self.settings = settings
         self.identity = ServerIdentity(self.identity.id, settings.server.name, ServerRole.PRIMARY)
@@ -355,7 +358,7 @@ class Runtime:
         self.fence = None
         self.begin_lease()
         self.spool = None
-        self.local = LocalState()
+        self.local.clear()
         self.start_background()
         self.metrics.info.labels(self.identity.id, self.identity.name, self.identity.role.value, __version__).set(1)
         log.warning("this server is now the acting primary (generation %d); %d spooled audit record(s) "
@@ -426,14 +429,12 @@ async def open_runtime(settings: Settings, master: MasterKey, *, register: bool 
                     # a writer starts with a lease only when a peer confirmed it (or it has none): after a
                     # restart it may have been away long enough for a standby to take over
                     lease = WriteLease(settings.ha.write_lease).renew(started, confirmation)
-                if fence is not None:
+                if fence is not None or identity.role == ServerRole.READONLY:
+                    # a fenced server cannot write; a read-only one's replica cannot be written (the others
+                    # check it over HTTPS)
                     register = False
-                    spool = AuditSpool(settings.data_dir / names.SPOOL_DIR, keys.audit_key, identity.id, identity.role,
-                                       head=await audit_store.head(conn, identity.id) or (0, GENESIS))
-                if identity.role == ServerRole.READONLY:
-                    register = False  # its replica cannot be written; the others check it over HTTPS
-                    spool = AuditSpool(settings.data_dir / names.SPOOL_DIR, keys.audit_key, identity.id, identity.role,
-                                       head=await audit_store.head(conn, identity.id) or (0, GENESIS))
+                    spool = open_spool(settings, keys.audit_key, identity,
+                                       await audit_store.head(conn, identity.id) or (0, GENESIS))
                 if register:
                     await server_store.register(
                         conn, id=identity.id, name=identity.name, role=identity.role,
@@ -517,6 +518,12 @@ def public_url(settings: Settings) -> str:
         return settings.http.public_url
     host = settings.http.listen if settings.http.listen not in ("0.0.0.0", "::") else socket.gethostname()
     return f"https://{host}:{settings.http.port}"
+
+
+def open_spool(settings: Settings, audit_key: bytes, identity: ServerIdentity, head: tuple[int, bytes]) -> AuditSpool:
+    """The spool of a server that cannot write its database now (read-only, or fenced), open for appends."""
+    return AuditSpool(settings.data_dir / names.SPOOL_DIR, audit_key, identity.id, identity.role, head=head,
+                      reopen=True)
 
 
 def system_event(action: str, *, detail: dict[str, object] | None = None) -> AuditEvent:

@@ -1,4 +1,4 @@
-"""A counter that every process of one server sees: 8 bytes of a file in its data directory, mapped into
+"""A counter (or a time) that every process of one server sees: 8 bytes of a file in its data directory, mapped into
 memory.  A process bumps it after a change the others must not miss (a revoked token); the others compare
 it with the value they saw before they cached something, at the cost of reading memory."""
 
@@ -36,6 +36,12 @@ class SharedCounter:
     def bump(self) -> None:
         if self._map is not None:
             self._map[:8] = ((self.value() + 1) % 2**64).to_bytes(8, "little")
+
+    def raise_to(self, value: int) -> None:
+        """Keep the highest value any process set (two setting at once may keep either: use it for times
+        where that differs by no more than the instant between them)."""
+        if self._map is not None and value > self.value():
+            self._map[:8] = value.to_bytes(8, "little")
 
     def close(self) -> None:
         if self._map is not None:

@@ -29,7 +29,6 @@ from safehold.errors import (
     TotpRequired,
 )
 from safehold.runtime import Runtime
-from safehold.runtime.local_state import LocalSession
 from safehold.services.access import Principal
 from safehold.storage import users as user_store
 
@@ -190,39 +189,35 @@ async def _login_readonly(rt: Runtime, username: str, password: str, totp: str |
         await rt.record_audit(_unknown_user(rt, username, source_ip))
         rt.metrics.logins.labels("failure").inc()
         raise AuthenticationFailed("invalid username or password")
-    locked = max([x for x in (user.locked_until, local.locked_until.get(user.id)) if x is not None], default=None)
+    locked = max([x for x in (user.locked_until, local.locked_until(user.id)) if x is not None], default=None)
     if locked is not None and locked > t:
         raise await fail(AccountLocked("this account is locked after repeated failed logins; try again later"),
                          user.username, user.id, reason="account locked")
     password_ok = await _verify(user.password_hash, password) and not user.disabled
     totp_missing = password_ok and user.totp_enabled and not totp
     step = _totp_step(rt, user, totp or "") if password_ok and user.totp_enabled and totp else None
-    last_step = max(user.totp_last_step or 0, local.totp_steps.get(user.id, 0))
-    totp_bad = password_ok and user.totp_enabled and bool(totp) and (step is None or step <= last_step)
+    # the step is claimed at once (a code is good once, whichever worker sees it first)
+    totp_bad = password_ok and user.totp_enabled and bool(totp) and (
+        step is None or not local.claim_totp_step(user.id, step, user.totp_last_step or 0))
     if totp_missing:
         raise TotpRequired("a TOTP code is required for this account")
     if not password_ok or totp_bad:
-        failures = local.failures.get(user.id, user.failed_logins) + 1
-        local.failures[user.id] = failures
+        failures = local.add_failure(user.id, user.failed_logins)
         if failures >= sec.lockout_threshold:
-            local.locked_until[user.id] = t + dt.timedelta(minutes=sec.lockout_minutes)
-            local.failures[user.id] = 0
+            local.lock_out(user.id, t + dt.timedelta(minutes=sec.lockout_minutes))
             await rt.record_audit(_event(user.username, AuditAction.USER_LOCKED, AuditResult.SUCCESS, source_ip,
                                          user.id, failures=failures, minutes=sec.lockout_minutes))
         reason = "wrong TOTP code" if totp_bad else "wrong password"
         message = "invalid TOTP code" if totp_bad else "invalid username or password"
         raise await fail(AuthenticationFailed(message), user.username, user.id, reason=reason)
-    local.failures.pop(user.id, None)
-    if step is not None:
-        local.totp_steps[user.id] = step
+    local.clear_failures(user.id)
     await rt.record_audit(_event(user.username, AuditAction.LOGIN, AuditResult.SUCCESS, source_ip, user.id,
                                  method="password+totp" if user.totp_enabled else "password"))
     token, csrf = new_token(SESSION_PREFIX), secrets.token_urlsafe(24)
     principal = Principal(user.id, user.username, UserRole(user.role), str(uuid.uuid4()), "session", source_ip,
                           csrf)
     local.purge(t)
-    local.sessions[hash_token(token)] = LocalSession(principal, t, t + dt.timedelta(
-        minutes=sec.session_idle_minutes))
+    local.add_session(hash_token(token), principal, t + dt.timedelta(minutes=sec.session_idle_minutes))
     rt.metrics.logins.labels("success").inc()
     return LoginResult(token, principal, csrf)
 
@@ -313,13 +308,11 @@ async def _principal_row(rt: Runtime, token_hash: bytes) -> Any:
 async def _authenticate_readonly(rt: Runtime, token: str, source_ip: str) -> Principal:
     """Sessions made on this read-only server live in its memory; API tokens are read from the replica."""
     t = now()
-    session = rt.local.sessions.get(hash_token(token))
-    if session is not None:
-        if session.expires_at <= t:
-            del rt.local.sessions[hash_token(token)]
-            raise AuthenticationFailed("invalid or expired token")
-        session.expires_at = t + dt.timedelta(minutes=rt.settings.security.session_idle_minutes)
-        return replace(session.principal, source_ip=source_ip)
+    if token.startswith(SESSION_PREFIX):
+        idle = dt.timedelta(minutes=rt.settings.security.session_idle_minutes)
+        session = rt.local.session(hash_token(token), t, idle)
+        if session is not None:
+            return replace(session, source_ip=source_ip)
     async with rt.read() as conn:
         row = await user_store.principal_by_token(conn, hash_token(token))
     if row is None or row.kind != "api" or row.disabled or (row.expires_at is not None and row.expires_at <= t):
@@ -334,9 +327,7 @@ async def purge_expired_tokens(rt: Runtime) -> int:
 
 async def logout(rt: Runtime, p: Principal) -> None:
     if rt.readonly:
-        for key, session in list(rt.local.sessions.items()):
-            if session.principal.token_id == p.token_id:
-                del rt.local.sessions[key]
+        rt.local.end_sessions(p.token_id)
         await rt.record_audit(_event(p.username, AuditAction.LOGOUT, AuditResult.SUCCESS, p.source_ip, p.user_id))
         return
     async with rt.write() as conn:

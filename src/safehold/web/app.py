@@ -31,7 +31,6 @@ from safehold.services.cluster_settings import follow_failover, start_alerts
 from safehold.web import errors, ui
 from safehold.web.api import alerts, audit, auth, ha, ha_checks, ha_peer, system, users, vault
 from safehold.web.limits import BodyLimit
-from safehold.web.supervisor import tell_supervisor
 from safehold.web.ui.core import LoginRequired, login_redirect
 
 log = logging.getLogger(__name__)
@@ -145,10 +144,10 @@ async def _housekeeping(rt: Runtime, every: float = 600) -> None:
 
 
 def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: Runtime | None = None,
-               worker: int = 0, supervised: bool = False) -> FastAPI:
+               worker: int = 0) -> FastAPI:
     """Build the app.  The runtime (database, keys) is opened in the app's own event loop at start-up;
     the master key is needed only then.  ``worker``: this process's index among the server's workers
-    (what happens once per server happens in worker 0); ``supervised``: it runs under a supervisor."""
+    (what happens once per server happens in worker 0)."""
     first = worker == 0
 
     @asynccontextmanager
@@ -165,8 +164,7 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
         master = None  # the key is not kept once the data keys are unwrapped
         rt.start_background()
         app.state.runtime = rt
-        agent = HaAgent(rt, backup=scheduled_backup, follow_failover=follow_failover, first_worker=first,
-                        on_role_change=tell_supervisor if supervised else None)
+        agent = HaAgent(rt, backup=scheduled_backup, follow_failover=follow_failover, first_worker=first)
         app.state.agent = agent
         # the cluster's alert channels (from the database; safehold.toml's [alerts] imported once), followed
         alerting = await start_alerts(rt)

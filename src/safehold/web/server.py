@@ -33,7 +33,7 @@ async def serve(settings: Settings, master: MasterKey, sock: socket.socket | Non
         settings = settings.model_copy(update={"database": settings.database.model_copy(
             update={"pool_size": worker_pool_size(settings)})})
     rt = await open_runtime(settings, master, fencing=STARTUP)
-    app = create_app(settings, runtime=rt, worker=worker, supervised=sock is not None)
+    app = create_app(settings, runtime=rt, worker=worker)
     config = uvicorn.Config(
         app, host=settings.http.listen, port=settings.http.port, log_level="warning", access_log=False,
         ssl_certfile=str(settings.path(settings.http.tls_cert)), ssl_keyfile=str(settings.path(settings.http.tls_key)),
@@ -76,9 +76,11 @@ def run(settings: Settings, master: MasterKey, sock: socket.socket | None = None
 
 def run_server(settings: Settings, master: MasterKey) -> None:
     """This server in one process, or in ``http.workers`` processes under a supervisor."""
-    from safehold.web.supervisor import Supervisor, worker_count
+    from safehold.runtime import local_state
+    from safehold.web.supervisor import Supervisor
 
+    local_state.reset(settings.data_dir)  # what a read-only server keeps for its workers lasts one run
     if settings.http.processes == 1:
         run(settings, master)
-    else:  # a read-only server runs one worker under the supervisor, and gets the others once promoted
-        Supervisor(settings, master, run, worker_count(settings)).run()
+    else:
+        Supervisor(settings, master, run, settings.http.processes).run()

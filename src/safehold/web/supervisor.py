@@ -16,12 +16,14 @@ them all and fails); SIGTERM or SIGINT is passed to every worker, and once they 
 stops the bundled database.  Prometheus metrics are kept in files shared by the workers
 (``run/metrics``), so ``/metrics`` on any worker shows the sum over all of them.
 
-A read-only server runs one worker: its sessions live in its memory and its audit spool has one appender.
+A server keeps its workers through role changes: each worker follows the change itself (a promoted read-only
+server's workers take over one by one; a demoted primary's carry on read-only), and what a read-only or fenced
+server keeps outside its database is shared by its workers (the audit spool, under a lock; sessions, failed
+logins and TOTP steps in ``run/local.sqlite3``).  A replaced worker starts with the settings file as it is now.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
@@ -35,7 +37,6 @@ from types import FrameType
 
 from safehold.config import Settings, load_settings
 from safehold.crypto.keyfile import MasterKey
-from safehold.domain import ServerRole
 from safehold.errors import ConfigError, SafeholdError
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,6 @@ CRASH_WINDOW = 60.0
 STOP_GRACE = 20.0
 METRICS_DIR = "run/metrics"
 PR_SET_PDEATHSIG = 1
-
-
-def worker_count(settings: Settings) -> int:
-    """How many workers this server runs: ``http.workers``, one on a read-only server."""
-    if settings.server.role == ServerRole.READONLY:
-        return 1
-    return settings.http.processes
 
 
 def listening_socket(settings: Settings) -> socket.socket:
@@ -86,12 +80,6 @@ def metrics_dir(settings: Settings) -> Path:
     return settings.data_dir / METRICS_DIR
 
 
-def tell_supervisor() -> None:
-    """In a worker: this server's role changed (promoted, or now read-only); the supervisor re-reads the
-    settings and starts or stops the other workers."""
-    os.kill(os.getppid(), signal.SIGUSR1)
-
-
 def share_metrics(directory: Path) -> None:
     """In a worker: keep this process's Prometheus values in ``directory`` (summed by /metrics)."""
     from prometheus_client import values
@@ -113,7 +101,6 @@ class Supervisor:
         self.stopping = False
         self.crashes: list[float] = []
         self.failed: str | None = None
-        self.follow = False  # worker 0 said the server's role changed
         self.sockets: dict[int, socket.socket] = {}  # worker index -> its listening socket (kept here)
         self.pid = os.getpid()
 
@@ -122,7 +109,6 @@ class Supervisor:
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True, mode=0o700)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_role_change)
         try:
             for index in range(self.count):
                 self._spawn(index)
@@ -139,8 +125,6 @@ class Supervisor:
             raise SafeholdError(self.failed, hint="see the server log for why the workers stopped")
 
     def _close_socket(self, index: int) -> None:
-        """A worker slot no longer used: its socket leaves the port (else the kernel would keep sending it
-        connections that nobody accepts)."""
         sock = self.sockets.pop(index, None)
         if sock is not None:
             sock.close()
@@ -148,6 +132,11 @@ class Supervisor:
     # --- children -------------------------------------------------------------------------------
 
     def _spawn(self, index: int) -> None:
+        try:  # the role may have changed since the server started (a promotion, a switchover)
+            self.settings = load_settings(self.settings.data_dir)
+        except SafeholdError as exc:
+            log.warning("the settings file cannot be read (%s): the new worker starts with the last one read",
+                        exc.message)
         if index not in self.sockets:
             self.sockets[index] = listening_socket(self.settings)
         sock = self.sockets[index]
@@ -155,7 +144,7 @@ class Supervisor:
         if pid == 0:  # the worker: never return into the supervisor's code (it would stop the database)
             code = 0
             try:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+                for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 _die_with_parent(os.getppid())
                 for other, theirs in self.sockets.items():  # only its own: a closed slot must leave the port
@@ -175,27 +164,14 @@ class Supervisor:
         self.children[pid] = index
 
     def _watch(self) -> None:
-        """Reap workers that ended and replace them; follow the role in the settings file when worker 0 says it
-        changed (SIGUSR1: a promoted read-only server gets its other workers once it has taken over; a server
-        that became read-only keeps one, the others leave by themselves)."""
+        """Reap workers that ended (a crash, ``kill -9``, a worker stopped on its own) and replace them."""
         while self.children:
             time.sleep(0.2)
-            if self.follow and not self.stopping:
-                self.follow = False
-                self._follow_settings()
             for pid, status in self._reaped():
                 index = self.children.pop(pid)
                 self._forget(pid)
-                if self.stopping:
-                    continue
-                if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-                    self._follow_settings()  # it left on purpose (this server became read-only)
-                    if index < self.count:
-                        self._spawn(index)
-                    else:
-                        self._close_socket(index)
-                    continue
-                self._crashed(index, pid, _exit_words(status))
+                if not self.stopping:
+                    self._crashed(index, pid, _exit_words(status))
 
     def _reaped(self) -> list[tuple[int, int]]:
         done = []
@@ -221,28 +197,6 @@ class Supervisor:
         log.warning("worker %d (pid %d) %s: starting a new one", index, pid, how)
         self._spawn(index)
 
-    def _follow_settings(self) -> None:
-        """Run as many workers as the role in the settings file wants: start the missing ones, stop the surplus
-        ones (a server that became read-only) after closing their sockets."""
-        try:
-            self.settings = load_settings(self.settings.data_dir)
-        except SafeholdError as exc:
-            log.warning("the settings file cannot be read (%s): the workers stay as they are", exc.message)
-            return
-        wanted = worker_count(self.settings)
-        if wanted != self.count:
-            log.warning("this server is now a %s server: %d worker process(es)", self.settings.server.role, wanted)
-        self.count = wanted
-        for pid, index in list(self.children.items()):
-            if index >= wanted:  # its socket leaves the port first, so no new connection waits for it in vain
-                self._close_socket(index)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-        running = set(self.children.values())
-        for index in range(wanted):
-            if index not in running:
-                self._spawn(index)
-
     def _forget(self, pid: int) -> None:
         """A dead worker's live gauges no longer count."""
         from prometheus_client import multiprocess
@@ -251,9 +205,6 @@ class Supervisor:
             multiprocess.mark_process_dead(pid, str(metrics_dir(self.settings)))
         except OSError:
             pass
-
-    def _on_role_change(self, _signum: int, _frame: FrameType | None) -> None:
-        self.follow = True
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if os.getpid() != self.pid:  # a worker just forked, before it set its own handlers: not ours to act on
