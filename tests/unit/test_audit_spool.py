@@ -413,3 +413,14 @@ def test_a_process_holding_the_spool_too_long_makes_appends_fail_closed(
     finally:
         os.close(frozen)
     assert spool.append(ev(1)).seq == 1
+
+
+def test_a_record_torn_by_a_killed_process_is_cut_before_the_next_append(tmp_path: Path) -> None:
+    survivor = AuditSpool(tmp_path, KEY, SERVER, "readonly")
+    killed = AuditSpool(tmp_path, KEY, SERVER, "readonly")
+    killed.append(ev(1))
+    with open(tmp_path / RECORDS, "ab") as f:  # the killed worker's next record, half written
+        f.write(b'{"actor":"user2","half a rec')
+    r = survivor.append(ev(3))
+    assert (r.seq, r.prev_mac) == (2, killed.pending()[0].mac)
+    assert [x.seq for x in AuditSpool(tmp_path, KEY, SERVER, "readonly").pending()] == [1, 2]

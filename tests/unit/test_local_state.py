@@ -105,3 +105,15 @@ def test_a_lease_answer_of_any_worker_counts_for_the_promotion_wait(tmp_path: Pa
     answered = clock()
     assert 2.0 < promoting_worker.wait(answered) <= 2.5
     assert promoting_worker.wait(answered + 2.5) == 0.0
+
+
+def test_a_state_file_that_cannot_be_written_refuses_clearly(tmp_path: Path) -> None:
+    import pytest
+
+    from safehold.errors import Unavailable
+
+    blocked = tmp_path / "run"
+    blocked.write_text("a file where the directory should be")
+    with pytest.raises(Unavailable, match="cannot keep its sign-in state") as refused:
+        LocalState(blocked / "local.sqlite3").add_session(b"k", ALICE, NOW + IDLE)
+    assert "Error" not in refused.value.message

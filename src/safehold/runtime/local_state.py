@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from safehold.domain import Principal, UserRole
+from safehold.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,19 @@ class LocalState:
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; a file that cannot be written (a full disk) refuses the sign-in or request."""
         with self._lock:
-            if self._pid != os.getpid() or self._conn is None:  # a connection is never used across fork()
-                self._pid, self._conn = os.getpid(), self._connect()
-            with self._conn:  # one transaction
-                yield self._conn
+            try:
+                if self._pid != os.getpid() or self._conn is None:  # a connection is never used across fork()
+                    self._pid, self._conn = os.getpid(), self._connect()
+                with self._conn:
+                    yield self._conn
+            except (sqlite3.Error, OSError) as exc:
+                reason = str(exc) if isinstance(exc, sqlite3.Error) else (exc.strerror or "I/O error")
+                log.error("the sign-in state in %s cannot be used (%s)", self.path, reason)
+                raise Unavailable(f"this server cannot keep its sign-in state right now ({reason})",
+                                  hint="an administrator must free space on (or repair) the disk of the server's "
+                                       "data directory") from None
 
     def _connect(self) -> sqlite3.Connection:
         target = ":memory:"
