@@ -51,7 +51,7 @@ from safehold.ha.cycle import (
     lease_alarm,
     readonly_needs_peers,
 )
-from safehold.ha.failover import ReplicaReport, WriterReport
+from safehold.ha.failover import WriterReport
 from safehold.ha.fencing import (
     ConfirmedLeases,
     clear_fence,
@@ -70,6 +70,7 @@ from safehold.ha.lsn import lag_bytes
 from safehold.ha.monitor import monitor_once
 from safehold.ha.peers import LocalReport, PeerClient, primary_wal, writer_report
 from safehold.ha.policy import Event, EventKind, PeerObservation
+from safehold.ha.shared_view import VIEW_FILE, FollowsFirstWorker, SharedViewFile
 from safehold.runtime import Fence, Runtime, engine_managed, in_cluster
 from safehold.runtime.shared import SharedCounter
 from safehold.runtime.writelease import Confirmation, clock
@@ -100,7 +101,7 @@ class After(Enum):
     NEW_MODE = "new_mode"
 
 
-class HaAgent:
+class HaAgent(FollowsFirstWorker):
     def __init__(self, rt: Runtime, *, backup: Callable[[Runtime], Awaitable[Path]] | None = None,
                  follow_failover: FailoverFollower | None = None, first_worker: bool = True) -> None:
         """``backup`` makes the scheduled backup (``backup.every_minutes``) and ``follow_failover`` runs the
@@ -110,6 +111,8 @@ class HaAgent:
         the automatic failover watch)."""
         self.rt = rt
         self.first_worker = first_worker
+        self._view_file = SharedViewFile(rt.settings.data_dir / VIEW_FILE, rt.settings.ha.check_interval)
+        self._check_lock = asyncio.Lock()  # one peer check (and take-over) at a time: the loop's, or a request's
         self._backup = backup
         self._follow_failover = follow_failover
         self.peers: list[PeerObservation] = []
@@ -245,12 +248,14 @@ class HaAgent:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reconcile next cycle; never die
+                self.share()
                 soon = True
                 text = str(exc) if isinstance(exc, SafeholdError) else type(exc).__name__
                 if text != said or loop.time() - said_at > 30:
                     log.warning("%s: %s", step.__name__, text)
                     said, said_at = text, loop.time()
             else:
+                self.share()
                 said = ""
                 if after is After.NEW_MODE:
                     loop.create_task(self._restart(), name="ha-restart")
@@ -265,8 +270,9 @@ class HaAgent:
             log.log(level, "%s: %s", loop, sentence)
 
     def _publish(self, event: Event | None) -> None:
-        """Carry out a decision's event: this server's alarm is raised or cleared, and the channels told."""
-        if event is None:
+        """Carry out a decision's event: this server's alarm is raised or cleared, and the channels told (once
+        per server: a read-only server's other workers follow its first one)."""
+        if event is None or self.followed() is not None:
             return
         if event.kind is EventKind.RAISE_ALARM:
             self.alarm = (event.args[0], event.message)
@@ -432,7 +438,23 @@ class HaAgent:
 
     async def check_peers(self) -> After:
         """Read (the replica, the cluster row, the settings file once promoted, the other servers when they
-        matter), decide (ha.cycle.decide_readonly: take over, redirect, or emergency mode), act."""
+        matter), decide (ha.cycle.decide_readonly: take over, redirect, or emergency mode), act.  Another worker
+        of the server follows the first one's decision, and only takes over itself."""
+        async with self._check_lock:
+            if not self.rt.readonly:  # a request made this worker take over meanwhile (follow_takeover)
+                return After.NEW_MODE
+            return await self._check_peers()
+
+    async def follow_takeover(self) -> None:
+        """Before a request on a read-only worker: if another worker of this server (or 'safehold ha promote')
+        has made it the primary, take over first, so no request is answered as if it were still read-only."""
+        if self.rt.fence is not None or role_on_disk(self.rt.settings) != ServerRole.PRIMARY:
+            return
+        async with self._check_lock:
+            if self.rt.readonly and await self._check_peers() is After.NEW_MODE:
+                asyncio.get_running_loop().create_task(self._restart(), name="ha-restart")
+
+    async def _check_peers(self) -> After:
         try:
             async with self.rt.read() as conn:
                 rows = await server_store.all_servers(conn)
@@ -445,6 +467,8 @@ class HaAgent:
             self.rt.generation = row.generation
         # an engine that promoted the replica this server reads is the engine's business: never a take-over
         promoted = not db.in_recovery and not engine_managed(self.rt.settings)
+        if not promoted and self.followed() is not None:
+            return After.NEXT  # the first worker decides; this one answers as it did
         loaded = await asyncio.to_thread(load_settings, self.rt.settings.data_dir) if promoted else None
         view = ReadOnlyView(self.rt.identity.id, self.rt.identity.name, promoted,
                             row.acting_primary if row else None, row.generation if row else None,
@@ -516,7 +540,7 @@ class HaAgent:
     def _failover_watch(self, settings: Any = None) -> Any:
         """Automatic failover (opt-in): ping the primary; promote this server after the configured number of
         failed rounds, unless its own side of the network is down (then only an alarm)."""
-        from safehold.ha.failover_agent import FailoverWatch, registry_primary_url
+        from safehold.ha.failover_agent import FailoverWatch, registry_primary_url, replica_report
 
         settings = settings or self.rt.settings  # with the cluster's failover policy (services.cluster_settings)
         n = settings.ha.failover.ping_iterations
@@ -535,7 +559,7 @@ class HaAgent:
 
         return FailoverWatch(settings, promote=promote, raise_alarm=raise_alarm, clear_alarm=clear_alarm,
                              primary_url=registry_primary_url(self.rt.engine), writer=self._writer_report,
-                             replica=self._replica_report)
+                             replica=lambda: replica_report(self.rt))
 
     async def _writer_report(self) -> WriterReport | None:
         """The primary database's WAL position as the app servers on it report it now (the furthest), and
@@ -545,18 +569,6 @@ class HaAgent:
         urls = [r.url for r in rows if r.id != self.rt.identity.id and r.url
                 and r.role in (ServerRole.PRIMARY, ServerRole.SECONDARY, ServerRole.STANDALONE)]
         return writer_report(await self._client.locals(urls))
-
-    async def _replica_report(self) -> ReplicaReport | None:
-        try:
-            async with self.rt.read() as conn:
-                view = await replication.replica_view(conn)
-        except DatabaseError:
-            return None
-        if not view.in_recovery:
-            return None
-        heard = (None if view.last_msg_receipt_time is None
-                 else max(0.0, (dt.datetime.now(dt.UTC) - view.last_msg_receipt_time).total_seconds()))
-        return ReplicaReport(view.streaming, view.receive_lsn, heard)
 
     def _primary_engine(self) -> AsyncEngine:
         if self._primary_db is None:

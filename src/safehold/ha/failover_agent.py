@@ -11,6 +11,7 @@ and it stops cleanly when its task is cancelled.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import ssl
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 from safehold.config import Settings
 from safehold.domain import ServerRole
+from safehold.errors import DatabaseError
 from safehold.ha.failover import (
     Action,
     Decision,
@@ -41,6 +43,8 @@ from safehold.ha.probe import (
     probe_database_async,
     target_reachable_async,
 )
+from safehold.runtime import Runtime
+from safehold.storage import replication
 from safehold.storage import servers as server_store
 from safehold.storage.db import AsyncEngine
 
@@ -279,3 +283,18 @@ class FailoverWatch:
                 break
             await self._sleep(max(0.0, self.section.ping_interval - (time.monotonic() - started)))
         log.info("automatic failover: promotion ordered; the watch has ended")
+
+
+async def replica_report(rt: Runtime) -> ReplicaReport | None:
+    """What this read-only server's replica says of its primary now (None: it cannot be read, or it was
+    promoted)."""
+    try:
+        async with rt.read() as conn:
+            view = await replication.replica_view(conn)
+    except DatabaseError:
+        return None
+    if not view.in_recovery:
+        return None
+    heard = (None if view.last_msg_receipt_time is None
+             else max(0.0, (dt.datetime.now(dt.UTC) - view.last_msg_receipt_time).total_seconds()))
+    return ReplicaReport(view.streaming, view.receive_lsn, heard)

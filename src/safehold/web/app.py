@@ -66,6 +66,8 @@ class Observe:
         rt: Runtime | None = getattr(state, "runtime", None)
         agent: HaAgent | None = getattr(state, "agent", None)
         path: str = scope["path"]
+        if rt is not None and agent is not None and rt.readonly:
+            await agent.follow_takeover()  # another worker promoted this server: never answer as read-only
         fence = rt.fence if rt is not None else None
         if (fence is not None and scope["method"] not in ("GET", "HEAD", "OPTIONS") and not _served_locally(path)
                 and not _reads_by_post(path)):

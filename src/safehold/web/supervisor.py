@@ -38,6 +38,7 @@ from types import FrameType
 from safehold.config import Settings, load_settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.errors import ConfigError, SafeholdError
+from safehold.ha.shared_view import VIEW_FILE
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class Supervisor:
         directory = metrics_dir(self.settings)
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True, mode=0o700)
+        (self.settings.data_dir / VIEW_FILE).unlink(missing_ok=True)  # a read-only server's view of a last run
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             for index in range(self.count):
