@@ -424,3 +424,15 @@ def test_a_record_torn_by_a_killed_process_is_cut_before_the_next_append(tmp_pat
     r = survivor.append(ev(3))
     assert (r.seq, r.prev_mac) == (2, killed.pending()[0].mac)
     assert [x.seq for x in AuditSpool(tmp_path, KEY, SERVER, "readonly").pending()] == [1, 2]
+
+
+def test_a_failure_one_process_saw_clears_when_another_appends_again(tmp_path: Path) -> None:
+    alarms = Alarms()
+    failing = AuditSpool(tmp_path, KEY, SERVER, "readonly", on_failure=alarms.failure, on_recovered=alarms.recovered)
+    other = AuditSpool(tmp_path, KEY, SERVER, "readonly")
+    failing._write = _raise(errno.ENOSPC)
+    with pytest.raises(AuditUnavailable):
+        failing.append(ev(1))
+    assert failing.backlog().error is not None
+    other.append(ev(2))  # space was freed; the other worker's append went through
+    assert failing.backlog().error is None and alarms.cleared == 1

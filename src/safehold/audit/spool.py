@@ -198,6 +198,7 @@ class AuditSpool:
             st: os.stat_result | None = os.stat(self._path)
         except FileNotFoundError:
             st = None
+        grown = st is not None and (st.st_size > self._size or (self._ino is not None and st.st_ino != self._ino))
         try:
             if st is not None and (st.st_ino != self._ino or st.st_size < self._size):
                 self._records, self._size = self._load()  # compacted (another inode), or made anew
@@ -210,6 +211,8 @@ class AuditSpool:
             raise AuditUnavailable("the audit spool cannot be read, so the action was not carried out",
                                    hint="see the server log; an administrator must repair the spool") from None
         self._clear("share")
+        if grown:  # another process appended (or compacted): the disk takes records again
+            self._clear("write")
         self._shipped = max(self._shipped, self._load_shipped())
         last = self._records[-1] if self._records else None
         if last is not None and last.seq > self._head[0]:
@@ -442,7 +445,7 @@ class AuditSpool:
 
     def backlog(self) -> Backlog:
         """How many records wait to be shipped (as last known, if another process holds the spool now)."""
-        with self._exclusive(0.05, required=False) as fresh:
+        with self._exclusive(0.5, required=False) as fresh:  # a busy disk may hold an append a while
             if fresh:
                 with contextlib.suppress(AuditUnavailable):
                     self._refresh()
