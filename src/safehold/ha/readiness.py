@@ -3,6 +3,11 @@
 Gathering (I/O: the key file, this server's database, the spool directory, the disks, the peers
 over HTTPS) is separate from the evaluation (:func:`evaluate`, pure: facts in, one
 :class:`Check` per line out), which is tested as a table.
+
+A read-only server in emergency mode (no primary or secondary answers: it serves users itself) is
+the very server an operator asks "could it take over?"; what is down *because* of the outage (its
+replica no longer streams, the primary and secondary do not answer) is then marked as expected, not
+as a failure, and :func:`promote_advice` names the command that takes over.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import shlex
 import shutil
 import ssl
 import tempfile
@@ -24,6 +30,7 @@ from safehold.crypto.keyfile import key_id_of, load_key_file
 from safehold.domain import ServerRole
 from safehold.errors import SafeholdError
 from safehold.ha.peers import PeerClient
+from safehold.runtime import engine_managed
 from safehold.storage import cluster as cluster_store
 from safehold.storage import replication
 from safehold.storage import servers as server_store
@@ -33,13 +40,27 @@ from safehold.storage.db import AsyncEngine, app_target, make_engine
 MIN_FREE_BYTES = 1 << 30
 MIN_FREE_FRACTION = 0.05
 DB_TIMEOUT = 10.0
+WRITERS = frozenset({ServerRole.PRIMARY, ServerRole.SECONDARY, ServerRole.STANDALONE})
+#: Why a check that is down in emergency mode is not a failure.
+EXPECTED = "expected while no primary or secondary answers (emergency mode)"
 
 
 @dataclass(frozen=True)
 class Check:
+    """One line of the readiness report.  ``expected``: down, but as expected in this server's situation
+    (emergency mode); such a check does not stand in the way of a take-over, so it counts as ``ok``."""
+
     name: str
     ok: bool
     detail: str
+    expected: bool = False
+
+    @property
+    def state(self) -> str:
+        """passed, expected or failed (what the pages show, each its own mark and colour)."""
+        if self.expected:
+            return "expected"
+        return "passed" if self.ok else "failed"
 
 
 # --- facts ------------------------------------------------------------------------------------------
@@ -67,6 +88,12 @@ class PeerFacts:
     healthy: bool
     error: str | None = None  # why it is not healthy
     generation: int | None = None  # None: the peer did not say (or did not answer)
+    role: ServerRole | None = None  # as registered (None: unknown)
+
+    @property
+    def writer(self) -> bool:
+        """A server a read-only server would send its users to (a primary or a secondary)."""
+        return self.role in WRITERS
 
 
 @dataclass(frozen=True)
@@ -91,9 +118,41 @@ class Facts:
     lag_threshold_seconds: float = 30.0
     lag_threshold_bytes: int = 64 * 1024 * 1024
     peers: tuple[PeerFacts, ...] = field(default_factory=tuple)
+    data_dir: Path | None = None  # for the command that promotes this server
+    engine_managed: bool = False  # an HA engine (Patroni, ...) owns the database's failover, not Safehold
 
 
 # --- evaluation (pure) -------------------------------------------------------------------------------
+
+
+def emergency(f: Facts) -> bool:
+    """Whether this is a read-only server in emergency mode: its database is a replica, the server registry
+    was read, and no primary or secondary among its peers answers (so it serves users itself).  A peer that
+    answers and whose role is unknown might be one: then it is not emergency mode."""
+    r = f.replica
+    answering = any(p.healthy and (p.role is None or p.writer) for p in f.peers)
+    return (f.role == ServerRole.READONLY and f.db_error is None and f.registry_read and r is not None
+            and r.view is not None and r.view.in_recovery and not answering)
+
+
+@dataclass(frozen=True)
+class Advice:
+    """How an operator makes this server take over: the command to run on its host, and when to."""
+
+    command: str
+    when: str
+
+
+def promote_advice(f: Facts) -> Advice | None:
+    """In emergency mode, the command that makes this read-only server the acting primary (None otherwise,
+    and when an HA engine owns the database's failover: Safehold never promotes a database it does not
+    manage)."""
+    if not emergency(f) or f.engine_managed or f.data_dir is None:
+        return None
+    return Advice(f"safehold ha promote --data-dir {shlex.quote(str(f.data_dir))}",
+                  "Run it on this server's host when the primary and secondary will not be back soon: this server "
+                  "becomes the acting primary, so passwords can be changed again, and an old primary that comes "
+                  "back is fenced until it is rejoined.")
 
 
 def _gib(n: int) -> str:
@@ -153,7 +212,10 @@ def _replication_check(f: Facts) -> Check:
     if not v.in_recovery:
         return Check(name, False, "this server's database is not a replica (promoted already?)")
     if not v.streaming:
-        return Check(name, False, f"not streaming from the primary (WAL receiver: {v.receiver_status or 'none'})")
+        text = f"not streaming from the primary (WAL receiver: {v.receiver_status or 'none'})"
+        if emergency(f):
+            return Check(name, True, f"{text}: {EXPECTED}", expected=True)
+        return Check(name, False, text)
     backlog = v.replay_backlog_bytes or 0
     age = r.data_age or 0.0
     text = f"{backlog} bytes to replay, data {age:.1f} s old"
@@ -185,8 +247,17 @@ def _peer_checks(f: Facts) -> list[Check]:
         return [Check("peers", False, "unknown: the server registry could not be read")]
     if not f.peers:
         return [Check("peers", True, "no other server registered")]
-    return [Check(f"peer {p.name}", p.healthy, f"{p.url} answers" if p.healthy else f"{p.url}: {p.error or 'no answer'}")
-            for p in f.peers]
+    down_as_expected = emergency(f)
+    out = []
+    for p in f.peers:
+        if p.healthy:
+            out.append(Check(f"peer {p.name}", True, f"{p.url} answers"))
+        elif down_as_expected and p.writer:
+            out.append(Check(f"peer {p.name}", True, f"{p.url}: {p.error or 'no answer'}: {EXPECTED}",
+                             expected=True))
+        else:
+            out.append(Check(f"peer {p.name}", False, f"{p.url}: {p.error or 'no answer'}"))
+    return out
 
 
 def evaluate(f: Facts) -> list[Check]:
@@ -286,23 +357,32 @@ async def read_database(settings: Settings, engine: AsyncEngine | None = None) -
         await own.dispose()
 
 
-async def _peer(client: PeerClient | None, ssl_error: str | None, name: str, url: str) -> PeerFacts:
+def _role(value: Any) -> ServerRole | None:
+    try:
+        return ServerRole(value)
+    except ValueError:
+        return None
+
+
+async def _peer(client: PeerClient | None, ssl_error: str | None, name: str, url: str,
+                role: ServerRole | None) -> PeerFacts:
     if client is None:
-        return PeerFacts(name, url, False, error=ssl_error)
+        return PeerFacts(name, url, False, error=ssl_error, role=role)
     health = await client.health(url)
     if health.status is None:
-        return PeerFacts(name, url, False, error=health.error)
+        return PeerFacts(name, url, False, error=health.error, role=role)
     report = await client.local(url)
     generation = report.generation if report is not None else None
     if not health.ok:
-        return PeerFacts(name, url, False, error=f"health check answered {health.status}", generation=generation)
-    return PeerFacts(name, url, True, generation=generation)
+        return PeerFacts(name, url, False, error=f"health check answered {health.status}", generation=generation,
+                         role=role)
+    return PeerFacts(name, url, True, generation=generation, role=role)
 
 
 async def gather_peers(settings: Settings, servers: Sequence[Any]) -> tuple[PeerFacts, ...]:
     """Every registered server but this one: its health check over HTTPS verified with the cluster
     CA, and the generation it reports at /api/v1/ha/local."""
-    others = [(s.name, s.url) for s in servers if str(s.id) != settings.server.id and s.url]
+    others = [(s.name, s.url, _role(s.role)) for s in servers if str(s.id) != settings.server.id and s.url]
     if not others:
         return ()
     client: PeerClient | None = None
@@ -312,7 +392,7 @@ async def gather_peers(settings: Settings, servers: Sequence[Any]) -> tuple[Peer
     except (OSError, ssl.SSLError) as exc:
         ssl_error = f"cannot load the cluster CA {settings.path(settings.http.tls_ca)}: {_error_text(exc)}"
     try:
-        return tuple(await asyncio.gather(*(_peer(client, ssl_error, n, u) for n, u in others)))
+        return tuple(await asyncio.gather(*(_peer(client, ssl_error, n, u, r) for n, u, r in others)))
     finally:
         if client is not None:
             await client.aclose()
@@ -344,9 +424,25 @@ async def gather(settings: Settings, *, engine: AsyncEngine | None = None) -> Fa
     return Facts(role=role, key=key, db_error=db_error, db_key_check=db.key_check, generation=db.generation,
                  spool_path=spool_path, spool_error=spool_error, disks=tuple(disks), replica=replica,
                  lag_threshold_seconds=settings.ha.lag_threshold_seconds,
-                 lag_threshold_bytes=settings.ha.lag_threshold_bytes, peers=peers, registry_read=db_error is None)
+                 lag_threshold_bytes=settings.ha.lag_threshold_bytes, peers=peers, registry_read=db_error is None,
+                 data_dir=settings.data_dir, engine_managed=engine_managed(settings))
 
 
 async def run_checks(settings: Settings, *, engine: AsyncEngine | None = None) -> list[Check]:
     """Every readiness check of this server (``engine``: the running server's, else one of its own)."""
     return evaluate(await gather(settings, engine=engine))
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What the HA dashboard shows of this server's readiness: the checks, whether it is in emergency mode,
+    and (then) how to make it take over."""
+
+    checks: list[Check]
+    emergency: bool
+    advice: Advice | None
+
+
+async def readiness(settings: Settings, *, engine: AsyncEngine | None = None) -> Readiness:
+    f = await gather(settings, engine=engine)
+    return Readiness(evaluate(f), emergency(f), promote_advice(f))

@@ -96,10 +96,34 @@ def parse_query(request: Request) -> Query:
     return q
 
 
+def role_label(role: str) -> str:
+    try:
+        return ROLE_LABEL.get(ServerRole(role), str(role))
+    except ValueError:
+        return str(role)
+
+
+def _plain(text: str) -> str:
+    return "".join(ch for ch in text.casefold() if ch.isalnum())
+
+
+def role_note(name: str | None, role: str) -> str:
+    """A server's role as shown after its name, or "" when the name already says it ("Primary (Primary)",
+    "readonly (Read-only)"): compared ignoring case, spaces and punctuation."""
+    label = role_label(role)
+    return "" if name is not None and _plain(name) == _plain(label) else label
+
+
 def server_tabs(rows: Sequence[Any]) -> list[dict[str, str]]:
-    """The registered servers, Primary first, then the secondaries, then the read-only servers."""
+    """The registered servers, Primary first, then the secondaries, then the read-only servers; ``note``: the
+    role shown after the name (empty when the name says it)."""
     ordered = sorted(rows, key=lambda r: (ROLE_ORDER.get(ServerRole(r.role), 3), r.name.lower(), r.id))
-    return [{"id": r.id, "name": r.name, "role": ROLE_LABEL.get(ServerRole(r.role), str(r.role))} for r in ordered]
+    return [{"id": r.id, "name": r.name, "role": role_label(r.role), "note": role_note(r.name, r.role)}
+            for r in ordered]
+
+
+#: How each result is shown: a mark besides its colour, so that it reads without colour too.
+RESULT_MARK = {AuditResult.SUCCESS.value: "✓", AuditResult.FAILURE.value: "✗", AuditResult.DENIED.value: "⊘"}
 
 
 def when(t: dt.datetime | None) -> str:
@@ -126,7 +150,7 @@ async def audit_page(request: Request, p: UiUser, verify: str = "") -> Response:
                   results=[r.value for r in AuditResult],
                   report=found.report.as_dict() if found.report is not None else None, backlog=backlog,
                   page=q.page, pages=pages, export_link="/ui/audit/export.csv" + q.link(page=None),
-                  verify_link=q.link(verify=1, page=None), when=when)
+                  verify_link=q.link(verify=1, page=None), when=when, role_note=role_note, result_mark=RESULT_MARK)
 
 
 @router.get("/audit/export.csv", response_class=PlainTextResponse)

@@ -37,6 +37,7 @@ from safehold.runtime import Runtime
 from safehold.services import auth
 from safehold.services.access import Principal
 from safehold.web.deps import SESSION_COOKIE, client_ip
+from safehold.web.ui import emergency
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]), trim_blocks=True,
@@ -187,9 +188,11 @@ def mode_banner(request: Request) -> dict[str, Any] | None:
     if rt.readonly:
         age = agent.data_age_seconds if agent is not None else None
         when = "unknown" if age is None else f"{age:.0f} seconds ago"
+        began = emergency.since(request)
+        down = "The primary and secondary servers are down" + (
+            f" (emergency mode since {began.strftime('%Y-%m-%d %H:%M:%S UTC')})" if began is not None else "")
         return {"kind": "readonly", "text": f"Read-only emergency access — data as of {when}",
-                "detail": "The primary and secondary servers are down; passwords can be read, nothing can be "
-                          "changed here.", "link": None}
+                "detail": f"{down}; passwords can be read, nothing can be changed here.", "link": None}
     return None
 
 

@@ -4,6 +4,7 @@ the readiness checks.  ``/ui/ha/live`` re-renders the live part for ``data-refre
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 
 from safehold.domain import ServerRole
 from safehold.errors import PermissionDenied, SafeholdError
-from safehold.ha.readiness import run_checks
+from safehold.ha.readiness import readiness
 from safehold.ha.status import cluster_status, recent_events
 from safehold.ids import parse_id
 from safehold.runtime import Runtime
@@ -22,7 +23,8 @@ from safehold.services import servers as server_service
 from safehold.services.access import Principal
 from safehold.web.agent import live_peers
 from safehold.web.api import ha as ha_api
-from safehold.web.ui.audit import ROLE_LABEL, ROLE_ORDER, when
+from safehold.web.ui import emergency
+from safehold.web.ui.audit import ROLE_LABEL, ROLE_ORDER, role_note, when
 from safehold.web.ui.core import (
     Form,
     LoginRequired,
@@ -113,7 +115,8 @@ def topology(status: dict[str, Any], readonly_view: bool) -> Topology:
         role = ROLE_LABEL.get(ServerRole(s["role"]), str(s["role"]))
         topo.boxes.append(Box("server", left + col * step, APP_Y, s["status"],
                               [_short(s["name"]), f"{role} · {s['status']}", _short(s["hostname"] or s["url"], 28)],
-                              f"{s['name']} ({role}): {s['status']}", key=s["name"], id=s["id"]))
+                              f"{s['name']}{f' ({note})' if (note := role_note(s['name'], s['role'])) else ''}: "
+                              f"{s['status']}", key=s["name"], id=s["id"]))
     writer_span = max(len(writers), 1) * step - GAP
     primary_box: Box | None = None
     if primary_db is not None:
@@ -171,15 +174,18 @@ async def live_context(request: Request, rt: Runtime) -> dict[str, Any]:
                                   own_alarm=agent.alarm if agent else None)
     events = await recent_events(rt, EVENTS)
     servers = sorted(status["servers"], key=lambda s: (ROLE_ORDER.get(ServerRole(s["role"]), 3), s["name"].lower()))
+    began = emergency.since(request)
     return {"st": status, "servers": servers, "topo": topology(status, rt.readonly), "events": events,
-            "lag": _lag(status), "when": when, "box_w": BOX_W, "box_h": BOX_H, "role_label": ROLE_LABEL, "ServerRole": ServerRole}
+            "lag": _lag(status), "when": when, "box_w": BOX_W, "box_h": BOX_H, "role_label": ROLE_LABEL,
+            "ServerRole": ServerRole, "emergency_since": began,
+            "emergency_for": emergency.for_how_long(began, dt.datetime.now(dt.UTC)) if began else ""}
 
 
 async def _page(request: Request, p: Principal, *, status: int = 200, rename: Form | None = None) -> Response:
     rt = runtime(request)
     ctx = await live_context(request, rt)
-    checks = await run_checks(rt.settings, engine=rt.engine)
-    return render(request, "ha.html", p, status=status, checks=checks, rename=rename or Form(), **ctx)
+    ready = await readiness(rt.settings, engine=rt.engine)
+    return render(request, "ha.html", p, status=status, ready=ready, rename=rename or Form(), **ctx)
 
 
 @router.get("/ha", response_class=HTMLResponse)

@@ -8,6 +8,10 @@ secret is never sent to a new destination unless it is typed again.  What names 
 (the event script, CA files, the syslog socket) is shown, never changed here: it is set on the host
 ('safehold alerts set'), so that a stolen administrator session cannot choose what a server runs or
 reads.  A read-only server shows the settings and changes nothing.
+
+The failover policy is edited on a primary or secondary but carried out by the read-only servers: there the
+page says so and warns only about what holds for the whole cluster; what a host lacks (the 'ping' program, a
+default gateway) is warned about on the read-only server itself, the host it matters on.
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ from safehold.alerts.settings import (
     set_channel,
 )
 from safehold.config import FailoverSection
+from safehold.domain import ServerRole
 from safehold.errors import InvalidInput, NotFound, PermissionDenied, SafeholdError
 from safehold.ha.failover import MAX_WITNESSES
+from safehold.ha.readiness import read_database
+from safehold.runtime import Runtime
 from safehold.services import access, alerting
 from safehold.services import cluster_settings as cs
 from safehold.services.access import Principal
@@ -183,6 +190,33 @@ def parse_failover(form: Any, current: FailoverSection) -> tuple[dict[str, str],
     return values, changes, errors, [name for name, _ in given]
 
 
+def cluster_warnings(section: FailoverSection, readers: list[str]) -> list[str]:
+    """What an operator editing the policy on a primary or secondary should know: only what holds for the
+    whole cluster.  What a read-only server's own host lacks (the 'ping' program, a default gateway) is
+    checked on that host, where the policy runs; this server's host says nothing about it."""
+    if not section.enabled:
+        return []
+    out = []
+    if not readers:
+        out.append("no read-only server is registered in this cluster: nothing watches the primary yet (the "
+                   "policy applies to every read-only server)")
+    if not section.witness_targets and section.gateway is None:
+        out.append("no witness target and no gateway are configured: each read-only server can tell its own "
+                   "network failure from the primary's only by its default route's gateway, and one without a "
+                   "default gateway would promote itself even when it is the one cut off")
+    return out
+
+
+async def _failover_context(rt: Runtime, policy: FailoverSection) -> dict[str, Any]:
+    """The policy's warnings and who carries it out: a read-only server runs it itself, so its own host's
+    checks ('ping', the gateway) apply; on a primary or secondary (where it is edited) only the cluster's."""
+    if rt.identity.role == ServerRole.READONLY:
+        return {"fo_runs_here": True, "fo_warnings": await cs.failover_warnings(rt, policy), "fo_readers": []}
+    registry = await read_database(rt.settings, rt.engine)
+    readers = sorted((s.name for s in registry.servers if s.role == ServerRole.READONLY), key=str.lower)
+    return {"fo_runs_here": False, "fo_warnings": cluster_warnings(policy, readers), "fo_readers": readers}
+
+
 def _failover_field(name: str, inputs: list[str]) -> str:
     if name.startswith("witness_targets."):
         i = int(name.rsplit(".", 1)[1])
@@ -292,7 +326,7 @@ async def _page(request: Request, p: Principal, *, status: int = 200, failover: 
     alerts_in_force = await cs.alerts_in_force(rt)
     fo = fo_in_force.value
     config = alerts_in_force.value
-    warnings = await cs.failover_warnings(rt, fo)
+    failover_context = await _failover_context(rt, fo)
     dispatcher = getattr(request.app.state, "alerts", None)
     delivery: dict[str, dict[str, Any]] = dispatcher.status() if dispatcher is not None else {}
     saved_channels = build_channels(rt.settings, config)
@@ -309,7 +343,7 @@ async def _page(request: Request, p: Principal, *, status: int = 200, failover: 
             "result": (results or {}).get(name), "delivery": delivery.get(name),
         })
     return render(request, "settings.html", p, status=status,
-                  fo_form=failover or Form(values=failover_values(fo)), fo_warnings=warnings,
+                  fo_form=failover or Form(values=failover_values(fo)), **failover_context,
                   fo_source=fo_in_force.describe(), alerts_source=alerts_in_force.describe(),
                   witness_inputs=WITNESS_INPUTS, channels=channels, saved=request.query_params.get("saved", ""))
 
