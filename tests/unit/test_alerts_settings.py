@@ -9,7 +9,7 @@ import pytest
 from safehold.config import CONFIG_NAME, Settings, load_settings, write_settings
 from safehold.errors import ConfigError
 
-MINIMAL = '[server]\nid = "3f2b8c1e-9a4d-4e6f-8b7a-1c2d3e4f5a6b"\nname = "vault-1"\n'
+MINIMAL = '[server]\nid = "3f2b8c1e-9a4d-4e6f-8b7a-1c2d3e4f5a6b"\nname = "vault-1"\n[database]\nport = 5433\n'
 
 FULL = MINIMAL + """
 [alerts.email]

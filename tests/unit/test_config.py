@@ -15,7 +15,9 @@ from safehold.domain import ServerRole
 from safehold.errors import ConfigError
 
 SERVER_ID = "3f2b8c1e-9a4d-4e6f-8b7a-1c2d3e4f5a6b"
-MINIMAL = f'[server]\nid = "{SERVER_ID}"\nname = "vault-1"\n'
+SERVER = f'[server]\nid = "{SERVER_ID}"\nname = "vault-1"\n'
+#: the smallest complete file: a bundled database's port is required (its default would move it)
+MINIMAL = SERVER + "[database]\nport = 5433\n"
 DB_PASSWORD = "hunter2-Sup3rSecret"
 
 
@@ -57,7 +59,7 @@ def test_minimal_file_gets_documented_defaults(tmp_path: Path) -> None:
 
 
 def test_values_from_every_section(tmp_path: Path) -> None:
-    s = load(tmp_path, MINIMAL + """
+    s = load(tmp_path, SERVER + """
 role = "primary"
 [http]
 port = 9443
@@ -100,13 +102,14 @@ def test_env_overrides_file_values(tmp_path: Path) -> None:
 
 
 def test_env_fills_a_section_the_file_does_not_have(tmp_path: Path) -> None:
-    s = load(tmp_path, MINIMAL, env={
+    s = load(tmp_path, SERVER, env={
+        "SAFEHOLD_DATABASE__MODE": "external",
         "SAFEHOLD_DATABASE__URL": "postgresql://u@h/db",
         "SAFEHOLD_DATABASE__PASSWORD_FILE": "/run/secrets/db",
         "SAFEHOLD_SECURITY__KEY_FILE": "/etc/safehold/key",
         "SAFEHOLD_SERVER__ROLE": "secondary",
     })
-    assert s.database.url == "postgresql://u@h/db"
+    assert (s.database.mode, s.database.url) == ("external", "postgresql://u@h/db")
     assert s.database.password_file == Path("/run/secrets/db")
     assert s.key_file == Path("/etc/safehold/key")
     assert s.server.role == ServerRole.SECONDARY
@@ -151,14 +154,14 @@ def test_unknown_env_key_is_named(tmp_path: Path) -> None:
         ("[http]\nport = 70000\n", "http.port"),
         ('[http]\nport = "https"\n', "http.port"),
         ("[http]\nworkers = 0\n", "http.workers"),
-        ("[database]\npool_size = 1000\n", "database.pool_size"),
+        ("[database]\nport = 5433\npool_size = 1000\n", "database.pool_size"),
         ('[database]\nmode = "embedded"\n', "database.mode"),
         ("[security]\nlockout_threshold = 0\n", "security.lockout_threshold"),
         ("[security]\nsession_max_hours = 100000\n", "security.session_max_hours"),
     ],
 )
 def test_invalid_value_names_the_key(tmp_path: Path, text: str, key: str) -> None:
-    message = config_error(tmp_path, MINIMAL + text)
+    message = config_error(tmp_path, (SERVER if text.startswith("[database]") else MINIMAL) + text)
     assert message.startswith(f"invalid configuration in {tmp_path.resolve() / CONFIG_NAME}:")
     assert names_key(message, key)
     assert "(from " not in message  # nothing came from the environment
@@ -201,7 +204,7 @@ def test_unknown_key_is_named(tmp_path: Path, text: str, key: str) -> None:
     "text",
     [
         "[server\nname = 'a'\n",
-        MINIMAL + f"[database]\nurl = postgresql://u:{DB_PASSWORD}@h/db\n",
+        SERVER + f"[database]\nurl = postgresql://u:{DB_PASSWORD}@h/db\n",
         MINIMAL + "[http]\nport = 1\nport = 2\n",
     ],
     ids=["unclosed-table", "unquoted-value", "duplicate-key"],
@@ -223,7 +226,7 @@ def test_malformed_toml_is_reported_with_its_location(tmp_path: Path, text: str)
     ],
 )
 def test_database_url_error_never_shows_the_url(tmp_path: Path, url: str) -> None:
-    for env, text in [({}, MINIMAL + f'[database]\nurl = "{url}"\n'),
+    for env, text in [({}, SERVER + f'[database]\nurl = "{url}"\n'),
                       ({"SAFEHOLD_DATABASE__URL": url}, MINIMAL)]:
         message = config_error(tmp_path, text, env)
         assert names_key(message, "database.url")
@@ -235,7 +238,7 @@ def test_database_url_error_never_shows_the_url(tmp_path: Path, url: str) -> Non
 
 @pytest.mark.parametrize("url", ["postgresql://u:p@h:5432/db", "postgres://h/db"])
 def test_postgres_urls_are_accepted(tmp_path: Path, url: str) -> None:
-    assert load(tmp_path, MINIMAL + f'[database]\nurl = "{url}"\n').database.url == url
+    assert load(tmp_path, SERVER + f'[database]\nmode = "external"\nurl = "{url}"\n').database.url == url
 
 
 # --- paths ---------------------------------------------------------------------------------
@@ -245,7 +248,7 @@ def test_relative_paths_resolve_against_the_data_dir(tmp_path: Path, monkeypatch
     data_dir = tmp_path / "data"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    write(data_dir, MINIMAL + '[security]\nkey_file = "keys/safehold.key"\n[database]\ndata_dir = "pg17"\n')
+    write(data_dir, SERVER + '[security]\nkey_file = "keys/safehold.key"\n[database]\nport = 5433\ndata_dir = "pg17"\n')
     monkeypatch.chdir(elsewhere)
 
     s = load_settings(Path("../data"), env={})
@@ -280,7 +283,7 @@ def test_read_secret_strips_and_names_a_missing_file(tmp_path: Path) -> None:
 
 
 def test_write_then_load_round_trips(tmp_path: Path) -> None:
-    s = load(tmp_path, MINIMAL + '[http]\nport = 9443\n[database]\nurl = "postgresql://h/db"\n')
+    s = load(tmp_path, SERVER + '[http]\nport = 9443\n[database]\nmode = "external"\nurl = "postgresql://h/db"\n')
     (tmp_path / CONFIG_NAME).unlink()
 
     path = write_settings(s)

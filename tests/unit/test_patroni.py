@@ -360,7 +360,8 @@ def test_the_environment_gives_a_comma_separated_list(tmp_path: Path) -> None:
     (tmp_path / "safehold.toml").write_text('[server]\nid = "8e6c1f3c-6a51-4a3e-9a8e-8f1c2b3d4e5f"\nname = "a"\n')
     s: Settings = load_settings(tmp_path, env={"SAFEHOLD_HA__PATRONI_URLS": "http://a:8008,http://b:8008",
                                                "SAFEHOLD_HA__PATRONI_CA": "patroni-ca.crt",
-                                               "SAFEHOLD_DATABASE__MODE": "external"})
+                                               "SAFEHOLD_DATABASE__MODE": "external",
+                                               "SAFEHOLD_DATABASE__URL": "postgresql://safehold@db1/safehold"})
     assert s.ha.patroni_urls == ["http://a:8008", "http://b:8008"]
     assert s.path(s.ha.patroni_ca or Path()) == tmp_path.resolve() / "patroni-ca.crt"
 

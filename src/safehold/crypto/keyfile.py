@@ -22,6 +22,7 @@ from safehold.files import write_private
 
 KEY_LEN = 32
 _HEADER = "safehold-key-v1:"
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _CHECK_LABEL = b"safehold key check v1"
 _WRAP_NONCE_LEN = 12
 
@@ -111,7 +112,8 @@ def check_key_file_mode(path: Path) -> None:
 
 
 def load_key_file(path: Path) -> MasterKey:
-    """Read and validate the key file; refuses unsafe permissions and malformed content."""
+    """Read and validate the key file; refuses unsafe permissions and malformed content (the message names
+    the file and what is wrong with it, never its content)."""
     if not path.exists():
         raise KeyFileError(
             f"key file {path} not found",
@@ -121,16 +123,45 @@ def load_key_file(path: Path) -> MasterKey:
         raise KeyFileError(f"key file {path} is not a regular file")
     check_key_file_mode(path)
     try:
-        text = path.read_text(encoding="ascii").strip()
-    except (UnicodeDecodeError, OSError) as exc:
-        raise KeyFileError(f"key file {path} cannot be read: {type(exc).__name__}") from None
-    if not text.startswith(_HEADER):
-        raise KeyFileError(f"{path} is not a Safehold key file")
-    body = text[len(_HEADER) :]
-    try:
-        key = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-    except ValueError:
-        raise KeyFileError(f"key file {path} is damaged (not valid base64)") from None
-    if len(key) != KEY_LEN:
-        raise KeyFileError(f"key file {path} is damaged (wrong key length)")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"key file {path} cannot be read: {exc.strerror or 'the system refused it'}") from None
+    key, problem = decode_key(data)
+    if key is None:
+        raise KeyFileError(f"key file {path} {problem}", hint=_MALFORMED_HINT)
     return MasterKey(key)
+
+
+_MALFORMED_HINT = ("use the key file made by 'safehold init' for this cluster (or its backup copy); "
+                   "Safehold cannot repair a damaged one")
+
+
+def decode_key(data: bytes) -> tuple[bytes | None, str]:
+    """The key in a key file's bytes, or None and what is wrong with them, in words that go after "key file
+    PATH" (pure; the words never quote the content, which may be most of a key)."""
+    try:
+        text = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        text = "\0"
+    if any((ord(c) < 32 and c not in "\t\r\n") or ord(c) == 127 for c in text):
+        return None, (f"is not a Safehold key file: it holds binary data, not the one text line starting with "
+                      f"'{_HEADER}' that a key file holds")
+    if not text:
+        return None, "is not a Safehold key file: it is empty"
+    if not text.startswith(_HEADER):
+        return None, f"is not a Safehold key file: its line does not start with '{_HEADER}'"
+    body = text[len(_HEADER) :]
+    if not body:
+        return None, "is damaged (wrong key length): it holds no key after its header"
+    if "\n" in body or "\r" in body:
+        return None, "is damaged: it holds more than one line"
+    if not set(body) <= _B64URL:
+        return None, "is damaged (not valid base64): its key holds characters that base64url does not use"
+    if len(body) % 4 == 1:
+        return None, (f"is damaged (not valid base64): its key is {len(body)} characters long, which no key "
+                      "encodes to; was the file cut short or added to?")
+    key = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    if len(key) != KEY_LEN:
+        return None, (f"is damaged (wrong key length): its key is {len(key)} bytes long, a Safehold key "
+                      f"{KEY_LEN}; was the file cut short or added to?")
+    return key, ""

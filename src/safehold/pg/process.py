@@ -194,7 +194,7 @@ class Postmaster:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while any(_is_live(p) for p in [pid, *children]):
+        while any(pid_alive(p) for p in [pid, *children]):
             if time.monotonic() > deadline:
                 raise PgError(f"PostgreSQL processes of {self._tools.data_dir} survived SIGKILL")
             time.sleep(0.05)
@@ -282,7 +282,7 @@ def port_in_use(host: str, port: int) -> bool:
 
 def _is_postmaster(pid: int, data_dir: Path) -> bool:
     """Whether `pid` is a live (not zombie) PostgreSQL process working in `data_dir`."""
-    if not _is_live(pid):
+    if not pid_alive(pid):
         return False
     if not _HAVE_PROC:
         return True  # no procfs: the signal probe must do
@@ -309,8 +309,10 @@ def _proc_stat(pid: int) -> tuple[str, str, int] | None:
     return comm, fields[0], int(fields[1])
 
 
-def _is_live(pid: int) -> bool:
-    """Whether `pid` exists and is not a zombie."""
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    if not pid:
+        return False
     if not _HAVE_PROC:
         try:
             os.kill(pid, 0)
@@ -325,7 +327,7 @@ def _is_live(pid: int) -> bool:
 
 def _maybe_postgres(pid: int) -> bool:
     """Whether `pid` is live and might be a PostgreSQL process (of any cluster)."""
-    if not _is_live(pid):
+    if not pid_alive(pid):
         return False
     if not _HAVE_PROC:
         return True
