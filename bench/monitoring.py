@@ -60,7 +60,7 @@ def main() -> int:
                 return st["ha_status"], st["replication_status"]
 
             def logged(kind: str) -> int:
-                return [e["kind"] for e in c.get("/ha/events", params={"limit": 500}).json()].count(kind)
+                return [e["kind"] for e in c.get("/ha/events", params={"limit": 500}).json()["items"]].count(kind)
 
             _until(lambda: statuses() == ("Alive", "Alive"))
             replica = database.manager(load_settings(readonly.data_dir))
@@ -74,7 +74,7 @@ def main() -> int:
                 print(f"round {n + 1}: status Failed after {status_failed:.1f} s, logged after {failed[-1]:.1f} s; "
                       f"status Alive after {status_alive:.1f} s, logged after {alive[-1]:.1f} s", flush=True)
             time.sleep(3)  # one more monitor cycle: nothing further may be logged
-            kinds = [e["kind"] for e in c.get("/ha/events", params={"limit": 500}).json()]
+            kinds = [e["kind"] for e in c.get("/ha/events", params={"limit": 500}).json()["items"]]
     if kinds is None:
         return 1
     counts = {k: kinds.count(k) for k in ("HAFailed", "ReplicationFailed", "HAAlive", "ReplicationAlive")}

@@ -61,7 +61,7 @@ def test_promotes_itself_after_the_failed_pings(watched: tuple[Server, Server, L
     assert report["generation"] == 2 and report["mode"] == "read-write"
     with readonly.client(readonly.login()) as c:
         assert c.post("/resources", json={"name": "after"}).status_code == 201
-        events = c.get("/ha/events").json()
+        events = c.get("/ha/events").json()["items"]
     failover = [e for e in events if e["kind"] == "Failover"]
     assert len(failover) == 1 and "automatic failover after 3 failed pings" in failover[0]["message"], events
     assert failover[0]["args"] == ["readonly", "primary"]

@@ -66,7 +66,7 @@ def test_promote_fence_rejoin(primary_and_readonly: tuple[Server, Server]) -> No
     new_token = readonly.login()
     with readonly.client(new_token) as c:
         assert c.post("/resources", json={"name": "after-failover"}).status_code == 201
-        events = c.get("/ha/events").json()
+        events = c.get("/ha/events").json()["items"]
     failover = [e for e in events if e["kind"] == "Failover"]
     assert len(failover) == 1 and failover[0]["args"] == [readonly.data_dir.name, primary.data_dir.name], events
 

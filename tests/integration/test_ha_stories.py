@@ -112,16 +112,16 @@ def test_cutting_the_replica_off_turns_both_statuses_failed_then_alive_each_logg
         # what happened while the read-only server was joining (it may have been Failed for a moment) is not
         # what this test looks at: only the events logged from here on
         def settled() -> bool:  # the monitor has logged the Alive state too (events come newest first)
-            events = c.get("/ha/events").json()
+            events = c.get("/ha/events").json()["items"]
             last = {p: next((e["kind"] for e in events if e["kind"].startswith(p)), None)
                     for p in ("HA", "Replication")}
             return all(k is None or k.endswith("Alive") for k in last.values())
 
         wait_until(settled, timeout=20, what="the monitor to log the Alive state")
-        before = max((e["id"] for e in c.get("/ha/events").json()), default=0)
+        before = max((e["id"] for e in c.get("/ha/events").json()["items"]), default=0)
 
         def since() -> list[dict]:
-            return [e for e in c.get("/ha/events").json() if e["id"] > before]
+            return [e for e in c.get("/ha/events").json()["items"] if e["id"] > before]
 
         def logged(kind: str) -> int:
             return sum(1 for e in since() if e["kind"] == kind)

@@ -74,7 +74,7 @@ def test_switchover_under_a_writer_loses_no_acknowledged_write(primary_and_reado
     assert writer.url == readonly.url  # the old primary sent the writer on to the new one
     with readonly.client(readonly.login()) as c:
         local = c.get("/ha/local").json()
-        events = c.get("/ha/events").json()
+        events = c.get("/ha/events").json()["items"]
     assert local["role"] == "primary" and local["generation"] == 2
     switches = [e for e in events if e["kind"] == "ManualSwitch"]
     assert len(switches) == 1 and switches[0]["args"][0] == "readonly", events

@@ -53,7 +53,7 @@ def events(primary: Server, token: str, kind: str) -> list[dict[str, Any]]:
     with primary.client(token) as c:
         r = c.get("/ha/events")
     assert r.status_code == 200, r.text
-    return [e for e in r.json() if e["kind"] == kind]
+    return [e for e in r.json()["items"] if e["kind"] == kind]
 
 
 class Writer(threading.Thread):

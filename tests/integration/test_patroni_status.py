@@ -62,7 +62,7 @@ def events_of(server: Server, token: str) -> list[dict[str, Any]]:
     with server.client(token) as c:
         r = c.get("/ha/events")
     assert r.status_code == 200, r.text
-    return list(r.json())
+    return list(r.json()["items"])
 
 
 def test_engine_members_and_a_leader_killed(app_server: Server, patroni_cluster: PatroniCluster) -> None:

@@ -6,12 +6,14 @@ import pytest
 
 from safehold.domain import ServerRole
 from safehold.ha.policy import (
+    Confirmed,
     Health,
     Liveness,
     PeerObservation,
     ReplicaObservation,
     Snapshot,
     Thresholds,
+    confirm,
     ha_status,
     redirect_target,
     replication_status,
@@ -90,3 +92,25 @@ def test_a_new_server_is_reported_only_when_it_appears_inactive() -> None:
     assert kinds(before, snap(p=Liveness.ACTIVE, ro=Liveness.ACTIVE, s=Liveness.ACTIVE)) == []
     assert kinds(before, snap(p=Liveness.ACTIVE, ro=Liveness.ACTIVE, s=Liveness.INACTIVE)) == [
         "ServerInactive:s"]
+
+
+@pytest.mark.parametrize(("before", "now"), [
+    (snap(), snap(Health.FAILED, Health.FAILED)),
+    (snap(Health.FAILED, Health.FAILED), snap()),
+    (snap(), snap(p=Liveness.ACTIVE, ro=Liveness.INACTIVE)),
+    (snap(), snap(p=Liveness.ACTIVE, ro=Liveness.ACTIVE, s=Liveness.INACTIVE)),
+])
+def test_one_confirm_check_logs_every_change_at_once(before: Snapshot, now: Snapshot) -> None:
+    """ha.status_confirm_checks = 1: the confirmed snapshot is the probe, the transitions those without
+    hysteresis."""
+    confirmed = confirm(Confirmed(before), now, 1)
+    assert confirmed == Confirmed(now)
+    assert transitions(before, confirmed.snapshot) == transitions(before, now)
+
+
+@pytest.mark.parametrize("checks", [2, 3, 5])
+def test_a_change_seen_once_is_not_logged_with_more_confirm_checks(checks: int) -> None:
+    before = snap()
+    confirmed = confirm(Confirmed(before), snap(Health.FAILED, Health.FAILED, p=Liveness.INACTIVE,
+                                                ro=Liveness.INACTIVE), checks)
+    assert transitions(before, confirmed.snapshot) == []

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from safehold.errors import SafeholdError
 
@@ -88,31 +87,41 @@ def parse_assignments(channel: str, assignments: list[str]) -> tuple[dict[str, A
 
 
 @alerts_app.command()
-def show(data_dir: DataDir) -> None:
+def show(data_dir: DataDir, as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the channels as JSON (the keys of GET /api/v1/ha/alerts, without delivery "
+                       "status).")] = False) -> None:
     """The cluster's alert channels and where they send to (no secrets)."""
     from safehold.alerts.dispatch import build_channels
-    from safehold.alerts.settings import SECRET_FIELDS
+    from safehold.cli.layout import print_json, print_rows
     from safehold.services.cluster_settings import InForce, alerts_in_force
+    from safehold.web.api.alerts import channel_view
 
     async def go(rt: Runtime) -> tuple[InForce[Any], dict[str, Any]]:
         in_force = await alerts_in_force(rt)
         return in_force, build_channels(rt.settings, in_force.value)
 
     in_force, channels = _run(data_dir, go)
-    out.print(f"alert settings: {escape(in_force.describe())}", highlight=False)
-    if not channels:
-        out.print("no alert channel is configured (add one with 'safehold alerts set CHANNEL KEY=VALUE ...')")
+    config = in_force.value
+    if as_json:
+        print_json({"channels": [{"name": name, "target": ch.target(), "settings": channel_view(config, name)}
+                                 for name, ch in channels.items()],
+                    "retry": config.section.retry.model_dump(), "source": in_force.source,
+                    "version": in_force.version, "updated_at": in_force.updated_at, "updated_by": in_force.updated_by})
         return
-    t = Table("channel", "target", "secret", title="Alert channels")
-    for name, ch in channels.items():
-        secret = ("set" if in_force.value.secret(name) or getattr(getattr(in_force.value.section, name),
-                                                                    SECRET_FIELDS[name][0], None)
-                  else "not set") if name in SECRET_FIELDS else "-"
-        t.add_row(name, ch.target(), secret)
-    out.print(t)
-    r = in_force.value.section.retry
+    out.print(f"alert settings: {in_force.describe()}", highlight=False, markup=False)
+    if not channels:
+        hint = "add one with 'safehold alerts set CHANNEL KEY=VALUE ...' (CHANNEL: email, syslog, snmp, webhook or script)"
+        if in_force.version is None:  # the database holds none: a section of safehold.toml would be imported
+            hint += (", or add an [alerts.email], [alerts.syslog], [alerts.snmp], [alerts.webhook] or [alerts.script] "
+                     "section to safehold.toml (imported into the database at the next start of a writable server)")
+        out.print(f"no alert channel is configured; {hint}", highlight=False, markup=False)
+        return
+    print_rows(out, "Alert channels", ("channel", "target", "secret"),
+               [(name, ch.target(), (channel_view(config, name) or {}).get("secret", "-"))
+                for name, ch in channels.items()])
+    r = config.section.retry
     out.print(f"retries: {r.attempts} tries, waiting {r.initial_delay:g} s × {r.multiplier:g} each time "
-              f"(at most {r.max_delay:g} s)", highlight=False)
+              f"(at most {r.max_delay:g} s)", highlight=False, markup=False)
 
 
 @alerts_app.command("set")

@@ -3,57 +3,106 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from safehold.cli.common import DataDir, err, ha_app, out, read_passphrase  # noqa: F401 - re-exported
+from safehold.cli.layout import print_json, print_rows, when
 from safehold.ha.setupfile import peek_kind
+
+Json = Annotated[bool, typer.Option("--json", help="Print the status as JSON (the keys of GET /api/v1/ha/status).")]
 
 
 @ha_app.command()
-def status(data_dir: DataDir) -> None:
+def status(data_dir: DataDir, as_json: Json = False) -> None:
     """The cluster as this server sees it: servers, databases, HA and replication status."""
-    from rich.table import Table
-
     from safehold.cli.context import with_runtime
     from safehold.ha.status import cluster_status
 
     st = with_runtime(data_dir, lambda rt: cluster_status(rt, ask_self=True))
+    if as_json:
+        print_json(st)
+        return
     fence = st.get("fence")
     if fence:
-        err.print(f"[red bold]FENCED[/]: {fence['acting_primary_name']} ({fence['acting_primary_url']}) is the acting "
-                  f"primary since generation {fence['generation']}; this server refuses every change. Rejoin it: "
-                  f"safehold ha rejoin --data-dir {data_dir} --from {fence['acting_primary_url']}", highlight=False)
-    out.print(f"Cluster {st['cluster_id']}, generation {st['generation']}", highlight=False)
-    t = Table("name", "role", "status", "url", "sessions", "last seen", "id", title="Servers")
-    for s in st["servers"]:
-        colour = "green" if s["status"] == "active" else "red"
-        t.add_row(s["name"], s["role"], f"[{colour}]{s['status']}[/]", s["url"], str(s["sessions"]),
-                  s["last_seen"] or "-", s["id"])
-    out.print(t)
-    d = Table("host", "port", "role", "servers configured", "servers active", title="Databases")
-    for db in st["databases"]:
-        d.add_row(str(db["host"]), str(db["port"]), db["role"], str(db["servers_configured"]),
-                  str(db["servers_active"]))
-    out.print(d)
+        err.print(Text.assemble(
+            ("FENCED", "bold red"), f": {fence['acting_primary_name']} ({fence['acting_primary_url']}) is the acting "
+            f"primary since generation {fence['generation']}; this server refuses every change. Rejoin it: "
+            f"safehold ha rejoin --data-dir {data_dir} --from {fence['acting_primary_url']}"), soft_wrap=True)
+    out.print(f"Cluster {st['cluster_id']}, generation {st['generation']}", highlight=False, markup=False)
+    print_rows(out, "Servers", ("name", "role", "status", "url", "sessions", "last seen", "id"),
+               [(s["name"], s["role"], _server_status(s), s["url"] or "-", str(s["sessions"]),
+                 when(s["last_seen"]), s["id"]) for s in st["servers"]])
+    print_rows(out, "Databases", ("host", "port", "role", "servers configured", "servers active"),
+               [(str(db["host"]), str(db["port"]), db["role"], str(db["servers_configured"]),
+                 str(db["servers_active"])) for db in st["databases"]])
     engine = st.get("engine")
     if engine and not engine["reachable"]:
-        err.print(f"[red bold]HA engine unreachable[/]: {engine['error']}", highlight=False)
+        err.print(Text.assemble(("HA engine unreachable", "bold red"), f": {engine['error']}"), soft_wrap=True)
     elif engine:
-        e = Table("name", "role", "state", "host:port", "timeline", "lag (bytes)",
-                  title=f"Engine members (Patroni, scope {engine['scope'] or '?'})")
-        for m in engine["members"]:
-            colour = "green" if m["state"] in ("running", "streaming") else "red"
-            e.add_row(m["name"], m["role"], f"[{colour}]{m['state']}[/]", f"{m['host']}:{m['port'] or '?'}",
-                      "-" if m["timeline"] is None else str(m["timeline"]), "-" if m["lag"] is None else str(m["lag"]))
-        out.print(e)
-    out.print(f"HA status: {st['ha_status'] or 'n/a (no read-only server)'}   "
-              f"Replication status: {st['replication_status'] or 'n/a'}   "
-              f"lag: {st['replication_lag_bytes']} bytes, {st['replication_lag_seconds']} s   "
-              f"audit backlog: {st['audit_backlog']['pending']} pending, {st['audit_backlog']['shipped']} shipped")
+        print_rows(out, f"Engine members (Patroni, scope {engine['scope'] or '?'})",
+                   ("name", "role", "state", "host:port", "timeline", "lag (bytes)"),
+                   [(m["name"], m["role"], Text(m["state"], "green" if m["state"] in ("running", "streaming")
+                                                else "red"),
+                     f"{m['host']}:{m['port'] or '?'}", "-" if m["timeline"] is None else str(m["timeline"]),
+                     "-" if m["lag"] is None else str(m["lag"])) for m in engine["members"]])
+    for line in status_lines(st):
+        out.print(line, soft_wrap=True)
     for alarm in st.get("alarms", []):
-        out.print(f"[red bold]ALARM[/] {alarm['condition']} on {alarm['server']}: {alarm['message']}", highlight=False)
+        out.print(Text.assemble(("ALARM", "bold red"), f" {alarm['condition']} on {alarm['server']}: "
+                                f"{alarm['message']}"), soft_wrap=True)
+
+
+def _server_status(s: dict[str, Any]) -> Text:
+    """A server's status now, and the confirmed one when the HA monitor has not confirmed it yet."""
+    text = Text(s["status"], "green" if s["status"] == "active" else "red")
+    confirmed = s.get("confirmed_status")
+    if confirmed and confirmed != s["status"]:
+        text.append(f" (latest check; confirmed: {confirmed})")
+    return text
+
+
+def _health(live: str | None, confirmed: dict[str, Any] | None, key: str) -> str:
+    """A status as the latest check saw it, with the confirmed one (what was logged and alerted) when it differs."""
+    if live is None:
+        return "n/a (no read-only server)"
+    held = confirmed.get(key) if confirmed else None
+    if confirmed is None or held == live:
+        return live
+    checks = confirmed.get("confirm_checks")
+    return f"{held or 'not confirmed yet'}, latest check {live} (a change counts after {checks} checks in a row)"
+
+
+def status_lines(st: dict[str, Any]) -> list[Text]:
+    """The HA and replication status, lag and audit backlog, in words (nothing shown as "None")."""
+    confirmed = st.get("confirmed")
+    lag_bytes, lag_seconds = st.get("replication_lag_bytes"), st.get("replication_lag_seconds")
+    if st["ha_status"] is None and lag_bytes is None and lag_seconds is None:
+        lag = "no replica"
+    else:
+        known = [f"{lag_bytes} bytes" if lag_bytes is not None else "", f"{lag_seconds:g} s" if lag_seconds is not None
+                 else ""]
+        lag = ", ".join(k for k in known if k) or "unknown"
+    lines = [Text(f"HA status: {_health(st['ha_status'], confirmed, 'ha_status')}"),
+             Text(f"Replication status: {_health(st['replication_status'], confirmed, 'replication_status')}"),
+             Text(f"Replication lag: {lag}")]
+    backlog = st["audit_backlog"]
+    lines.append(Text(f"Audit backlog: {backlog_words(backlog)}"))
+    return lines
+
+
+def backlog_words(backlog: dict[str, Any]) -> str:
+    """The read-only servers' audit spools in words: what those that answered reported, and whose is unknown."""
+    pending = backlog["pending"]
+    text = f"{pending} record(s) not yet in the primary database" if pending else "none pending"
+    if backlog.get("oldest_pending"):
+        text += f" (oldest {when(backlog['oldest_pending'])})"
+    unknown = [b["name"] for b in backlog.get("servers", []) if not b["reported"]]
+    if unknown:
+        text += f"; unknown for {', '.join(unknown)} (not answering)"
+    return text
 
 
 @ha_app.command()

@@ -17,15 +17,24 @@ DataDir = Annotated[Path, typer.Option("--data-dir", "-d", help="The server's da
                                        envvar="SAFEHOLD_DATA_DIR")]
 
 
-def check(data_dir: DataDir) -> None:
+def check(data_dir: DataDir, as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the checks as JSON (the keys of GET /api/v1/ha/checks, with each check's state).")]
+        = False) -> None:
     """Readiness: the key file matches the database, the audit spool is writable, there is disk space,
     the replica streams within the lag thresholds, no peer reports a newer generation, and the peers
     answer. One line per check; the exit code is 1 if any failed. Nothing is started or changed."""
+    from safehold.cli.layout import print_json
     from safehold.config import load_settings
     from safehold.ha.readiness import run_checks
 
     settings = load_settings(data_dir)
     checks = asyncio.run(run_checks(settings))
+    if as_json:
+        print_json({"ok": all(c.ok for c in checks),
+                    "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail, "state": c.state} for c in checks]})
+        if not all(c.ok for c in checks):
+            raise typer.Exit(1)
+        return
     width = max(len(c.name) for c in checks)
     for c in checks:
         mark = "[green]✓[/]" if c.ok else "[bold red]✗[/]"

@@ -8,8 +8,9 @@ gather observations and carry out decisions live elsewhere.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 from safehold.domain import ServerRole
 
@@ -143,3 +144,65 @@ def transitions(before: Snapshot | None, now: Snapshot) -> list[Event]:
                 events.append(Event(EventKind.STANDBY_OFFLINE, name, f"standby {name} is offline",
                                     (name, now.active)))
     return events
+
+
+# --- hysteresis: a new status is logged only once it held for several checks in a row --------------------------
+
+#: the parts of a :class:`Snapshot` whose states are confirmed before they are logged
+CATEGORIES = ("ha", "replication", "servers")
+S = TypeVar("S", Health, Liveness)
+
+
+@dataclass(frozen=True)
+class Streak:
+    """A subject seen in a state other than its confirmed one, at ``checks`` consecutive checks so far."""
+
+    state: str
+    checks: int
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """What the HA monitor keeps between its checks: the statuses that held long enough to be logged
+    (``snapshot``, which transitions are computed from) and the new states still being confirmed, by
+    (category, subject) — a category is one of :data:`CATEGORIES`."""
+
+    snapshot: Snapshot
+    streaks: Mapping[tuple[str, str], Streak] = field(default_factory=dict)
+
+
+def confirm(before: Confirmed | None, probe: Snapshot, checks: int) -> Confirmed:
+    """The confirmed statuses after one more check whose raw results are ``probe``.
+
+    A subject's new state is confirmed once ``checks`` consecutive checks saw it (Patroni and monitoring
+    systems do the same), so a link that flaps for a few seconds raises no event at all, and a real change
+    is logged ``checks - 1`` checks later than it was first seen.  A check that sees the confirmed state
+    again ends a streak; one that sees a third state starts a new one.  ``checks`` of 1 confirms every
+    probe at once.  A subject no longer probed (a removed server) is forgotten; one never confirmed
+    before (a monitor just started, a new server) is confirmed the same way, and :func:`transitions`
+    then reports it only if it is a failure."""
+    checks = max(1, checks)
+    old = before.snapshot if before is not None else Snapshot({}, {}, {})
+    streaks = before.streaks if before is not None else {}
+    kept: dict[tuple[str, str], Streak] = {}
+
+    def one(category: str, confirmed: Mapping[str, S], probed: Mapping[str, S]) -> dict[str, S]:
+        result: dict[str, S] = {}
+        for subject, state in probed.items():
+            current = confirmed.get(subject)
+            if state == current:
+                result[subject] = state
+                continue
+            streak = streaks.get((category, subject))
+            seen = streak.checks + 1 if streak is not None and streak.state == state else 1
+            if seen >= checks:
+                result[subject] = state
+                continue
+            if current is not None:
+                result[subject] = current
+            kept[(category, subject)] = Streak(str(state), seen)
+        return result
+
+    snapshot = Snapshot(one("ha", old.ha, probe.ha), one("replication", old.replication, probe.replication),
+                        one("servers", old.servers, probe.servers), probe.standbys, probe.active)
+    return Confirmed(snapshot, kept)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from safehold.config import Settings
 from safehold.domain import ServerRole
@@ -73,6 +74,12 @@ async def wal_now(rt: Runtime, timeout: float) -> tuple[bool, str] | None:
         return None
 
 
+E = TypeVar("E", Health, Liveness)
+#: the subject of the HA and replication status of the read-only servers' replicas, summed up, in the HA
+#: monitor's snapshot (its events say "HA status of read-only replicas is Failed")
+REPLICAS = "read-only replicas"
+
+
 def _overall(statuses: list[Health]) -> Health:
     """Alive only when there is a replica and every replica is Alive."""
     return Health.ALIVE if statuses and Health.FAILED not in statuses else Health.FAILED
@@ -94,7 +101,11 @@ class ServerStatus:
     url: str | None = None
     port: int | None = None
     sessions: int = 0
-    last_seen: str | None = None  # ISO 8601
+    # when it last answered: its own heartbeat (a primary or secondary writes it), or, for a read-only server
+    # (it cannot write its row), when the HA monitor last got an answer from it; ISO 8601
+    last_seen: str | None = None
+    # as the HA monitor confirmed it (held for ha.status_confirm_checks checks); None: not confirmed yet
+    confirmed_status: Liveness | None = None
 
     @property
     def active(self) -> bool:
@@ -103,6 +114,7 @@ class ServerStatus:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "hostname": self.hostname, "dns_name": self.dns_name,
                 "role": self.role, "url": self.url, "port": self.port, "status": self.status.value,
+                "confirmed_status": self.confirmed_status.value if self.confirmed_status is not None else None,
                 "sessions": self.sessions, "last_seen": self.last_seen}
 
 
@@ -118,12 +130,51 @@ class DatabaseStatus:
 
 
 @dataclass(frozen=True)
+class ServerBacklog:
+    """One server's audit spool (a read-only server's, or a fenced one's), as the server itself reports it
+    (``GET /ha/local``; this server: its own spool).  ``reported`` False: it did not answer, so its backlog is
+    unknown — not zero."""
+
+    id: str
+    name: str
+    reported: bool
+    pending: int | None = None
+    shipped: int | None = None  # the highest record number known to be in the primary database
+    oldest_pending: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class BacklogTotal:
-    """The audit records of every read-only server not yet in the primary database."""
+    """The audit records of the read-only (and fenced) servers not yet in the primary database: ``pending`` and
+    ``shipped`` sum what the servers in ``servers`` reported; one that did not answer is listed there with
+    ``reported`` False and counted in no sum, so two servers' views agree on what they know and say what
+    they do not."""
 
     pending: int = 0
     shipped: int = 0
     oldest_pending: str | None = None
+    servers: tuple[ServerBacklog, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pending": self.pending, "shipped": self.shipped, "oldest_pending": self.oldest_pending,
+                "servers": [dataclasses.asdict(b) for b in self.servers]}
+
+
+@dataclass(frozen=True)
+class ConfirmedStatus:
+    """The HA and replication status as the HA monitor confirmed them: a new state counts once it held for
+    ``confirm_checks`` consecutive checks (what is logged and alerted); the view's own ``ha_status`` and
+    ``replication_status`` are the latest check's, which may flap."""
+
+    ha_status: Health | None
+    replication_status: Health | None
+    confirm_checks: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ha_status": self.ha_status.value if self.ha_status is not None else None,
+                "replication_status": self.replication_status.value if self.replication_status is not None else None,
+                "confirm_checks": self.confirm_checks}
 
 
 @dataclass(frozen=True)
@@ -158,6 +209,7 @@ class ClusterView:
     audit_backlog: BacklogTotal
     alarms: tuple[ClusterAlarm, ...]
     engine: EngineView | None = None  # the external HA engine's members (ha.patroni_urls), beside the servers
+    confirmed: ConfirmedStatus | None = None  # None: the HA monitor has confirmed nothing yet
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -169,9 +221,10 @@ class ClusterView:
             "databases": [dataclasses.asdict(x) for x in self.databases],
             "ha_status": self.ha_status.value if self.ha_status is not None else None,
             "replication_status": self.replication_status.value if self.replication_status is not None else None,
+            "confirmed": self.confirmed.to_json() if self.confirmed is not None else None,
             "replication_lag_bytes": self.replication_lag_bytes,
             "replication_lag_seconds": self.replication_lag_seconds,
-            "audit_backlog": dataclasses.asdict(self.audit_backlog),
+            "audit_backlog": self.audit_backlog.to_json(),
             "alarms": [dataclasses.asdict(x) for x in self.alarms],
             "engine": self.engine.to_json() if self.engine is not None else None,
         }
@@ -199,6 +252,7 @@ async def cluster_view(rt: Runtime, *, live_peers: dict[str, bool] | None = None
         sessions = await server_store.session_counts(conn)
         view = await replication.replica_view(conn) if rt.readonly else None
         primary = None if rt.readonly or engine_run else await replication.primary_view(conn)
+        stored = await ha_store.read_snapshot(conn)
     async with PeerClient.for_settings(s) as client:
         # every server's own report: read-only servers' databases and backlogs, and every server's alarm
         asked = [r.url if r.url and (r.id != rt.identity.id or ask_self) else None for r in rows]
@@ -225,6 +279,7 @@ async def cluster_view(rt: Runtime, *, live_peers: dict[str, bool] | None = None
             status=Liveness.ACTIVE if active else Liveness.INACTIVE, sessions=sessions.get(r.id, 0),
             last_seen=now.isoformat() if r.id == rt.identity.id else
             (r.last_heartbeat.isoformat() if r.last_heartbeat else None),
+            confirmed_status=_confirmed(stored, "servers", r.name, Liveness),
         ))
 
     replicas: list[ReplicaObservation] = []
@@ -250,11 +305,7 @@ async def cluster_view(rt: Runtime, *, live_peers: dict[str, bool] | None = None
     for report in readonly_reports:
         is_up = any(x.id == report.server_id and x.active for x in servers)
         databases.append(DatabaseStatus(report.database.host, report.database.port, "replica", 1, 1 if is_up else 0))
-    backlogs = [r.audit_backlog or BacklogReport() for r in readonly_reports]
-    if rt.spool is not None:
-        backlogs.append(BacklogReport.from_json(rt.spool.backlog().as_dict()))
-    backlog = BacklogTotal(sum(b.pending for b in backlogs), sum(b.shipped for b in backlogs),
-                           min((b.oldest_pending for b in backlogs if b.oldest_pending), default=None))
+    backlog = _backlog(rt, rows, reports)
     has_replicas = bool(replicas) or (not engine_run and any(x.role == ServerRole.READONLY for x in servers))
     return ClusterView(
         cluster_id=rt.cluster_id, generation=rt.generation,
@@ -265,7 +316,47 @@ async def cluster_view(rt: Runtime, *, live_peers: dict[str, bool] | None = None
         replication_lag_bytes=max((r.lag_bytes or 0 for r in replicas), default=None),
         replication_lag_seconds=None if engine_run else max((r.lag_seconds or 0.0 for r in replicas), default=None),
         audit_backlog=backlog, alarms=tuple(alarms), engine=engine,
+        confirmed=None if stored is None else ConfirmedStatus(
+            _confirmed(stored, "ha", REPLICAS, Health), _confirmed(stored, "replication", REPLICAS, Health),
+            s.ha.status_confirm_checks),
     )
+
+
+def _confirmed(stored: dict[str, Any] | None, category: str, subject: str, kind: type[E]) -> E | None:
+    """A subject's confirmed state in the HA monitor's stored snapshot (:mod:`safehold.ha.monitor`), or None."""
+    part = (stored or {}).get(category)
+    value = part.get(subject) if isinstance(part, dict) else None
+    try:
+        return kind(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _backlog(rt: Runtime, rows: list[Any], reports: list[LocalReport | None]) -> BacklogTotal:
+    own = None
+    if rt.spool is not None:
+        b = BacklogReport.from_json(rt.spool.backlog().as_dict())
+        own = ServerBacklog(rt.identity.id, rt.identity.name, True, b.pending, b.shipped, b.oldest_pending, b.error)
+    return backlog_total(own, rows, reports)
+
+
+def backlog_total(own: ServerBacklog | None, rows: Sequence[Any], reports: Sequence[LocalReport | None]) -> BacklogTotal:
+    """Every spool of the cluster once: this server's own (``own``, read here and never also through its report: a
+    command beside the running server asks that too), each read-only server's as it reported it or unknown
+    when it did not answer, and a fenced server's as it reported it.  ``rows``: the registry (``id``, ``name``,
+    ``role``), ``reports``: each one's ``/ha/local`` answer (None: none)."""
+    spools = [own] if own is not None else []
+    for r, report in zip(rows, reports, strict=True):
+        if own is not None and r.id == own.id:
+            continue
+        if report is not None and (report.audit_backlog is not None or r.role == ServerRole.READONLY):
+            b = report.audit_backlog or BacklogReport()
+            spools.append(ServerBacklog(r.id, r.name, True, b.pending, b.shipped, b.oldest_pending, b.error))
+        elif r.role == ServerRole.READONLY and report is None:
+            spools.append(ServerBacklog(r.id, r.name, False))
+    known = [b for b in spools if b.reported]
+    return BacklogTotal(sum(b.pending or 0 for b in known), sum(b.shipped or 0 for b in known),
+                        min((b.oldest_pending for b in known if b.oldest_pending), default=None), tuple(spools))
 
 
 def _primary_address(s: Settings, readonly: bool) -> tuple[str, int]:
@@ -309,8 +400,20 @@ class HaEvent:
                 "message": self.message, "reported_by": self.reported_by, "args": list(self.args)}
 
 
+def _event(r: Any) -> HaEvent:
+    return HaEvent(r.id, r.at, r.kind, r.subject, r.message, r.reported_by, tuple(r.args or ()))
+
+
 async def recent_events(rt: Runtime, limit: int = 100) -> list[HaEvent]:
     """The newest logged HA transitions first."""
     async with rt.read() as conn:
         rows = await ha_store.recent_events(conn, limit)
-    return [HaEvent(r.id, r.at, r.kind, r.subject, r.message, r.reported_by, tuple(r.args or ())) for r in rows]
+    return [_event(r) for r in rows]
+
+
+async def events_page(rt: Runtime, limit: int = 100, offset: int = 0) -> tuple[list[HaEvent], int]:
+    """One page of the logged HA transitions, newest first, and how many there are in all."""
+    async with rt.read() as conn:
+        rows = await ha_store.recent_events(conn, limit, offset)
+        total = await ha_store.count_events(conn)
+    return [_event(r) for r in rows], total

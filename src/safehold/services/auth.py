@@ -260,12 +260,13 @@ def _totp_ok(rt: Runtime, user, code: str) -> bool:  # type: ignore[no-untyped-d
     return step is not None and (user.totp_last_step is None or step > user.totp_last_step)
 
 
-async def authenticate(rt: Runtime, token: str, source_ip: str = "") -> Principal:
-    """The principal a bearer/session token stands for; raises AuthenticationFailed."""
+async def authenticate(rt: Runtime, token: str, source_ip: str = "", *, replica_sessions: bool = False) -> Principal:
+    """The principal a bearer/session token stands for; raises AuthenticationFailed.  ``replica_sessions``:
+    on a read-only server, a session made on a writable server counts too (see :func:`_authenticate_readonly`)."""
     if not token.startswith((SESSION_PREFIX, API_PREFIX)) or len(token) > 100:
         raise AuthenticationFailed("invalid or expired token")
     if rt.readonly:
-        return await _authenticate_readonly(rt, token, source_ip)
+        return await _authenticate_readonly(rt, token, source_ip, replica_sessions)
     token_hash = hash_token(token)
     row = await _principal_row(rt, token_hash)
     t = now()
@@ -305,8 +306,15 @@ async def _principal_row(rt: Runtime, token_hash: bytes) -> Any:
     return row
 
 
-async def _authenticate_readonly(rt: Runtime, token: str, source_ip: str) -> Principal:
-    """Sessions made on this read-only server live in its memory; API tokens are read from the replica."""
+async def _authenticate_readonly(rt: Runtime, token: str, source_ip: str, replica_sessions: bool) -> Principal:
+    """Sessions made on this read-only server live in its local state; API tokens are read from the replica,
+    and so are sessions made on a writable server when ``replica_sessions`` (the HA view this server serves
+    itself even while it sends users to the primary, where those sessions were made).
+
+    Nothing is written: a token's last use is not noted here, and a replica session's idle expiry is the one
+    the primary last set.  A token revoked or a session ended on the primary is deleted from the replica by
+    replication, and is refused here from then on.  Other requests do not take replica sessions: a sign-out
+    here could not end them (the replica cannot be written)."""
     t = now()
     if token.startswith(SESSION_PREFIX):
         idle = dt.timedelta(minutes=rt.settings.security.session_idle_minutes)
@@ -315,7 +323,13 @@ async def _authenticate_readonly(rt: Runtime, token: str, source_ip: str) -> Pri
             return replace(session, source_ip=source_ip)
     async with rt.read() as conn:
         row = await user_store.principal_by_token(conn, hash_token(token))
-    if row is None or row.kind != "api" or row.disabled or (row.expires_at is not None and row.expires_at <= t):
+    if row is None or row.disabled or (row.expires_at is not None and row.expires_at <= t):
+        raise AuthenticationFailed("invalid or expired token")
+    if row.kind == "session":
+        max_age = dt.timedelta(hours=rt.settings.security.session_max_hours)
+        if not replica_sessions or row.created_at + max_age <= t:
+            raise AuthenticationFailed("invalid or expired token")
+    elif row.kind != "api":
         raise AuthenticationFailed("invalid or expired token")
     return Principal(row.user_id, row.username, UserRole(row.role), row.token_id, row.kind, source_ip, None)
 

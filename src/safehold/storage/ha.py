@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -16,8 +16,15 @@ SNAPSHOT_KEY = "ha.last_snapshot"
 
 
 async def last_snapshot(conn: AsyncConnection) -> dict[str, Any] | None:
+    """The snapshot, locked until the transaction ends (the monitor that compares and replaces it)."""
     q = select(settings.c.value).where(settings.c.key == SNAPSHOT_KEY).with_for_update()
     value = (await conn.execute(q)).scalar_one_or_none()
+    return value if isinstance(value, dict) else None
+
+
+async def read_snapshot(conn: AsyncConnection) -> dict[str, Any] | None:
+    """The snapshot as it is now, without a lock (a reader; a replica can take no lock)."""
+    value = (await conn.execute(select(settings.c.value).where(settings.c.key == SNAPSHOT_KEY))).scalar_one_or_none()
     return value if isinstance(value, dict) else None
 
 
@@ -35,6 +42,11 @@ async def add_events(conn: AsyncConnection, reported_by: str,
              "args": list(e[3]) if len(e) > 3 else []} for e in events])
 
 
-async def recent_events(conn: AsyncConnection, limit: int = 100) -> list[AnyRow]:
-    q = select(ha_events).order_by(ha_events.c.id.desc()).limit(limit)
+async def recent_events(conn: AsyncConnection, limit: int = 100, offset: int = 0) -> list[AnyRow]:
+    """The newest events first."""
+    q = select(ha_events).order_by(ha_events.c.id.desc()).limit(limit).offset(offset)
     return list(await conn.execute(q))
+
+
+async def count_events(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.count()).select_from(ha_events))).scalar_one())

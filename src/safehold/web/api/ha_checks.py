@@ -9,13 +9,14 @@ from fastapi import APIRouter
 from safehold.ha.readiness import run_checks
 from safehold.services import access
 from safehold.web.api.common import AUTH_ERRORS
-from safehold.web.deps import CurrentUser, RuntimeDep
+from safehold.web.api.ha import HaUser
+from safehold.web.deps import RuntimeDep
 
 router = APIRouter(prefix="/ha", tags=["high availability"])
 
 
 @router.get("/checks", responses=AUTH_ERRORS)
-async def checks(p: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
+async def checks(p: HaUser, rt: RuntimeDep) -> dict[str, Any]:
     """Could this server take over right now: key file, audit spool, disk space, replication lag,
     generation, peers — each with a pass/fail and one sentence (administrators)."""
     access.require(p.is_admin, "only administrators can run the readiness checks")
