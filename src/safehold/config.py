@@ -89,6 +89,9 @@ class DatabaseSection(_Section):
     # a new connection gives up on a host that does not answer within this (each host of a multi-host URL;
     # the operation timeout is stretched to try them all)
     connect_timeout: float = Field(default=5.0, ge=1, le=60)
+    # 'safehold serve' waits this long for a database that does not answer yet (another server's, or an
+    # engine's, starting at the same moment) before it gives up; 0: no wait
+    connect_wait: float = Field(default=60.0, ge=0, le=3600)
 
     @field_validator("url", "primary_url")
     @classmethod
@@ -156,6 +159,11 @@ class HaSection(_Section):
     primary_db_port: int | None = Field(default=None, ge=1, le=65535)
     check_interval: float = Field(default=2.0, ge=0.2, le=60)
     peer_timeout: float = Field(default=2.0, ge=0.2, le=60)
+    status_confirm_checks: int = Field(default=3, ge=1, le=100, description=(
+        "Hysteresis of the HA monitor: a new HA status, replication status or server state (active/inactive) "
+        "is logged as an event and alerted only once this many consecutive checks (one every check_interval) "
+        "saw it, so a link that flaps for a few seconds raises no alert; 1 reports every change at once. "
+        "The status API and 'safehold ha status' show the latest check beside the confirmed status."))
     # the write lease: a primary or secondary acknowledges a write only while its last confirmation
     # that it is still the cluster's writer is younger than this (see docs/HA.md, "What Safehold
     # guarantees"); it must be longer than check_interval and shorter than any standby's automatic
@@ -249,6 +257,118 @@ class BackupSection(_Section):
     keep: int = Field(default=7, ge=1, le=1000)
 
 
+# --- [audit]: audit sinks (docs/AUDIT-STREAMING.md) -------------------------------------------------------------
+
+#: The keys each kind of audit sink takes besides the common ones, and those it requires.
+AUDIT_SINK_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "syslog": (frozenset({"host", "port", "ca_file", "facility", "app_name"}), frozenset({"host"})),
+    "file": (frozenset({"path"}), frozenset({"path"})),
+    "webhook": (frozenset({"url", "ca_file", "secret_file"}), frozenset({"url"})),
+}
+
+
+class AuditSinkSection(_Section):
+    """One ``[[audit.sinks]]``: where every audit record is delivered, in order, at least once (see
+    safehold.audit.delivery).  ``fail_closed``: audited actions are refused while it cannot take records."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    kind: Literal["syslog", "file", "webhook"]
+    fail_closed: bool = False
+    max_lag: int = Field(default=1000, ge=1, le=10_000_000)  # fail_closed: records behind before refusing
+    start: Literal["now", "beginning"] = "now"  # a new sink's first record: the next one, or the oldest
+    batch: int = Field(default=500, ge=1, le=10_000)  # records per delivery
+    timeout: float = Field(default=10.0, gt=0, le=300)
+    retry_initial: float = Field(default=1.0, gt=0, le=3600)  # back-off after a failed delivery, doubled
+    retry_max: float = Field(default=30.0, gt=0, le=3600)  # each time up to this
+    host: str | None = Field(default=None, min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.:%-]+$")
+    port: int | None = Field(default=None, ge=1, le=65535)  # syslog: 6514 (RFC 5425's port for syslog over TLS)
+    ca_file: Path | None = None  # the CA the receiver's certificate is checked against (None: the system's)
+    facility: str | None = None  # syslog: authpriv
+    app_name: str | None = Field(default=None, min_length=1, max_length=48, pattern=r"^[!-~]+$")  # syslog: safehold
+    path: Path | None = None
+    url: str | None = Field(default=None, repr=False)  # the path may hold a token
+    secret_file: Path | None = None  # signs each batch (X-Safehold-Signature), as the alert webhook does
+
+    @field_validator("facility")
+    @classmethod
+    def _facility(cls, v: str | None) -> str | None:
+        from safehold.alerts_config import SYSLOG_FACILITIES
+
+        if v is not None and v not in SYSLOG_FACILITIES:
+            raise ValueError("must be one of " + ", ".join(SYSLOG_FACILITIES))
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a port out of range
+        except ValueError:
+            raise ValueError("must be an https:// URL") from None
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError("must be an https:// URL (the records travel over TLS)")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not hold a user name or password (sign the batches with secret_file)")
+        return v
+
+    @model_validator(mode="after")
+    def _keys_of_kind(self) -> AuditSinkSection:
+        allowed, required = AUDIT_SINK_KEYS[self.kind]
+        given = self.model_fields_set & set().union(*(keys for keys, _ in AUDIT_SINK_KEYS.values()))
+        if given - allowed:
+            raise ValueError(f"sink '{self.name}': {', '.join(sorted(given - allowed))} is not a key of a "
+                             f"{self.kind} sink (it takes {', '.join(sorted(allowed))})")
+        missing = sorted(k for k in required if getattr(self, k) is None)
+        if missing:
+            raise ValueError(f"sink '{self.name}': a {self.kind} sink needs {', '.join(missing)}")
+        if self.retry_max < self.retry_initial:
+            raise ValueError(f"sink '{self.name}': retry_max must be at least retry_initial")
+        return self
+
+    @property
+    def syslog(self) -> tuple[str, int, str, str]:
+        """A syslog sink's host, port, facility and app name, with their defaults."""
+        return self.host or "", self.port or 6514, self.facility or "authpriv", self.app_name or "safehold"
+
+
+class AuditSection(_Section):
+    """Audit streaming: the sinks every record goes to, delivered by the schedules-lease holder every
+    ``interval`` seconds."""
+
+    interval: float = Field(default=1.0, ge=0.1, le=60)
+    sinks: list[AuditSinkSection] = Field(default_factory=list, max_length=16)
+
+    @field_validator("sinks")
+    @classmethod
+    def _unique(cls, v: list[AuditSinkSection]) -> list[AuditSinkSection]:
+        names = [s.name for s in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two sinks are named {', '.join(twice)}: each needs a name of its own (its cursor "
+                             "in the database is kept by name)")
+        return v
+
+    @property
+    def fail_closed(self) -> list[AuditSinkSection]:
+        return [s for s in self.sinks if s.fail_closed]
+
+
+class LogSection(_Section):
+    """How 'safehold serve' logs (to standard error: the journal under systemd; see docs/OPERATIONS.md).
+    The environment variable SAFEHOLD_LOG_LEVEL, when set, wins over ``level``."""
+
+    format: Literal["text", "json"] = "text"  # json: one object a line (safehold.logs)
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level(cls, v: Any) -> Any:
+        return v.strip().upper() if isinstance(v, str) else v
+
+
 class Settings(_Section):
     server: ServerSection
     http: HttpSection = HttpSection()
@@ -257,6 +377,8 @@ class Settings(_Section):
     ha: HaSection = HaSection()
     backup: BackupSection = BackupSection()
     alerts: AlertsSection = AlertsSection()
+    log: LogSection = LogSection()
+    audit: AuditSection = AuditSection()  # audit sinks (docs/AUDIT-STREAMING.md)
     data_dir: Path = Field(default=Path("."), exclude=True)
 
     @model_validator(mode="after")
@@ -322,6 +444,26 @@ def describe_validation_error(
     return "\n".join(lines)
 
 
+#: The keys that say where a server's database is, by ``database.mode``: their defaults would point it at
+#: another database (the bundled one's port is chosen free at 'safehold init'), so the file (or an
+#: environment override) must give them.
+REQUIRED_DATABASE_KEYS: dict[str, tuple[str, ...]] = {
+    "bundled": ("port",),
+    "remote": ("host", "port"),
+    "external": ("url",),
+}
+
+
+def missing_keys(raw: Mapping[str, Any]) -> list[str]:
+    """The required keys that ``raw`` (the file with the environment's overrides) leaves out, as
+    ``section.key`` (pure).  A mode that is not known is left to validation to name."""
+    database = raw.get("database")
+    section: Mapping[str, Any] = database if isinstance(database, Mapping) else {}
+    mode = section.get("mode", "bundled")
+    required = REQUIRED_DATABASE_KEYS.get(mode, ()) if isinstance(mode, str) else ()
+    return [f"database.{key}" for key in required if section.get(key) in (None, "")]
+
+
 def load_settings(data_dir: Path, env: Mapping[str, str] | None = None) -> Settings:
     """Read ``safehold.toml`` from ``data_dir`` and apply environment overrides."""
     data_dir = data_dir.resolve()
@@ -342,6 +484,14 @@ def load_settings(data_dir: Path, env: Mapping[str, str] | None = None) -> Setti
         settings = Settings.model_validate({**raw, "data_dir": data_dir})
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, str(path), overrides)) from None
+    missing = missing_keys(raw)
+    if missing:
+        raise ConfigError(
+            f"{path} does not say where this server's database is: {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing (database.mode = \"{settings.database.mode}\")",
+            hint=f"add {' and '.join(k.partition('.')[2] for k in missing)} to its [database] section (the file "
+                 "'safehold init' or 'safehold join' wrote has them), or set "
+                 + " and ".join(f"{ENV_PREFIX}{k.upper().replace('.', '__')}" for k in missing))
     return settings
 
 

@@ -38,7 +38,10 @@ def read_passphrase(passphrase_file: Path | None) -> str:
         try:
             value = passphrase_file.read_text().strip()
         except OSError as exc:
-            raise typer.BadParameter(f"cannot read {passphrase_file}: {exc.strerror}") from None
+            raise typer.BadParameter(f"cannot read {passphrase_file}: {exc.strerror or 'the system refused it'}") from None
+        except UnicodeDecodeError:
+            raise typer.BadParameter(f"{passphrase_file} is not text (UTF-8): it must hold the passphrase on one "
+                                     "line") from None
         if not value:
             raise typer.BadParameter(f"{passphrase_file} is empty")
         return value

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -21,9 +21,14 @@ from safehold.domain import UserRole
 from safehold.errors import SafeholdError
 from safehold.runtime import Runtime
 
+if TYPE_CHECKING:
+    from safehold.config import Settings
+
 app = typer.Typer(help="Safehold: a self-hosted vault for privileged passwords, built for high availability.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-db_app = typer.Typer(help="The bundled PostgreSQL database.", no_args_is_help=True)
+db_app = typer.Typer(help="The bundled PostgreSQL database. One that 'serve' started stops with it (after a "
+                          "killed 'serve', with the next one); one started with 'db start' runs until 'db stop'.",
+                     no_args_is_help=True)
 user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 token_app = typer.Typer(help="Personal API tokens.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
@@ -44,7 +49,7 @@ DataDir = Annotated[Path, typer.Option("--data-dir", "-d", help="The server's da
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -52,19 +57,25 @@ def _read_secret_file(path: Path, what: str) -> str:
     try:
         value = path.read_text().strip("\r\n")
     except OSError as exc:
-        fail(f"cannot read the {what} file {path}: {exc.strerror}")
+        fail(f"cannot read the {what} file {path}: {exc.strerror or 'the system refused it'}")
+    except UnicodeDecodeError:
+        fail(f"the {what} file {path} is not text (UTF-8): it must hold the {what} on one line")
     if not value:
         fail(f"the {what} file {path} is empty")
     return value
 
 
-from safehold.cli.demo import demo as _demo  # noqa: E402
+from safehold.cli.demo import demo_app  # noqa: E402
 
-app.command(name="demo")(_demo)
+app.add_typer(demo_app, name="demo")
 
 from safehold.cli.join import join as _join  # noqa: E402
 
 app.command(name="join")(_join)
+
+from safehold.cli.audit_sinks import sinks as _audit_sinks  # noqa: E402
+
+audit_app.command("sinks")(_audit_sinks)
 
 
 @app.command()
@@ -93,8 +104,13 @@ def init(
 ) -> None:
     """Create a new server: key file, TLS certificates, database, schema and first administrator."""
     from safehold.cli.common import steps
+    from safehold.cli.context import init_port_problems
+    from safehold.pg import port_in_use
     from safehold.services.setup import InitOptions, initialise
 
+    problems = init_port_problems(listen, port, None if database_url else db_port, port_in_use)
+    if problems:
+        fail("; ".join(problems) + ". Nothing was created.")
     password = _read_secret_file(admin_password_file, "admin password") if admin_password_file else None
     opts = InitOptions(data_dir=data_dir, port=port, listen=listen, name=name, db_port=db_port,
                        database_url=database_url, key_file=key_file, admin_username=admin_username,
@@ -115,73 +131,133 @@ def init(
 
 @app.command()
 def serve(data_dir: DataDir) -> None:
-    """Run the server (HTTPS) in the foreground; SIGTERM or Ctrl-C stops it cleanly."""
+    """Run the server (HTTPS) in the foreground; SIGTERM or Ctrl-C stops it cleanly.
+
+    It first waits (database.connect_wait, 60 s by default) for a database that does not answer yet, and
+    checks the key file against it: "serving on" is printed only once both hold.  The bundled PostgreSQL
+    is stopped with the server when this 'serve' started it, or took it over from a 'serve' that was killed;
+    one started on purpose with 'safehold db start' keeps running.
+    """
+    from safehold.cli.context import claim_database, release_database
     from safehold.runtime import database
-    from safehold.web.server import check_port_free, run_server
+    from safehold.web.server import (
+        apply_log_settings,
+        check_database_key,
+        check_port_free,
+        run_server,
+        wait_for_database,
+    )
 
     settings, master = load(data_dir)
+    apply_log_settings(settings)
     refuse_if_serving(settings, "starting it again")
     check_port_free(settings.http.listen, settings.http.port)
-    pg, started = None, False
+    pg, owned = None, False
     if database.is_bundled(settings):
         pg = database.manager(settings)
         pg.check_data_dir()
-        started = pg.start()
-        pg.wait_ready()
+        owned = claim_database(settings, started=pg.start())
     pidfile = pid_path(settings)
     try:
+        if pg is not None:
+            pg.wait_ready()
+        wait_for_database(settings, say=lambda line: out.print(line, highlight=False, markup=False))
         if not database.migrate(settings):
             out.print("[yellow]the database is fenced (read-only): this server starts fenced, redirects users to "
                       "the acting primary and refuses every change[/]")
+        check_database_key(settings, master)
         pidfile.parent.mkdir(exist_ok=True)
         pidfile.write_text(f"{os.getpid()}\n")
         workers = settings.http.processes
-        out.print(f"Safehold {__version__} [bold]{settings.server.name}[/] ({settings.server.role}) serving on "
+        out.print(f"Safehold {__version__} [bold]{escape(settings.server.name)}[/] ({settings.server.role}) serving on "
                   f"https://{settings.http.listen}:{settings.http.port}"
                   + (f" with {workers} worker processes" if workers > 1 else ""), highlight=False)
         run_server(settings, master)
     finally:
         pidfile.unlink(missing_ok=True)
-        if pg is not None and started:
+        if pg is not None and owned:
             pg.stop()
+            release_database(settings)
             out.print("stopped the bundled PostgreSQL")
     out.print("Safehold stopped")
 
 
 # --- db ---------------------------------------------------------------------------
 
+def _bundled(data_dir: Path, what: str) -> Settings:
+    """This server's settings (no key needed), refusing if its database is not the bundled one."""
+    from safehold.cli.context import not_bundled
+    from safehold.config import load_settings
+    from safehold.runtime import database
+    from safehold.web.server import database_where
+
+    settings = load_settings(data_dir)
+    if not database.is_bundled(settings):
+        raise SafeholdError(not_bundled(settings, database_where(settings)),
+                            hint=f"{what} it where it runs; 'safehold db status' tells whether it answers")
+    return settings
+
+
 @db_app.command("start")
 def db_start(data_dir: DataDir) -> None:
-    """Start the bundled PostgreSQL (it keeps running after this command)."""
+    """Start the bundled PostgreSQL on purpose: it keeps running after this command and after any 'serve',
+    until 'db stop' (one that a killed 'serve' left running is kept running from now on too)."""
+    from safehold.cli.context import release_database, server_pid
     from safehold.runtime import database
 
-    settings, _ = load(data_dir)
+    settings = _bundled(data_dir, "start")
     pg = database.manager(settings)
     pg.check_data_dir()
     started = pg.start()
     pg.wait_ready()
+    if server_pid(settings) is None:
+        release_database(settings)
     out.print("started" if started else "already running")
 
 
 @db_app.command("stop")
 def db_stop(data_dir: DataDir) -> None:
     """Stop the bundled PostgreSQL."""
+    from safehold.cli.context import release_database
     from safehold.runtime import database
 
-    settings, _ = load(data_dir)
-    out.print("stopped" if database.manager(settings).stop() else "was not running")
+    settings = _bundled(data_dir, "stop")
+    stopped = database.manager(settings).stop()
+    release_database(settings)
+    out.print("stopped" if stopped else "was not running")
 
 
 @db_app.command("status")
-def db_status(data_dir: DataDir) -> None:
-    """Show whether the bundled PostgreSQL runs."""
-    from safehold.runtime import database
+def db_status(
+    data_dir: DataDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as one JSON object: mode, bundled, "
+                                          "running, pid, where, port, data_dir, problem.")] = False,
+) -> None:
+    """Show whether the bundled PostgreSQL runs (exit 0), or not (exit 3).  On a server whose database is not
+    bundled (a secondary's, an engine's): where it is and whether it answers."""
+    import json
 
-    settings, _ = load(data_dir)
-    st = database.manager(settings).status()
-    out.print(f"{'running' if st.running else 'stopped'}  pid={st.pid or '-'}  port={settings.database.port}  "
-              f"data={st.data_dir}")
-    raise typer.Exit(0 if st.running else 3)
+    from safehold.cli.context import db_status_report, not_bundled
+    from safehold.config import load_settings
+    from safehold.runtime import database
+    from safehold.web.server import database_problem, database_where
+
+    settings = load_settings(data_dir)
+    where = database_where(settings)
+    if database.is_bundled(settings):
+        st = database.manager(settings).status()
+        report = db_status_report(settings, running=st.running, pid=st.pid, where=where)
+        text = (f"{'running' if st.running else 'stopped'}  pid={st.pid or '-'}  port={settings.database.port}  "
+                f"data={st.data_dir}")
+    else:
+        problem = database_problem(settings)
+        report = db_status_report(settings, running=problem is None, pid=None, where=where, problem=problem)
+        text = not_bundled(settings, where) + ("; it answers" if problem is None else f"; it does not answer: {problem}")
+    if as_json:
+        print(json.dumps(report))
+    else:
+        out.print(text, highlight=False, markup=False)
+    raise typer.Exit(0 if report["running"] else 3)
 
 
 # --- users ------------------------------------------------------------------------
@@ -385,7 +461,8 @@ def key_rotate(
     reencrypt: Annotated[bool, typer.Option("--reencrypt", help="Also make a new data key and re-encrypt every "
                                             "secret under it (the server must be stopped).")] = False,
 ) -> None:
-    """Make a new master key file and re-wrap the data keys under it (old key file kept beside it)."""
+    """Make a new master key file and re-wrap the data keys under it.  The old key file is kept beside it
+    (NAME.old-<time>): backups made before the rotation need it ('safehold restore --key-file')."""
     from safehold.runtime import database
     from safehold.services import keys
 
@@ -413,8 +490,10 @@ def key_rotate(
             new_path.unlink(missing_ok=True)
             raise
     old_copy = keys.install_new_key_file(settings.key_file, new_path)
-    out.print(f"[green]✓[/] new master key {new.key_id} in {settings.key_file}; the old one is kept as {old_copy}")
-    out.print("  other servers of this cluster need the new key file at their next start")
+    out.print(f"[green]✓[/] new master key {new.key_id} in {escape(str(settings.key_file))}; the old one is kept as "
+              f"{escape(str(old_copy))}", highlight=False)
+    for line in keys.rotation_notes(old_copy, settings.data_dir):
+        out.print(f"  {line}", markup=False, highlight=False)
 
 
 # --- backup / restore --------------------------------------------------------------
@@ -436,54 +515,64 @@ def backup(
 
         with out.status("dumping the database…"):
             manifest = asyncio.run(go())
-    out.print(f"[green]✓[/] backup written to {output} ({manifest.dump_size:,} bytes of ciphertext-only dump)")
+    out.print(f"[green]✓[/] backup written to {escape(str(output))} ({manifest.dump_size:,} bytes of ciphertext-only "
+              "dump)", highlight=False)
+    out.print(f"  restoring it needs master key {manifest.key_id}, the key in {settings.key_file} today; after 'safehold "
+              "key rotate' that is the old key file kept beside it (restore --key-file)", markup=False, highlight=False)
 
 
 @app.command()
 def restore(
     backup_file: Annotated[Path, typer.Argument(help="A file made by 'safehold backup'.")],
     data_dir: DataDir,
+    key_file: Annotated[Path | None, typer.Option(
+        "--key-file", help="The master key file the backup was made with (default: this server's own). After "
+        "'safehold key rotate', older backups need the old key file, kept beside the key file as "
+        "safehold.key.old-<time>.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Replace this server's vault database with a backup (needs the same key file)."""
-    from safehold.audit.chain import AuditEvent
-    from safehold.domain import AuditAction, AuditResult
+    """Replace this server's vault database with a backup.  It needs the key file the backup was made with
+    (--key-file when that is not this server's own); the restored data keys are then wrapped by this server's
+    own key file again, so the server starts with it as before."""
+    from safehold.config import load_settings
     from safehold.runtime import database
-    from safehold.services.backup import read_backup, restore_backup
+    from safehold.services import backup as backups
+    from safehold.services import keys
 
-    settings, master = load(data_dir)
+    settings = load_settings(data_dir)
     refuse_if_serving(settings, "restoring")
-    manifest, _ = read_backup(backup_file)
-    if manifest.key_check != master.check_value.hex():
-        fail(f"the key file does not match this backup (backup key id {manifest.key_id}, "
-             f"key file id {master.key_id})")
-    if not yes and not typer.confirm(f"Replace ALL data of this server with the backup of {manifest.created_at}?"):
+    plan = backups.plan_restore(settings, backup_file, key_file, key_from_env=keys.key_file_from_env(),
+                                find=keys.find_key_file)
+    if not yes and not typer.confirm(f"Replace ALL data of this server with the backup of "
+                                     f"{backups.made_on(plan.manifest)}?"):
         raise typer.Exit(1)
     with database.database_running(settings) as pg:
         with out.status("restoring…"):
-            restore_backup(settings, pg, master, backup_file)
+            backups.restore_backup(settings, pg, plan.backup_key, backup_file, key_file=plan.backup_key_file)
             database.migrate(settings)
 
-        async def record() -> None:
-            async with runtime(settings, master) as rt:
-                await rt.record_audit(AuditEvent(actor=cli_actor(), action=AuditAction.BACKUP_RESTORED,
-                                                 result=AuditResult.SUCCESS, target_type="backup",
-                                                 target_name=str(backup_file)[:500],
-                                                 detail={"backup_created_at": manifest.created_at}))
+        async def settle() -> None:
+            async with runtime(settings, plan.backup_key) as rt:
+                await backups.settle_restore(rt, plan, actor=cli_actor())
 
-        asyncio.run(record())
-    out.print(f"[green]✓[/] restored the backup of {manifest.created_at}")
+        asyncio.run(settle())
+    first, *rest = backups.restored_notes(plan)
+    out.print(f"[green]✓[/] {escape(first)}", highlight=False)
+    for line in rest:
+        out.print(f"  {line}", markup=False, highlight=False)
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("SAFEHOLD_LOG_LEVEL", "WARNING").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from safehold import logs, systemd
+
+    systemd.claim()  # NOTIFY_SOCKET & co are this process's: PostgreSQL and scripts it starts never see them
+    logs.setup_from(os.environ)  # the [log] section's overrides; 'serve' applies the whole section once read
     try:
         app()
     except SafeholdError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.hint:
-            err.print(f"[dim]hint:[/] {exc.hint}", highlight=False)
+            err.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -30,6 +30,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from safehold.audit.delivery import AuditDelivery
 from safehold.audit.spool import ship
 from safehold.config import CONFIG_NAME, Settings, load_settings
 from safehold.domain import ServerRole
@@ -71,6 +72,7 @@ from safehold.ha.monitor import monitor_once
 from safehold.ha.peers import LocalReport, PeerClient, primary_wal, writer_report
 from safehold.ha.policy import Event, EventKind, PeerObservation
 from safehold.ha.shared_view import VIEW_FILE, FollowsFirstWorker, SharedViewFile
+from safehold.ha.watchdog import cycle_went_well
 from safehold.runtime import Fence, Runtime, engine_managed, in_cluster
 from safehold.runtime.shared import SharedCounter
 from safehold.runtime.writelease import Confirmation, clock
@@ -162,6 +164,7 @@ class HaAgent(FollowsFirstWorker):
                 jobs["backup"] = (self.rt.settings.backup.every_minutes * 60.0, self.backup)
             if self.alerts is not None:  # channels may be configured later (cluster settings)
                 jobs["alerts"] = (self.interval, self.relay_alerts)
+            jobs["audit-sinks"] = (self.rt.settings.audit.interval, AuditDelivery(self.rt).run)  # audit streaming
             self._tasks.append(loop.create_task(run_schedules(self.lease, jobs), name="ha-schedules"))
             from safehold.ha.syncrep import SyncGuard, guard_runs_on
 
@@ -257,6 +260,7 @@ class HaAgent(FollowsFirstWorker):
             else:
                 self.share()
                 said = ""
+                cycle_went_well(step.__name__)  # systemd's watchdog (ha/watchdog.py)
                 if after is After.NEW_MODE:
                     loop.create_task(self._restart(), name="ha-restart")
                     return

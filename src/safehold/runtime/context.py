@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from safehold import __version__, names
 from safehold.audit.chain import GENESIS, AuditEvent
+from safehold.audit.gate import SinkGate
 from safehold.audit.spool import AuditSpool
 from safehold.audit.writer import AuditWriter
 from safehold.config import Settings
@@ -175,6 +176,8 @@ class Runtime:
     # authentication's short-lived cache (services.auth): a token's hash -> (monotonic time of the read,
     # principals_seen() before the read, row)
     principals: dict[bytes, tuple[float, int, Any]] = field(default_factory=dict, repr=False)
+    # whether a fail-closed audit sink refuses audited actions now (audit.gate: its state, read once a second)
+    sink_gate: SinkGate = field(default_factory=SinkGate, repr=False)
 
     def principals_seen(self) -> int:
         """How many times any process of this server forgot the principals (a value to compare, no more)."""
@@ -288,21 +291,25 @@ class Runtime:
         'ha pack' / 'ha add-secondary'): its generation is the newest, so its lease starts confirmed."""
         self.lease = WriteLease(self.settings.ha.write_lease).renew(clock(), Confirmation.CONFIRMED)
 
-    async def append_audit(self, conn: AsyncConnection, *events: AuditEvent) -> None:
-        """Audit inside the caller's write transaction (the change and its record commit together)."""
+    async def append_audit(self, conn: AsyncConnection, *events: AuditEvent, gated: bool = True) -> None:
+        """Audit inside the caller's write transaction (the change and its record commit together).  ``gated``:
+        refused while a fail-closed audit sink cannot take records (audit.gate); False: the caller checked."""
+        if gated:
+            await self.sink_gate.check(self.settings.audit, conn, events)
         await audit_store.append(conn, self.keys.audit_key, self.identity.id, self.identity.role, events)
         self.metrics.audit_records.inc(len(events))
 
     async def record_audit(self, event: AuditEvent) -> None:
         """Audit on its own (group commit, or the local spool on a read-only server); raises
         AuditUnavailable if it cannot be written."""
+        await self.sink_gate.check(self.settings.audit, self.read, (event,))  # fail closed on an audit sink
         if self.spool is not None:
             await asyncio.to_thread(self.spool.append, event)
             self.metrics.audit_records.inc()
             return
         if self.audit is None:
             async with self.write() as conn:
-                await self.append_audit(conn, event)
+                await self.append_audit(conn, event, gated=False)
             return
         try:
             await self.audit.record(event)
@@ -313,7 +320,7 @@ class Runtime:
     async def _commit_batch(self, events: list[AuditEvent]) -> None:
         await self.ensure_writer()
         async with self._bounded(), self.engine.begin() as conn:
-            await self.append_audit(conn, *events)
+            await self.append_audit(conn, *events, gated=False)  # record_audit checked the sinks
             await self.ensure_writer()  # a superseded primary's records would be lost at its rejoin
         self.metrics.audit_batches.inc()
 

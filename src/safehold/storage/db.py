@@ -10,10 +10,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import make_conninfo
 from sqlalchemy import URL, create_engine, text
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
@@ -30,8 +32,9 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: errors they tell apart (IntegrityError, DataError, SQLAlchemyError), are imported from here, so that
 #: nothing above storage imports the driver.
 __all__ = ["DB_ERRORS", "AsyncConnection", "AsyncEngine", "DataError", "DbTarget", "IntegrityError",
-           "SQLAlchemyError", "app_target", "check_reachable", "connect", "database_time", "driver_reason",
-           "grant_app_privileges", "make_engine", "owner_target", "ping", "primary_target", "run_migrations", "schema_is_current"]
+           "Reachable", "SQLAlchemyError", "app_target", "check_reachable", "connect", "database_time",
+           "driver_reason", "grant_app_privileges", "make_engine", "owner_target", "ping", "ping_conninfo",
+           "ping_server", "primary_target", "run_migrations", "schema_is_current"]
 
 #: What a database call may raise below storage (the sync driver's and the async engine's errors):
 #: callers above storage catch these without naming a driver.
@@ -167,6 +170,39 @@ def check_reachable(target: DbTarget, *, timeout: float = 10) -> None:
     """Connect and make one round trip; raises (DatabaseError or DB_ERRORS) when the database does not answer."""
     with connect(target, timeout=timeout) as conn:
         conn.execute("SELECT 1")
+
+
+class Reachable(StrEnum):
+    """What a database server said to a ping (libpq's ``PQping``, as ``pg_isready`` asks)."""
+
+    ACCEPTING = "accepting"  # it would accept a connection
+    REFUSING = "refusing"    # it answers but refuses connections (starting up, shutting down, recovering)
+    SILENT = "silent"        # no answer (down, or unreachable)
+    UNASKED = "unasked"      # the parameters are unusable: libpq did not try
+
+
+def ping_conninfo(target: DbTarget, *, timeout: float) -> str:
+    """The connection string :func:`ping_server` uses: where ``target`` points, with its TLS settings, and no
+    password (a ping ends when the server asks for one)."""
+    if target.url is not None:
+        params = {k: v for k, v in target.params().items() if k not in ("password", "passfile", "sslpassword")}
+    else:
+        params = {"host": target.host, "port": str(target.port), "dbname": target.dbname, "user": target.user,
+                  "sslmode": "verify-full"}
+        if target.sslrootcert is not None:
+            params["sslrootcert"] = str(target.sslrootcert)
+    params["connect_timeout"] = str(max(2, int(timeout)))
+    return make_conninfo("", **params)
+
+
+def ping_server(conninfo: str) -> Reachable:
+    """Whether the database server accepts connections now, as ``pg_isready`` asks: no session begins and no
+    password is sent (so nothing is logged on the server), but a server that refuses connections (shutting
+    down, starting up) is told apart from one that accepts them, which a pooled connection cannot tell.
+    Blocks up to the string's ``connect_timeout``: call it in a thread."""
+    answer = pq.Ping(pq.PGconn.ping(conninfo.encode()))
+    return {pq.Ping.OK: Reachable.ACCEPTING, pq.Ping.REJECT: Reachable.REFUSING,
+            pq.Ping.NO_RESPONSE: Reachable.SILENT}.get(answer, Reachable.UNASKED)
 
 
 def make_engine(target: DbTarget | URL, *, pool_size: int = 10, pooled: bool = True, autocommit: bool = False,

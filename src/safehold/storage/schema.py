@@ -254,3 +254,30 @@ ha_events = Table(
     Column("args", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Index("ix_ha_events_at", "at"),
 )
+
+# Audit streaming (safehold.audit.delivery): one row per configured audit sink — its delivery state, which
+# every server's fail-closed check reads — and its cursor per server chain: the last seq delivered (records
+# of one chain commit in seq order, so "the last seq delivered" never skips one, unlike a global id).
+audit_sinks = Table(
+    "audit_sinks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    _ts("created_at"),
+    Column("attempted_at", DateTime(timezone=True), nullable=True),  # the last delivery tried
+    Column("delivered_at", DateTime(timezone=True), nullable=True),  # the last one that succeeded
+    Column("delivered", BigInteger, nullable=False, server_default=text("0")),  # records, in all
+    Column("failures", Integer, nullable=False, server_default=text("0")),  # failed deliveries in a row
+    Column("failing_since", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),  # why the last delivery failed (None: it succeeded)
+)
+
+audit_sink_cursors = Table(
+    "audit_sink_cursors",
+    metadata,
+    Column("sink", String(64), ForeignKey("audit_sinks.name", ondelete="CASCADE"), nullable=False),
+    Column("server_id", UUID(as_uuid=False), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    _ts("updated_at"),
+    PrimaryKeyConstraint("sink", "server_id"),
+)

@@ -13,10 +13,10 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from safehold import __version__
+from safehold import __version__, logs
 from safehold.config import Settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.domain import AuditAction
@@ -30,10 +30,13 @@ from safehold.services.backup import scheduled_backup
 from safehold.services.cluster_settings import follow_failover, start_alerts
 from safehold.web import errors, ui
 from safehold.web.api import alerts, audit, auth, ha, ha_checks, ha_peer, system, users, vault
+from safehold.web.api.health import router as health_router
+from safehold.web.api.health import vault_router
 from safehold.web.limits import BodyLimit
 from safehold.web.ui.core import LoginRequired, login_redirect
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("safehold.web.access")
 API = "/api/v1"
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -58,9 +61,29 @@ class Observe:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request id: the client's X-Request-Id when sane, else a new one; on every response, and on
+        every log line written while answering (a context variable, safehold.logs)."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        rid = logs.request_id_for(Headers(scope=scope).get(logs.REQUEST_ID_HEADER))
+        token = logs.request_id.set(rid)
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[logs.REQUEST_ID_HEADER] = rid
+            await send(message)
+
+        try:
+            await self._observe(scope, receive, send_with_id)
+        finally:
+            access_log.debug("%s %s -> %d", scope["method"], scope["path"], status)
+            logs.request_id.reset(token)
+
+    async def _observe(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         state = scope["app"].state
         rt: Runtime | None = getattr(state, "runtime", None)
@@ -127,7 +150,8 @@ def _reads_by_post(path: str) -> bool:
 def _served_locally(path: str) -> bool:
     """What a read-only server answers itself even while it redirects users: its own health, metrics
     and HA view (the others use them to watch it)."""
-    return path in (f"{API}/health", "/metrics", f"{API}/openapi.json") or path.startswith(f"{API}/ha/")
+    return path in (f"{API}/health", "/metrics", f"{API}/openapi.json") or path.startswith(f"{API}/ha/") or (
+        path.startswith(f"{API}/health/") or path == "/v1/sys/health")  # the health checks: see web/api/health.py
 
 
 async def _housekeeping(rt: Runtime, every: float = 600) -> None:
@@ -204,6 +228,9 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
     app.add_exception_handler(LoginRequired, lambda request, exc: login_redirect(exc))  # type: ignore[arg-type]
     for module in (system, auth, users, vault, audit, ha, ha_peer, alerts, ha_checks):
         app.include_router(module.router, prefix=API)
+    # health for load balancers: Patroni's convention under /api/v1/health/, Vault's at /v1/sys/health
+    app.include_router(health_router, prefix=API)
+    app.include_router(vault_router)
 
     app.add_middleware(BodyLimit, default=settings.http.max_body_bytes, routes={f"{API}/import": vault.MAX_IMPORT})
     app.add_middleware(Observe)  # outside the body limit: its refusals get the headers and are counted

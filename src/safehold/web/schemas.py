@@ -103,6 +103,40 @@ class Health(BaseModel):
     database: Literal["ok", "unavailable"]
 
 
+CheckName = Literal["live", "ready", "writable", "primary", "readonly", "replica"]
+
+
+class HealthCheck(BaseModel):
+    """The body of ``/api/v1/health/<check>`` (Patroni's convention): the status code is the answer, this says
+    why.  No secret, no peer address."""
+
+    check: CheckName
+    ok: bool
+    reason: str
+    role: str
+    mode: str
+    redirecting: bool = Field(description="users are sent to another server")
+    database: str = Field(description="ok, refusing (up but refusing connections), unavailable, or unchecked "
+                                      "(live does not ask)")
+    data_age_seconds: float | None = Field(default=None, description="how old the replica's data may be")
+    max_lag_seconds: float | None = Field(default=None, description="the replica check's limit")
+
+
+class VaultHealth(BaseModel):
+    """The body of ``/v1/sys/health``, as Vault's ``/sys/health`` has it."""
+
+    initialized: bool
+    sealed: bool
+    standby: bool
+    performance_standby: bool
+    replication_performance_mode: str = "disabled"
+    replication_dr_mode: str = "disabled"
+    server_time_utc: int
+    version: str
+    cluster_id: str
+    enterprise: bool = False
+
+
 class LoginIn(In):
     username: Text64Required
     password: Text1024Required

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from safehold import systemd
 from safehold.config import Settings, load_settings
 from safehold.crypto.keyfile import MasterKey
 from safehold.errors import ConfigError, SafeholdError
@@ -104,6 +105,8 @@ class Supervisor:
         self.failed: str | None = None
         self.sockets: dict[int, socket.socket] = {}  # worker index -> its listening socket (kept here)
         self.pid = os.getpid()
+        # the workers' notifications to systemd pass through here (NotifyAccess=main): see safehold.systemd
+        self.relay = systemd.Relay.open(count, f"serving on https://{settings.http.listen}:{settings.http.port}")
 
     def run(self) -> None:
         directory = metrics_dir(self.settings)
@@ -122,6 +125,8 @@ class Supervisor:
             self._stop_all()
             for index in list(self.sockets):
                 self._close_socket(index)
+            if self.relay is not None:
+                self.relay.close()
             shutil.rmtree(directory, ignore_errors=True)
         if self.failed:
             raise SafeholdError(self.failed, hint="see the server log for why the workers stopped")
@@ -149,6 +154,8 @@ class Supervisor:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 _die_with_parent(os.getppid())
+                if self.relay is not None:
+                    self.relay.in_worker()
                 for other, theirs in self.sockets.items():  # only its own: a closed slot must leave the port
                     if other != index:
                         theirs.close()
@@ -169,10 +176,14 @@ class Supervisor:
         """Reap workers that ended (a crash, ``kill -9``, a worker stopped on its own) and replace them."""
         while self.children:
             time.sleep(0.2)
+            if self.relay is not None:
+                self.relay.poll(self.children, time.monotonic())
             for pid, status in self._reaped():
                 index = self.children.pop(pid)
                 self._forget(pid)
                 if not self.stopping:
+                    if self.relay is not None:
+                        self.relay.gone(index)
                     self._crashed(index, pid, _exit_words(status))
 
     def _reaped(self) -> list[tuple[int, int]]:
@@ -213,6 +224,7 @@ class Supervisor:
             os._exit(0)
         if not self.stopping:
             log.info("stopping the workers (signal %d)", signum)
+            systemd.notify("STOPPING=1", "STATUS=stopping the workers")
         self.stopping = True
         self._signal_all(signal.SIGTERM)
 
