@@ -21,8 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from safehold.cli.demo_ops import DemoProblem, ServerEntry, ServerView, alive, choose, state_text
+from safehold.cli.demo_ops import DemoProblem, ServerEntry, ServerView, choose, state_text
 from safehold.cli.demo_servers import how_it_ended
+from safehold.pg.process import pid_alive as alive
 from tests.support import SAFEHOLD, Server, wait_until
 
 

@@ -198,8 +198,11 @@ def test_a_fenced_old_primary_starts_fenced_with_or_without_its_peers(pair: tupl
             assert r.status_code == 503 and r.json()["error"]["code"] == "fenced", r.text
             if peers_up:
                 assert report["fence"]["acting_primary_url"] == readonly.url
-                r = c.post("/auth/login", json={"username": "admin", "password": "x"})
-                assert r.status_code == 307 and r.headers["location"].startswith(readonly.url), r.headers
+                # users are sent to the acting primary once the fenced watch has seen it answer (its first cycle,
+                # in each worker)
+                r = wait_until(lambda: (x := c.post("/auth/login", json={"username": "admin", "password": "x"}))
+                               .status_code == 307 and x, timeout=20, what="the fenced server to redirect")
+                assert r.headers["location"].startswith(readonly.url), r.headers
         status = run_cli("ha", "status", "--data-dir", str(primary.data_dir))
         assert "fenced" in (status.stdout + status.stderr).lower(), status.stdout + status.stderr
         assert "Traceback" not in primary.log()

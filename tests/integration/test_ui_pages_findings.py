@@ -120,7 +120,7 @@ def test_pages_of_a_pair_before_and_during_an_outage(primary_and_readonly: tuple
         since = dt.datetime.fromisoformat(notice.attrs["data-since"])
         assert killed_at <= since <= dt.datetime.now(dt.UTC), (killed_at, since)
         assert f"Serving in read-only emergency mode since {since:%Y-%m-%d %H:%M:%S} UTC" in notice.text()
-        assert "not in the event log" in notice.text()
+        assert "reaches the event log" in notice.text()
         assert f"emergency mode since {since:%Y-%m-%d %H:%M:%S} UTC" in page.by_id("mode-banner").text()
         assert 'id="emergency-notice"' in ro.get("/ui/ha/live").text  # the live part says it too
 
@@ -140,3 +140,20 @@ def test_pages_of_a_pair_before_and_during_an_outage(primary_and_readonly: tuple
         assert "This read-only server carries this policy out" in settings.by_id("failover-applies").text()
         no_ping = any("no 'ping' program on this host" in w for w in warnings_of(settings))
         assert no_ping is (ping_program() is None), warnings_of(settings)
+
+    # --- the primary comes back: the period, audited by the read-only server, is in the cluster's event log
+    primary.cli("db", "start")
+    primary.start()
+    wait_until(lambda: readonly.client().get("/me").status_code == 307, timeout=60, what="the redirect again")
+
+    def logged() -> list[str]:
+        with primary.client(primary.login()) as c:
+            items = c.get("/ha/events", params={"limit": 200}).json()["items"]
+        return [e["message"] for e in items if e["kind"] == "EmergencyMode"]
+
+    messages = wait_until(lambda: (m := logged()) and len(m) >= 2 and m, timeout=60, what="the EmergencyMode events")
+    began = [m for m in messages if "began serving users in read-only emergency mode at" in m]
+    ended = [m for m in messages if "served users in read-only emergency mode from" in m]
+    assert len(began) == 1 and len(ended) == 1, f"each period logged once: {messages}"
+    at = dt.datetime.fromisoformat(re.search(r" at (\S+):", began[0]).group(1))  # type: ignore[union-attr]
+    assert abs((at - since).total_seconds()) < 5, (at, since)  # what the dashboard said, give or take a check

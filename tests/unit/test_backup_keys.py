@@ -95,7 +95,8 @@ def test_the_database_key_refusal_says_which_key_and_how_to_name_it() -> None:
     master, needed = MasterKey(bytes(32)), MasterKey(b"\x02" * 32)
     found = database_key_mismatch(Path("/d/safehold.key"), master, needed.check_value, found=Path("/d/safehold.key.old-1"),
                                   config=Path("/d/safehold.toml"), from_env=False)
-    assert found.message == (f"the key file /d/safehold.key holds master key {master.key_id}, but this database needs "
+    assert found.message == (f"the key file /d/safehold.key does not match this database: it holds master key {master.key_id}, "
+                             f"but this database needs "
                              f"master key {needed.key_id}")
     assert found.hint is not None and "init" not in found.hint
     assert found.hint.startswith(f"/d/safehold.key.old-1 holds key {needed.key_id}: name it as key_file in the "

@@ -35,6 +35,7 @@ from safehold.audit.spool import ship
 from safehold.config import CONFIG_NAME, Settings, load_settings
 from safehold.domain import ServerRole
 from safehold.errors import DatabaseError, SafeholdError
+from safehold.ha import emergency_log
 from safehold.ha.cycle import (
     PROMOTION_GRACE,
     FencedAction,
@@ -76,7 +77,6 @@ from safehold.ha.watchdog import cycle_went_well
 from safehold.runtime import Fence, Runtime, engine_managed, in_cluster
 from safehold.runtime.shared import SharedCounter
 from safehold.runtime.writelease import Confirmation, clock
-from safehold.storage import audit as audit_store
 from safehold.storage import cluster as cluster_store
 from safehold.storage import replication
 from safehold.storage import servers as server_store
@@ -587,7 +587,7 @@ class HaAgent(FollowsFirstWorker):
         if self.rt.fence is not None or self.rt.spool is None or not self.rt.spool.backlog().pending:
             return
         try:
-            shipped = await ship(self.rt.spool, audit_store.shipper(self._primary_engine()))
+            shipped = await ship(self.rt.spool, emergency_log.shipper(self._primary_engine()))
         except SafeholdError:
             raise
         except Exception as exc:  # noqa: BLE001 - the primary database is down: keep the backlog

@@ -38,6 +38,7 @@ class EventKind(StrEnum):
     RAISE_ALARM = "RaiseAlarm"
     CLEAR_ALARM = "ClearAlarm"
     FENCED = "Fenced"
+    EMERGENCY_MODE = "EmergencyMode"  # a read-only server served users itself (logged once it ships its spool)
 
 
 @dataclass(frozen=True)

@@ -130,8 +130,8 @@ def database_key_mismatch(key_file: Path, master: MasterKey, needed: bytes, *, f
     database needs, the file beside the key file that holds it (``found``) if any, and how to name it."""
     needed_id = key_id_of(needed)
     source = f" (from {KEY_FILE_ENV})" if from_env else ""
-    message = (f"the key file {key_file}{source} holds master key {master.key_id}, but this database needs "
-               f"master key {needed_id}")
+    message = (f"the key file {key_file}{source} does not match this database: it holds master key "
+               f"{master.key_id}, but this database needs master key {needed_id}")
     if found is not None:
         hint = (f"{found} holds key {needed_id}: name it as key_file in the [security] section of {config}, or "
                 f"start with {KEY_FILE_ENV}={found}. (A backup restored with that key can be restored again under "

@@ -134,15 +134,17 @@ async def chain_page(conn: AsyncConnection, server_id: str, after_seq: int, limi
     return out
 
 
-async def insert_shipped(conn: AsyncConnection, records: Sequence[ChainedRecord]) -> None:
+async def insert_shipped(conn: AsyncConnection, records: Sequence[ChainedRecord]) -> list[ChainedRecord]:
     """Store records chained elsewhere (a read-only server's spool), in the caller's transaction.
 
     A record already stored counts as stored only if it is the same record (same MAC), so shipping
     the same batch twice stores it once; a different record at that (server, seq), or a record that
     does not link to the stored one before it, raises :class:`ChainConflict` (nothing of the batch is
-    stored, the spool keeps it pending).  The head only moves forward."""
+    stored, the spool keeps it pending).  The head only moves forward.  Returns the records stored now
+    (not those stored before)."""
+    stored_now: list[ChainedRecord] = []
     if not records:
-        return
+        return stored_now
     by_server: dict[str, list[ChainedRecord]] = {}
     for r in records:
         by_server.setdefault(r.server_id, []).append(r)
@@ -166,12 +168,14 @@ async def insert_shipped(conn: AsyncConnection, records: Sequence[ChainedRecord]
             stored[r.seq] = r.mac
         if not fresh:
             continue
+        stored_now.extend(fresh)
         await conn.execute(insert(audit_log), [r.row() for r in fresh])
         last = fresh[-1]
         head = pg_insert(audit_heads).values(server_id=server_id, seq=last.seq, mac=last.mac)
         await conn.execute(head.on_conflict_do_update(
             index_elements=["server_id"], set_={"seq": head.excluded.seq, "mac": head.excluded.mac},
             where=audit_heads.c.seq < head.excluded.seq))
+    return stored_now
 
 
 def shipper(engine: AsyncEngine) -> Callable[[Sequence[ChainedRecord]], Awaitable[None]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from safehold.domain import ServerRole
+
+log = logging.getLogger(__name__)
 
 #: How often the watcher looks at the agent's decision (it changes at most once per check interval).
 POLL_SECONDS = 0.5
@@ -75,9 +78,34 @@ def since(request: Request) -> dt.datetime | None:
 async def _watch(app: FastAPI, clock: EmergencyClock) -> None:
     while True:
         state = app.state
-        clock.observe(serving_itself(getattr(state, "runtime", None), getattr(state, "agent", None)),
-                      dt.datetime.now(dt.UTC))
+        rt, agent = getattr(state, "runtime", None), getattr(state, "agent", None)
+        began, now = clock.since, dt.datetime.now(dt.UTC)
+        clock.observe(serving_itself(rt, agent), now)
+        if began != clock.since and rt is not None and agent is not None and agent.first_worker:
+            await _audit_period(rt, began, clock.since, now)  # once per server: its first worker
         await asyncio.sleep(POLL_SECONDS)
+
+
+async def _audit_period(rt: Any, began: dt.datetime | None, since: dt.datetime | None, now: dt.datetime) -> None:
+    """The start or the end of an emergency period, in this server's audit chain: spooled, and logged as an HA
+    event once shipped (safehold.ha.emergency_log)."""
+    from safehold.errors import SafeholdError
+    from safehold.ha.emergency_log import BEGAN, ENDED
+    from safehold.runtime import system_event
+
+    detail: dict[str, object] = {"server": rt.identity.name}
+    if since is not None:
+        action, detail["began"] = BEGAN, since.isoformat(timespec="seconds")
+    elif began is not None:
+        action = ENDED
+        detail.update(began=began.isoformat(timespec="seconds"), ended=now.isoformat(timespec="seconds"),
+                      seconds=int((now - began).total_seconds()))
+    else:
+        return
+    try:
+        await rt.record_audit(system_event(action, detail=detail))
+    except SafeholdError as exc:  # the spool cannot be written: its own alarm says so
+        log.warning("the %s record could not be written: %s", action, exc.message)
 
 
 @contextlib.asynccontextmanager
