@@ -35,6 +35,7 @@ SEVERITY: Mapping[str, Severity] = {
     "RaiseAlarm": Severity.ERROR,
     "ClearAlarm": Severity.NOTICE,
     "Fenced": Severity.CRITICAL,
+    "EmergencyMode": Severity.WARNING,
     TEST_KIND: Severity.INFO,
 }
 

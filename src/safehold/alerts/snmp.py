@@ -46,6 +46,7 @@ NOTIFICATIONS: dict[str, int] = {
     "RaiseAlarm": 10,
     "ClearAlarm": 11,
     "Fenced": 12,
+    "EmergencyMode": 13,
     TEST_KIND: 99,
 }
 OTHER_NOTIFICATION = 100  # an event kind this version does not know
