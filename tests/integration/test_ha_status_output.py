@@ -232,6 +232,13 @@ def test_both_servers_count_the_readonly_audit_spool_alike(pair: tuple[Server, S
     finally:
         primary.start()
     wait_until(lambda: not serves_users_itself(readonly), timeout=30, what="the read-only server to redirect again")
+
+    def period_logged() -> bool:  # the end of the emergency period is the last record the read-only server spools
+        with primary.client(token) as c:
+            items = c.get("/ha/events", params={"limit": 50}).json()["items"]
+        return any(e["kind"] == "EmergencyMode" and "served users" in e["message"] for e in items)
+
+    wait_until(period_logged, timeout=60, what="the emergency period in the event log")
     wait_until(lambda: local_backlog()["pending"] == 0, timeout=30, what="the spool to be shipped")
     shipped = local_backlog()
     assert shipped["shipped"] >= spooled["pending"]

@@ -436,3 +436,17 @@ def test_a_failure_one_process_saw_clears_when_another_appends_again(tmp_path: P
     assert failing.backlog().error is not None
     other.append(ev(2))  # space was freed; the other worker's append went through
     assert failing.backlog().error is None and alarms.cleared == 1
+
+
+def test_every_process_reports_a_failure_one_of_them_met() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        failing, other = AuditSpool(Path(d), KEY, SERVER, "readonly"), AuditSpool(Path(d), KEY, SERVER, "readonly")
+        failing._write = _raise(errno.ENOSPC)
+        with pytest.raises(AuditUnavailable):
+            failing.append(ev(1))
+        assert "no space left on device" in (other.backlog().error or "").lower()  # it never appended itself
+        failing._write = os.write
+        failing.append(ev(2))
+        assert other.backlog().error is None

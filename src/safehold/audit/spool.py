@@ -72,6 +72,7 @@ RECORDS = "audit.jsonl"
 SHIPPED = "shipped"
 LOCK = "lock"
 CLOSED = "closed"
+FAILING = "failing-"  # an append failed in some process of the server; the name ends with the error's number
 #: how long an append waits for another process of this server to finish with the spool
 LOCK_WAIT = 10.0
 
@@ -326,6 +327,7 @@ class AuditSpool:
                 reason = _strerror(exc)
                 self._fail("write", f"the audit spool {self._path} cannot be written ({reason}); audited "
                                     "actions on this server are refused until it can")
+                self._mark_failing(exc.errno)
                 raise AuditUnavailable(f"the audit record could not be written ({reason.lower()}), so the action "
                                        "was not carried out",
                                        hint="an administrator must free space on (or repair) the disk of this "
@@ -334,7 +336,27 @@ class AuditSpool:
             self._size += len(data)
             self._head = (record.seq, record.mac)
             self._clear("write")
+            self._mark_failing(None)
             return record
+
+    def _mark_failing(self, code: int | None) -> None:
+        """Tell the server's other processes that appends fail, and why (an empty file whose name holds the
+        error: it can be made on a full disk), or that they work again (``None``)."""
+        for old in self.dir.glob(FAILING + "*"):
+            if code is None or old.name != f"{FAILING}{code}":
+                old.unlink(missing_ok=True)
+        if code is not None:
+            with contextlib.suppress(OSError):
+                os.close(os.open(self.dir / f"{FAILING}{code}", os.O_WRONLY | os.O_CREAT, 0o600))
+
+    def _failing_elsewhere(self) -> str | None:
+        """Why another process of the server found appends failing (None: none did, or it works again)."""
+        for marker in self.dir.glob(FAILING + "*"):
+            code = marker.name.removeprefix(FAILING)
+            reason = os.strerror(int(code)) if code.isdigit() else "I/O error"
+            return (f"the audit spool {self._path} cannot be written ({reason}); audited actions on this server "
+                    "are refused until it can")
+        return None
 
     def _write_whole(self, data: bytes) -> None:
         """Write ``data`` after the last whole record and fsync; on any failure cut the file back."""
@@ -450,7 +472,8 @@ class AuditSpool:
                 with contextlib.suppress(AuditUnavailable):
                     self._refresh()
             pending = [r for r in self._records if r.seq > self._shipped]
-            return Backlog(len(pending), self._shipped, pending[0].event.at if pending else None, self.last_error)
+            return Backlog(len(pending), self._shipped, pending[0].event.at if pending else None,
+                           self.last_error or self._failing_elsewhere())
 
 
 async def ship(spool: AuditSpool, send: Callable[[Sequence[ChainedRecord]], Awaitable[None]], *,

@@ -535,11 +535,11 @@ class HaAgent(FollowsFirstWorker):
     def promoting(self) -> bool:
         """What /ha/local says about a promotion of this server: while one is under way (here, or by 'safehold
         ha promote') it confirms no writer's lease; any other answer may confirm one (its time is noted)."""
-        asked = clock()
-        promoting = self.rt.identity.role == ServerRole.READONLY and (
-            self._promote_lock.locked() or promoting_marked(self.rt.settings)
-            or role_on_disk(self.rt.settings) not in (None, ServerRole.READONLY))  # another worker took over
-        return self._leases.answer(promoting, asked)
+        if self.rt.identity.role != ServerRole.READONLY:  # only a read-only server's answers count (and are noted)
+            return False
+        asked, settings = clock(), self.rt.settings  # another worker may have taken over (the settings file says)
+        return self._leases.answer(self._promote_lock.locked() or promoting_marked(settings)
+                                   or role_on_disk(settings) not in (None, ServerRole.READONLY), asked)
 
     def _failover_watch(self, settings: Any = None) -> Any:
         """Automatic failover (opt-in): ping the primary; promote this server after the configured number of
