@@ -67,11 +67,18 @@ def assert_methods(server: Server, path: str, status: int) -> None:
     assert r.status_code == 204 and r.headers["allow"] == ALLOW and r.content == b"", (path, r.headers)
 
 
+def heads(server: Server) -> dict[str, tuple[int, bytes]]:
+    return {name: head(server, path) for name, path in PATHS.items()}
+
+
 def expect(server: Server, what: str, vault: int, **checks: int) -> None:
-    """Wait until every endpoint of ``server`` answers as the table says (each worker process may answer),
-    then ask each with HEAD and OPTIONS too."""
+    """Wait until every endpoint of ``server`` answers as the table says to GET and to HEAD (each worker
+    process may answer, and a worker reuses what its database said for up to a second), then ask each with
+    OPTIONS too."""
     expected = {**checks, "vault": vault}
     wait_until(lambda: statuses(server) == expected, timeout=60, what=f"{server.data_dir.name}: {what}")
+    bodiless = {name: (status, b"") for name, status in expected.items()}
+    wait_until(lambda: heads(server) == bodiless, timeout=30, what=f"{server.data_dir.name}: {what} (HEAD)")
     for name, path in PATHS.items():
         assert_methods(server, path, expected[name])
 
