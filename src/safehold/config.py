@@ -1,24 +1,50 @@
 """Per-server configuration: ``safehold.toml`` in the data directory.
 
-Every value may be overridden by an environment variable named
-``SAFEHOLD_<SECTION>__<KEY>`` (for example ``SAFEHOLD_HTTP__PORT=9443``).
-Relative paths are relative to the data directory.  Validation errors name
-the offending key and never echo its value (a database URL may hold a
-password).
+Every value may be overridden by an environment variable: ``SAFEHOLD_``, then the key's path with each
+dot written as two underscores, at any depth (``SAFEHOLD_HTTP__PORT=9443`` for ``http.port``,
+``SAFEHOLD_HA__FAILOVER__ENABLED=true`` for ``enabled`` in ``[ha.failover]``).  pydantic-settings reads
+them and the file (:func:`load_settings`): the environment wins over the file, the file over the
+defaults.  A list is given as JSON (``'["a", "b"]'``); ``ha.patroni_urls`` and
+``ha.failover.witness_targets`` also take items separated by commas.  Names are case-insensitive after
+the prefix.  A variable with two underscores that names no section or key is refused, as an unknown key
+in the file is; ``SAFEHOLD_`` variables without them (``SAFEHOLD_DATA_DIR``, ``SAFEHOLD_LOG_LEVEL``,
+those an event script gets) are other code's and ignored here.
+
+Relative paths are relative to the data directory.  Validation errors name the offending key, and the
+variable it came from, and never echo its value (a database URL may hold a password).  Overrides are
+never written back: the commands that rewrite the file read it with ``env={}`` first.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    NoDecode,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from safehold.alerts_config import AlertsSection
 from safehold.domain import ServerRole
@@ -31,6 +57,24 @@ ENV_PREFIX = "SAFEHOLD_"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _listed(v: Any) -> Any:
+    """A list given as one string (an environment variable, or one address in the file): a JSON array, or
+    items separated by commas."""
+    if not isinstance(v, str):
+        return v
+    if v.lstrip().startswith("["):
+        try:
+            return json.loads(v)
+        except ValueError:
+            raise ValueError("must be a JSON list, or items separated by commas") from None
+    return [part.strip() for part in v.split(",") if part.strip()]
+
+
+#: a list of strings that an environment variable may give as "a,b" too (NoDecode: pydantic-settings leaves
+#: the string to :func:`_listed` instead of requiring JSON)
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_listed)]
 
 
 class ServerSection(_Section):
@@ -119,7 +163,7 @@ class FailoverSection(_Section):
     ping_iterations: int = Field(default=12, ge=2, le=20)
     # hosts ("host" for an ICMP ping, "host:port" for a TCP connect) that tell this server's own side of
     # the network is up; at most 3, unique, none of them one of the cluster's own servers
-    witness_targets: list[str] = Field(default_factory=list, max_length=3)
+    witness_targets: StrList = Field(default_factory=list, max_length=3)
     # the gateway to check too ("host" or "host:port"); None: the default route's gateway, if any
     gateway: str | None = None
     # whether this server may become the primary at all (by automatic failover)
@@ -181,7 +225,7 @@ class HaSection(_Section):
     # an external HA engine's REST API (Patroni): its members are shown beside the app servers, and a leader
     # change or a member going down raises the HA events; ``patroni_url`` in the file takes one address or a
     # list, an environment variable a comma-separated list
-    patroni_urls: list[str] = Field(default_factory=list, max_length=MAX_PATRONI_URLS)
+    patroni_urls: StrList = Field(default_factory=list, max_length=MAX_PATRONI_URLS)
     # the CA that Patroni's REST certificate is issued by, when it serves HTTPS (None: the system's CAs)
     patroni_ca: Path | None = None
 
@@ -196,13 +240,6 @@ class HaSection(_Section):
                 raise ValueError("give ha.patroni_url or ha.patroni_urls, not both")
             data["patroni_urls"] = value
         return data
-
-    @field_validator("patroni_urls", mode="before")
-    @classmethod
-    def _patroni_list(cls, v: Any) -> Any:
-        if isinstance(v, str):  # one address, or several separated by commas (an environment variable)
-            return [part.strip() for part in v.split(",") if part.strip()]
-        return v
 
     @field_validator("patroni_urls")
     @classmethod
@@ -358,7 +395,8 @@ class AuditSection(_Section):
 
 class LogSection(_Section):
     """How 'safehold serve' logs (to standard error: the journal under systemd; see docs/OPERATIONS.md).
-    The environment variable SAFEHOLD_LOG_LEVEL, when set, wins over ``level``."""
+    The environment variable SAFEHOLD_LOG_LEVEL, when set, wins over ``level`` (safehold.logs reads it; it is
+    not an override of this file, which would be SAFEHOLD_LOG__LEVEL)."""
 
     format: Literal["text", "json"] = "text"  # json: one object a line (safehold.logs)
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
@@ -408,37 +446,88 @@ class Settings(_Section):
             raise ConfigError(f"secret file {path} is missing") from None
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, str]] = {}
-    for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-        out.setdefault(section, {})[key] = value
-    return out
+# --- loading: the file and the environment, through pydantic-settings ---------------------------------------------
+
+def override_names(environ: Mapping[str, str]) -> list[str]:
+    """The variables of ``environ`` that override settings: ``SAFEHOLD_`` and a key path with ``__`` (pure).
+    A ``SAFEHOLD_`` variable without one is not a setting (``SAFEHOLD_DATA_DIR``, ``SAFEHOLD_LOG_LEVEL``,
+    ``SAFEHOLD_SERVER`` in an event script's environment) and is left alone, whatever field it seems to name."""
+    return [name for name in environ if name.startswith(ENV_PREFIX) and "__" in name[len(ENV_PREFIX):]]
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for section, values in extra.items():
-        target = merged.setdefault(section, {})
-        if isinstance(target, dict):
-            target.update(values)
-    return merged
+def _key_path(variable: str) -> tuple[str, ...]:
+    """SAFEHOLD_HA__FAILOVER__ENABLED -> ("ha", "failover", "enabled")."""
+    return tuple(variable[len(ENV_PREFIX):].lower().split("__"))
 
 
-def describe_validation_error(
-    exc: ValidationError, source: str, from_env: Mapping[str, Mapping[str, str]] | None = None
-) -> str:
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source over the overrides of a given mapping (``{}`` reads the file
+    alone), nested at any depth by ``__``, their names spelled as it matches them (the prefix, then lower
+    case).  A variable naming no section is kept, for validation to refuse as an unknown key
+    (pydantic-settings would drop it silently: a typo would go unnoticed)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.env_vars = {ENV_PREFIX + "__".join(_key_path(name)): environ[name] for name in override_names(environ)}
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        """A list or a section is given as JSON; a value that is not JSON is kept as given, so that validation
+        names its key and variable (pydantic-settings would stop with an error naming neither)."""
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            return value
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        for name, value in self.env_vars.items():
+            section, _, rest = name[len(ENV_PREFIX):].partition("__")
+            if section not in self.settings_cls.model_fields:
+                values.setdefault(section, {})[rest] = value
+        return values
+
+
+class _FileAndEnvironment(BaseSettings, Settings):
+    """:class:`Settings` as pydantic-settings builds it from its sources.  :func:`load_settings` hands back a
+    plain :class:`Settings`: the class that 'safehold init' and the joins build by hand must read nothing from
+    the environment (it would be written into the file)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=True,
+                                      extra="forbid", frozen=True)
+
+    def __init__(self, data_dir: Path, environ: Mapping[str, str]) -> None:
+        """Read the sources, the first winning: ``data_dir`` itself (one in the file is not taken), the
+        environment's overrides, the file; the defaults fill the rest."""
+        cls = type(self)
+        super().__init__(_build_sources=((InitSettingsSource(cls, {"data_dir": data_dir}), _Environment(cls, environ),
+                                          TomlConfigSettingsSource(cls, toml_file=data_dir / CONFIG_NAME)), {}))
+
+
+def override_behind(loc: tuple[int | str, ...], kind: str, variables: Iterable[str]) -> list[str]:
+    """The override variables that gave the value at ``loc`` (pure): the one whose key path holds it (the key
+    itself, or a list or section given whole as JSON), else, for an unknown key or a value of the wrong type,
+    those that made it (``SAFEHOLD_HTPP__PORT`` makes a section ``htpp``).  A check across a section's keys
+    is put on no variable: the keys its message names may come from the file."""
+    paths = {name: _key_path(name) for name in variables}
+    holding = [name for name, path in paths.items() if loc[:len(path)] == path]
+    if holding:
+        return [max(holding, key=lambda name: len(paths[name]))]
+    if loc and kind != "value_error":
+        return sorted(name for name, path in paths.items() if path[:len(loc)] == loc)
+    return []
+
+
+def describe_validation_error(exc: ValidationError, source: str, variables: Sequence[str] = ()) -> str:
+    """One line an error, naming the key and the override variable it came from (``variables``: the names
+    of those in effect).  Never a value: pydantic's ``input`` is left out (a database URL may hold a
+    password), and its messages say what is expected, not what was given."""
     lines = [f"invalid configuration in {source}:"]
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        key = ".".join(loc)
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        if from_env and len(loc) >= 2 and loc[1] in from_env.get(loc[0], {}):
-            key += f" (from {ENV_PREFIX}{loc[0].upper()}__{loc[1].upper()})"
+    for err in exc.errors(include_url=False, include_input=False):
+        key = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        behind = override_behind(err["loc"], err["type"], variables)
+        if behind:
+            key += f" (from {', '.join(behind)})"
         # (a check across sections has no key of its own: its message names the keys)
         lines.append(f"  {key}: {msg}" if key else f"  {str(msg).removeprefix('Value error, ')}")
     return "\n".join(lines)
@@ -465,7 +554,9 @@ def missing_keys(raw: Mapping[str, Any]) -> list[str]:
 
 
 def load_settings(data_dir: Path, env: Mapping[str, str] | None = None) -> Settings:
-    """Read ``safehold.toml`` from ``data_dir`` and apply environment overrides."""
+    """Read ``safehold.toml`` from ``data_dir`` with the overrides of ``env`` (the process environment when
+    None; ``{}``: the file alone, as the commands that rewrite it read it), through pydantic-settings
+    (:class:`_FileAndEnvironment`)."""
     data_dir = data_dir.resolve()
     path = data_dir / CONFIG_NAME
     if not path.exists():
@@ -473,26 +564,23 @@ def load_settings(data_dir: Path, env: Mapping[str, str] | None = None) -> Setti
             f"no {CONFIG_NAME} in {data_dir}",
             hint=f"run 'safehold init --data-dir {data_dir}' first",
         )
+    environ = os.environ if env is None else env
     try:
-        raw = tomllib.loads(path.read_text())
+        loaded = _FileAndEnvironment(data_dir, environ)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    overrides = _env_overrides(os.environ if env is None else env)
-    raw = _merge(raw, overrides)
-    raw.pop("data_dir", None)
-    try:
-        settings = Settings.model_validate({**raw, "data_dir": data_dir})
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, str(path), overrides)) from None
-    missing = missing_keys(raw)
+        raise ConfigError(describe_validation_error(exc, str(path), override_names(environ))) from None
+    missing = missing_keys(loaded.model_dump(exclude_unset=True))
     if missing:
         raise ConfigError(
             f"{path} does not say where this server's database is: {', '.join(missing)} "
-            f"{'is' if len(missing) == 1 else 'are'} missing (database.mode = \"{settings.database.mode}\")",
+            f"{'is' if len(missing) == 1 else 'are'} missing (database.mode = \"{loaded.database.mode}\")",
             hint=f"add {' and '.join(k.partition('.')[2] for k in missing)} to its [database] section (the file "
                  "'safehold init' or 'safehold join' wrote has them), or set "
                  + " and ".join(f"{ENV_PREFIX}{k.upper().replace('.', '__')}" for k in missing))
-    return settings
+    return Settings.model_construct(_fields_set=loaded.model_fields_set,
+                                    **{name: getattr(loaded, name) for name in Settings.model_fields})
 
 
 def write_settings(settings: Settings) -> Path:
