@@ -5,7 +5,9 @@ delivers from its queue, retrying a failed delivery with exponential back-off (a
 tries), so a dead channel delays neither the caller (the HA loop, a web request) nor the other
 channels.  :func:`send_test` sends one test alert synchronously, for 'safehold alerts test' and the
 API.  The channels are those of an :class:`~.settings.AlertConfig` (the cluster's alert settings, from
-the database); :meth:`Dispatcher.reconfigure` replaces them when those settings change.
+the database); :meth:`Dispatcher.reconfigure` replaces them when those settings change.  How each event
+ended on each channel (:data:`DELIVERED`, :data:`FAILED` after its last try, :data:`DROPPED` by a full queue)
+is told to ``counted`` (the server's ``safehold_alert_deliveries_total``); test alerts are not counted.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _STOP = object()
+#: what became of one event on one channel (the values never change: they are a metric's labels)
+DELIVERED, FAILED, DROPPED = "delivered", "failed", "dropped"
+#: told (channel, outcome) each time an event's delivery on a channel ended
+Counted = Callable[[str, str], None]
 
 
 def build_channels(settings: Settings, config: AlertConfig | None = None) -> dict[str, Channel]:
@@ -103,8 +109,9 @@ class _Worker:
     """One channel's queue and the thread that delivers from it."""
 
     def __init__(self, channel: Channel, retry: RetrySection, queue_size: int, stopping: threading.Event,
-                 clock: Callable[[], dt.datetime]) -> None:
+                 clock: Callable[[], dt.datetime], counted: Counted | None = None) -> None:
         self.channel = channel
+        self.counted = counted
         self.delays = backoff_delays(retry)
         self.queue: queue.Queue[Any] = queue.Queue()  # bounded by offer(), so _STOP always fits
         self.queue_size = queue_size
@@ -125,6 +132,7 @@ class _Worker:
             return
         with self.lock:
             self.status.dropped += 1
+        self._count(DROPPED)
         log.error("alert channel %s is backed up (%d events queued): dropped %s event %s",
                   self.channel.name, self.queue_size, event.kind, event.id)
 
@@ -162,6 +170,7 @@ class _Worker:
                     self.status.failed += 1
                     self.status.last_failure_at = self.clock().isoformat()
                     self.status.last_error = err.message
+                self._count(FAILED)
                 log.error("alert channel %s: %s event %s not delivered after %d tries: %s", name, event.kind,
                           event.id, attempt + 1, err.message)
                 return False
@@ -169,9 +178,18 @@ class _Worker:
                 self.status.delivered += 1
                 self.status.last_success_at = self.clock().isoformat()
                 self.status.last_success = result
+            self._count(DELIVERED)
             log.info("alert channel %s: %s event %s: %s", name, event.kind, event.id, result)
             return True
         return False  # pragma: no cover - the loop always returns
+
+    def _count(self, outcome: str) -> None:
+        if self.counted is None:
+            return
+        try:
+            self.counted(self.channel.name, outcome)
+        except Exception:  # noqa: BLE001 - counting never stops a delivery
+            log.exception("alert channel %s: could not count a delivery", self.channel.name)
 
     def snapshot(self) -> ChannelStatus:
         with self.lock:
@@ -194,9 +212,12 @@ class Dispatcher:
 
     def __init__(self, settings: Settings, config: AlertConfig | None = None, *,
                  channels: Mapping[str, Channel] | None = None,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+                 counted: Counted | None = None) -> None:
+        """``counted``: told how each event ended on each channel (the server's metrics)."""
         self._settings = settings
         self._clock = clock
+        self._counted = counted
         self._stopping = threading.Event()
         self._started = False
         self._stopped = False
@@ -208,7 +229,8 @@ class Dispatcher:
                       stopping: threading.Event) -> dict[str, _Worker]:
         a = config.section
         built = build_channels(self._settings, config) if channels is None else dict(channels)
-        return {name: _Worker(ch, a.retry, a.queue_size, stopping, self._clock) for name, ch in built.items()}
+        return {name: _Worker(ch, a.retry, a.queue_size, stopping, self._clock, self._counted)
+                for name, ch in built.items()}
 
     def reconfigure(self, config: AlertConfig) -> None:
         """Send to the channels of ``config`` from now on.  The old channels' delivery threads try what

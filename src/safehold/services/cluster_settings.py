@@ -356,7 +356,7 @@ async def start_alerts(rt: Runtime) -> AlertsRunner:
     except SafeholdError as exc:
         log.error("alerts: could not read the cluster's alert settings (tried again later): %s", exc.message)
         config = AlertConfig(rt.settings.alerts)
-    dispatcher = Dispatcher(rt.settings, config)
+    dispatcher = Dispatcher(rt.settings, config, counted=rt.metrics.count_alert)
     dispatcher.start()
     task = asyncio.get_running_loop().create_task(follow_alerts(rt, dispatcher), name="alerts-settings")
     return AlertsRunner(dispatcher, task)

@@ -12,7 +12,6 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,7 +27,7 @@ from safehold.runtime import FencedMode, Runtime, open_runtime, system_event
 from safehold.services import auth as auth_service
 from safehold.services.backup import scheduled_backup
 from safehold.services.cluster_settings import follow_failover, start_alerts
-from safehold.web import errors, ui
+from safehold.web import errors, metrics_view, ui
 from safehold.web.api import alerts, audit, auth, ha, ha_checks, ha_peer, system, users, vault
 from safehold.web.api.health import router as health_router
 from safehold.web.api.health import vault_router
@@ -235,16 +234,7 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
     app.add_middleware(BodyLimit, default=settings.http.max_body_bytes, routes={f"{API}/import": vault.MAX_IMPORT})
     app.add_middleware(Observe)  # outside the body limit: its refusals get the headers and are counted
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        rt: Runtime = request.app.state.runtime
-        pool = rt.engine.sync_engine.pool
-        for gauge, attr in ((rt.metrics.pool_size, "size"), (rt.metrics.pool_checked_out, "checkedout"),
-                            (rt.metrics.pool_overflow, "overflow")):
-            fn = getattr(pool, attr, None)
-            if callable(fn):
-                gauge.set(fn())
-        return Response(generate_latest(rt.metrics.collected()), media_type=CONTENT_TYPE_LATEST)
+    app.include_router(metrics_view.router)  # /metrics
 
     @app.get("/", include_in_schema=False)
     async def root(request: Request) -> Response:
