@@ -58,7 +58,7 @@ def test_the_status_json_keeps_its_field_names_and_shapes() -> None:
                   "acting_primary_url": "https://p:8443"},
         "servers": [{"id": "id-a", "name": "a", "hostname": "host-a", "dns_name": None, "role": "readonly",
                      "url": "https://a:8443", "port": 8443, "status": "active", "confirmed_status": "inactive",
-                     "sessions": 2, "last_seen": "2026-01-01T00:00:00+00:00"}],
+                     "sessions": 2, "last_seen": "2026-01-01T00:00:00+00:00", "failover_inputs": []}],
         "databases": [{"host": "db", "port": 5432, "role": "primary", "servers_configured": 2, "servers_active": 1}],
         "ha_status": "Alive", "replication_status": "Failed",
         "confirmed": {"ha_status": "Alive", "replication_status": None, "confirm_checks": 3},

@@ -1,6 +1,6 @@
 """The failover executor with fake probes and fake callbacks: it counts rounds, probes the own side
-only when the decision needs it, promotes once, raises and clears alarms, never raises itself and
-stops cleanly when cancelled. No network, no servers, no real sleeping."""
+every round (a dead witness is reported while the primary is well), promotes once, raises and clears
+alarms, never raises itself and stops cleanly when cancelled. No network, no servers, no real sleeping."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ class World:
     sleeps: list[float] = field(default_factory=list)
     calls: list[tuple[str, ...]] = field(default_factory=list)
     promote_error: Exception | None = None
+    alarm: tuple[str, str] | None = None  # the server's alarm, as the agent holds it
 
     @staticmethod
     def _next(script: list[Any], i: int) -> Any:
@@ -73,9 +74,11 @@ class World:
 
     async def raise_alarm(self, condition: str, message: str) -> None:
         self.calls.append(("raise", condition, message))
+        self.alarm = (condition, message)
 
     async def clear_alarm(self, text: str) -> None:
         self.calls.append(("clear", text))
+        self.alarm = None
 
     def watch(self, s: Settings | None = None, primary_url: str | None = "https://primary:8443") -> FailoverWatch:
         async def url() -> str | None:
@@ -92,7 +95,8 @@ class World:
 
         return FailoverWatch(s or settings(), promote=self.promote, raise_alarm=self.raise_alarm,
                              clear_alarm=self.clear_alarm, primary_url=url, probes=probes, sleep=self.sleep,
-                             replica=replica, clock=lambda: sum(self.sleeps), state=heard)
+                             replica=replica, clock=lambda: sum(self.sleeps), state=heard,
+                             current_alarm=lambda: self.alarm, wall_clock=lambda: 1000.0 + sum(self.sleeps))
 
 
 def kinds(calls: Iterable[tuple[str, ...]]) -> list[str]:
@@ -106,20 +110,25 @@ def test_promotes_once_after_the_limit_and_returns() -> None:
     assert watch.rounds == 3 and w.db_calls == 3
     assert kinds(w.calls) == ["promote"]
     assert len(w.sleeps) == 2 and all(0 < s <= 5 for s in w.sleeps)
-    # the own side was probed in the third round only: both witnesses and the default gateway
-    assert sorted(w.target_calls) == ["10.0.0.254", "10.1.1.1:53", "10.1.1.2"]
+    # the own side was probed every round: both witnesses and the default gateway
+    assert sorted(w.target_calls) == ["10.0.0.254"] * 3 + ["10.1.1.1:53"] * 3 + ["10.1.1.2"] * 3
     assert w.app_calls == ["https://primary:8443"] * 3
     assert watch.state.promoted
 
 
 def test_isolated_alarm_then_clear_then_promote() -> None:
-    w = World(db=[False], targets={"10.1.1.2": [False, False, True]})
+    w = World(db=[False], targets={"10.1.1.2": [False, False, False, False, True]})
     watch = w.watch()
     asyncio.run(asyncio.wait_for(watch.run_forever(), 5))
-    assert kinds(w.calls) == ["raise StandbyIsolated", "clear", "promote"]
-    assert watch.rounds == 6  # 3: alarm, 4: still isolated, 5: own side back (clear), 6: promote
+    # 3: isolated (the failover's alarm holds the server's alarm; the dead witness and gateway wait), 4: still
+    # isolated, 5: own side back (cleared; the witness alarm now names those confirmed down: 10.1.1.2 answered
+    # once, not yet the three times in a row that count), 6: promote; the watch ends, and its alarm with it
+    assert kinds(w.calls) == ["raise StandbyIsolated", "clear", "raise WitnessUnreachable", "promote", "clear"]
+    assert watch.rounds == 6
     assert "not promoting" in w.calls[0][2]
     assert "own side is reachable again" in w.calls[1][1]
+    assert "witness 10.1.1.1:53, witness 10.1.1.2, gateway 10.0.0.254 do not answer" in w.calls[2][2]
+    assert w.alarm is None and watch.inputs == ()
 
 
 def test_primary_back_resets_and_clears() -> None:
@@ -132,9 +141,10 @@ def test_primary_back_resets_and_clears() -> None:
         assert watch.state.consecutive_failures == 0 and not watch.state.alarm_raised
 
     asyncio.run(main())
-    assert kinds(w.calls) == ["raise StandbyIsolated", "clear"]
+    # the isolation alarm cleared, the witnesses and gateway still do not answer: their alarm follows
+    assert kinds(w.calls) == ["raise StandbyIsolated", "clear", "raise WitnessUnreachable"]
     assert w.calls[1][1] == "StandbyIsolated cleared: the primary database is reachable again"
-    assert len(w.target_calls) == 3  # own side probed in round 3 only
+    assert len(w.target_calls) == 7 * 3  # own side probed every round
 
 
 def test_may_promote_false() -> None:
@@ -146,12 +156,12 @@ def test_may_promote_false() -> None:
             await watch.round()
 
     asyncio.run(main())
-    assert kinds(w.calls) == ["raise FailoverNotAllowed"]
-    assert w.target_calls == []  # no promotion possible: no need to probe the own side
+    assert kinds(w.calls) == ["raise FailoverNotAllowed"]  # the witness alarm waits behind it
+    assert len(w.target_calls) == 5 * 3  # probed all the same: their state is reported
 
 
 def test_runs_until_cancelled_when_the_primary_is_up() -> None:
-    w = World(db=[True])
+    w = World(db=[True], targets={t: [True] for t in ("10.1.1.1:53", "10.1.1.2", "10.0.0.254")})
 
     async def main() -> FailoverWatch:
         watch = w.watch()
@@ -164,7 +174,7 @@ def test_runs_until_cancelled_when_the_primary_is_up() -> None:
         return watch
 
     watch = asyncio.run(main())
-    assert w.calls == [] and not watch.state.promoted and w.target_calls == []
+    assert w.calls == [] and not watch.state.promoted and len(w.target_calls) >= 9 * 3
 
 
 def test_failed_rounds_are_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -233,3 +243,41 @@ async def _rounds(w: World, n: int) -> None:
     watch = w.watch()
     for _ in range(n):
         await watch.round()
+
+
+def test_a_dead_witness_is_reported_while_the_primary_answers_and_cleared_when_back() -> None:
+    # 10.1.1.2 stops answering in round 2 and answers again from round 6; the primary answers throughout
+    w = World(db=[True], targets={"10.1.1.1:53": [True], "10.0.0.254": [True],
+                                  "10.1.1.2": [True, False, False, False, False, True]})
+
+    async def main() -> list[str]:
+        watch = w.watch()
+        seen = []
+        for _ in range(9):
+            await watch.round()
+            seen.append(next(i.reachable for i in watch.inputs if i.target == "10.1.1.2"))
+        return seen
+
+    seen = asyncio.run(main())
+    # confirmed after three probes in a row each way (ha.status_confirm_checks): rounds 4 and 8
+    assert seen == [True, True, True, False, False, False, False, True, True]
+    assert kinds(w.calls) == ["raise WitnessUnreachable", "clear"]
+    assert w.calls[0][2].startswith("witness 10.1.1.2 does not answer")
+    assert "answer again" in w.calls[1][1] and w.alarm is None
+    assert not any(c[0] == "promote" for c in w.calls)
+
+
+def test_the_witness_alarm_never_replaces_another() -> None:
+    w = World(db=[True], targets={"10.1.1.1:53": [True], "10.0.0.254": [True], "10.1.1.2": [False]})
+    w.alarm = ("AuditSpoolFailed", "the disk is full")
+
+    async def main() -> None:
+        watch = w.watch()
+        for _ in range(5):
+            await watch.round()
+
+    asyncio.run(main())
+    assert w.calls == [] and w.alarm == ("AuditSpoolFailed", "the disk is full")
+    w.alarm = None  # the other alarm cleared: the witness alarm is raised in the next round
+    asyncio.run(main())
+    assert kinds(w.calls) == ["raise WitnessUnreachable"]

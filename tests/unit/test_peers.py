@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from safehold.ha.failover import WriterReport
+from safehold.ha.failover_inputs import InputKind, InputState
 from safehold.ha.fencing import superseded_by
 from safehold.ha.peers import (
     AlarmReport,
@@ -44,6 +45,7 @@ FULL = LocalReport(
     data_age_seconds=1.5, url="https://alpha:8443", alarm=AlarmReport("WriterUnconfirmed", "no peer"),
     database_ok=True, wal_lsn="0/3000060",
     write_lease=LeaseReport(10.0, True, 9.25, "confirmed"), promoting=True,
+    failover_inputs=(InputState(InputKind.WITNESS, "10.0.0.1:22", False, 12.5),),
 )
 FULL_JSON: dict[str, Any] = {
     "server_id": "s1", "server_name": "alpha", "role": "primary", "cluster_id": "c1", "generation": 3,
@@ -57,6 +59,7 @@ FULL_JSON: dict[str, Any] = {
     "database_ok": True, "wal_lsn": "0/3000060",
     "write_lease": {"seconds": 10.0, "valid": True, "remaining": 9.25, "confirmed_by": "confirmed"},
     "promoting": True,
+    "failover_inputs": [{"kind": "witness", "target": "10.0.0.1:22", "reachable": False, "since": 12.5}],
 }
 
 

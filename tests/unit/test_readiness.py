@@ -46,7 +46,7 @@ def by_name(checks: list[Check]) -> dict[str, Check]:
 def test_all_good() -> None:
     checks = evaluate(facts())
     assert [c.name for c in checks] == ["key file", "audit spool", "disk (data)", "replication", "generation",
-                                        "peer primary"]
+                                        "failover inputs", "peer primary"]
     assert all(c.ok for c in checks), checks
     c = by_name(checks)
     assert c["key file"].detail == f"matches the database (key id {key_id_of(KEY)})"
@@ -138,3 +138,24 @@ def test_probe_spool(tmp_path: Path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     assert probe_spool(blocked) is not None
+
+
+def test_failover_inputs_of_a_read_only_server() -> None:
+    from safehold.ha.failover_inputs import InputKind, InputState
+
+    def check(**kw: object) -> Check:
+        return by_name(evaluate(facts(**kw)))["failover inputs"]
+
+    assert check().ok and "automatic failover is off" in check().detail
+    up = (InputState(InputKind.WITNESS, "10.0.0.1:22", True), InputState(InputKind.GATEWAY, "10.0.0.254", None))
+    c = check(failover_inputs=up)
+    assert c.ok and c.detail == "witness 10.0.0.1:22 reachable; gateway 10.0.0.254 unknown"
+    down = (InputState(InputKind.WITNESS, "10.0.0.1:22", False), up[1])
+    c = check(failover_inputs=down)
+    assert not c.ok and "witness 10.0.0.1:22 UNREACHABLE" in c.detail and "may not promote" in c.detail
+    c = check(failover_inputs=())
+    assert c.ok and "cannot tell its own network failure" in c.detail
+    c = check(failover_error="the stored policy is not valid")
+    assert not c.ok and "cannot be read" in c.detail
+    # a writer has no failover inputs to check
+    assert "failover inputs" not in by_name(evaluate(facts(role=ServerRole.PRIMARY, replica=None)))

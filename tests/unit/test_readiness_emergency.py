@@ -55,7 +55,7 @@ def test_what_the_outage_takes_down_is_expected_not_failed() -> None:
     checks = by_name(evaluate(f))
     assert [(n, c.state) for n, c in checks.items()] == [
         ("key file", "passed"), ("audit spool", "passed"), ("disk (data)", "passed"), ("replication", "expected"),
-        ("generation", "passed"), ("peer vault-1", "expected"), ("peer vault-2", "expected")]
+        ("generation", "passed"), ("failover inputs", "passed"), ("peer vault-1", "expected"), ("peer vault-2", "expected")]
     assert all(c.ok for c in checks.values())  # nothing stands in the way of a take-over
     assert checks["replication"].detail == f"not streaming from the primary (WAL receiver: none): {EXPECTED}"
     assert checks["peer vault-1"].detail == f"https://p:8443: connection refused: {EXPECTED}"

@@ -36,6 +36,8 @@ SEVERITY: Mapping[str, Severity] = {
     "ClearAlarm": Severity.NOTICE,
     "Fenced": Severity.CRITICAL,
     "EmergencyMode": Severity.WARNING,
+    "WitnessUnreachable": Severity.WARNING,
+    "WitnessReachable": Severity.NOTICE,
     TEST_KIND: Severity.INFO,
 }
 

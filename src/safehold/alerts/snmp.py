@@ -47,6 +47,8 @@ NOTIFICATIONS: dict[str, int] = {
     "ClearAlarm": 11,
     "Fenced": 12,
     "EmergencyMode": 13,
+    "WitnessUnreachable": 14,
+    "WitnessReachable": 15,
     TEST_KIND: 99,
 }
 OTHER_NOTIFICATION = 100  # an event kind this version does not know

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,6 +39,13 @@ def status(data_dir: DataDir, as_json: Json = False) -> None:
     print_rows(out, "Databases", ("host", "port", "role", "servers configured", "servers active"),
                [(str(db["host"]), str(db["port"]), db["role"], str(db["servers_configured"]),
                  str(db["servers_active"])) for db in st["databases"]])
+    inputs = [(s["name"], i) for s in st["servers"] for i in s.get("failover_inputs") or ()]
+    if inputs:
+        states = {True: Text("reachable", "green"), False: Text("UNREACHABLE", "bold red"), None: Text("unknown")}
+        print_rows(out, "Automatic failover: gateway and witnesses", ("server", "kind", "target", "state", "since"),
+                   [(name, i["kind"], i["target"], states[i["reachable"]],
+                     when(dt.datetime.fromtimestamp(i["since"], dt.UTC).isoformat()) if i["since"] else "-")
+                    for name, i in inputs])
     engine = st.get("engine")
     if engine and not engine["reachable"]:
         err.print(Text.assemble(("HA engine unreachable", "bold red"), f": {engine['error']}"), soft_wrap=True)

@@ -53,7 +53,6 @@ from safehold.ha.cycle import (
     lease_alarm,
     readonly_needs_peers,
 )
-from safehold.ha.failover import WriterReport
 from safehold.ha.fencing import (
     ConfirmedLeases,
     clear_fence,
@@ -70,7 +69,7 @@ from safehold.ha.fencing import (
 from safehold.ha.lease import ScheduleLease, run_schedules
 from safehold.ha.lsn import lag_bytes
 from safehold.ha.monitor import monitor_once
-from safehold.ha.peers import LocalReport, PeerClient, primary_wal, writer_report
+from safehold.ha.peers import LocalReport, PeerClient, primary_wal
 from safehold.ha.policy import Event, EventKind, PeerObservation
 from safehold.ha.shared_view import VIEW_FILE, FollowsFirstWorker, SharedViewFile
 from safehold.ha.watchdog import cycle_went_well
@@ -134,10 +133,15 @@ class HaAgent(FollowsFirstWorker):
         self._said: dict[str, str] = {}  # each loop's last decision, logged when it changes
         self._incomplete_since: float | None = None  # since when a promotion of this server looks interrupted
         self._client = PeerClient.for_settings(rt.settings)  # the peers' /ha/local and health checks
+        self._watch: Any = None  # the automatic failover watch, while one runs here
 
     @property
     def interval(self) -> float:
         return self.rt.settings.ha.check_interval
+
+    @property
+    def client(self) -> PeerClient:
+        return self._client
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -544,35 +548,11 @@ class HaAgent(FollowsFirstWorker):
     def _failover_watch(self, settings: Any = None) -> Any:
         """Automatic failover (opt-in): ping the primary; promote this server after the configured number of
         failed rounds, unless its own side of the network is down (then only an alarm)."""
-        from safehold.ha.failover_agent import FailoverWatch, registry_primary_url, replica_report
+        from safehold.ha.failover_agent import watch_for
 
-        settings = settings or self.rt.settings  # with the cluster's failover policy (services.cluster_settings)
-        n = settings.ha.failover.ping_iterations
-
-        async def promote() -> None:
-            await self.promote_self(reason=EventKind.FAILOVER,
-                                    note=f"automatic failover after {n} failed pings of the primary")
-
-        async def raise_alarm(condition: str, message: str) -> None:
-            self.alarm = (condition, message)
-            self.publish(EventKind.RAISE_ALARM, self.rt.identity.name, message, (condition, message))
-
-        async def clear_alarm(text: str) -> None:
-            self.alarm = None
-            self.publish(EventKind.CLEAR_ALARM, self.rt.identity.name, text, (text,))
-
-        return FailoverWatch(settings, promote=promote, raise_alarm=raise_alarm, clear_alarm=clear_alarm,
-                             primary_url=registry_primary_url(self.rt.engine), writer=self._writer_report,
-                             replica=lambda: replica_report(self.rt))
-
-    async def _writer_report(self) -> WriterReport | None:
-        """The primary database's WAL position as the app servers on it report it now (the furthest), and
-        the write lease of the one reporting it."""
-        async with self.rt.read() as conn:
-            rows = await server_store.all_servers(conn)
-        urls = [r.url for r in rows if r.id != self.rt.identity.id and r.url
-                and r.role in (ServerRole.PRIMARY, ServerRole.SECONDARY, ServerRole.STANDALONE)]
-        return writer_report(await self._client.locals(urls))
+        # with the cluster's failover policy (services.cluster_settings); kept for its gateway and witnesses
+        self._watch = watch_for(self, settings or self.rt.settings)
+        return self._watch
 
     def _primary_engine(self) -> AsyncEngine:
         if self._primary_db is None:

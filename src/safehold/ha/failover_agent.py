@@ -1,9 +1,10 @@
 """The automatic failover executor: ping, decide (:mod:`safehold.ha.failover`), carry out.
 
 :class:`FailoverWatch` runs on a read-only server with ``ha.failover.enabled``. Every
-``ping_interval`` seconds it probes the primary database (and the primary app, for the message),
-probes its gateway and witness targets in the rounds where the decision needs them, and carries out
-the one action decided: promote (once: then it returns), raise or clear an alarm. Side effects are
+``ping_interval`` seconds it probes the primary database (and the primary app, for the message) and
+its gateway and witness targets (every round, even while the primary answers: a dead witness is
+reported at once, not found when it is needed; see :mod:`safehold.ha.failover_inputs`), and carries
+out the one action decided: promote (once: then it returns), raise or clear an alarm. Side effects are
 the injected callables; it never raises (an error is logged and the next round re-reads the truth)
 and it stops cleanly when its task is cancelled.
 """
@@ -22,6 +23,7 @@ from typing import Any
 from safehold.config import Settings
 from safehold.domain import ServerRole
 from safehold.errors import DatabaseError
+from safehold.ha import failover_inputs as inputs
 from safehold.ha.failover import (
     Action,
     Decision,
@@ -34,7 +36,8 @@ from safehold.ha.failover import (
     needs_witnesses,
     validate_policy,
 )
-from safehold.ha.peers import PeerClient, cluster_ssl_context
+from safehold.ha.peers import PeerClient, cluster_ssl_context, writer_report
+from safehold.ha.policy import EventKind
 from safehold.ha.probe import (
     Target,
     default_gateway,
@@ -56,6 +59,7 @@ PROMOTION_FAILED = "PromotionFailed"
 Promote = Callable[[], Awaitable[None]]
 RaiseAlarm = Callable[[str, str], Awaitable[None]]
 ClearAlarm = Callable[[str], Awaitable[None]]
+CurrentAlarm = Callable[[], tuple[str, str] | None]
 DatabaseProbe = Callable[[str, int, float], Awaitable[bool]]
 AppProbe = Callable[[str, float], Awaitable[bool]]
 TargetProbe = Callable[[Target, float], Awaitable[bool | None]]
@@ -91,7 +95,12 @@ class FailoverWatch:
                  primary_url: UrlSource | None = None, probes: Probes | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  writer: WriterSource | None = None, replica: ReplicaSource | None = None,
-                 clock: Callable[[], float] = time.monotonic, state: FailoverState | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, state: FailoverState | None = None,
+                 current_alarm: CurrentAlarm = lambda: None,
+                 on_decision: Callable[[Decision], None] | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        """``current_alarm``: the alarm this server holds now (the witness alarm is raised only while no other
+        holds it); ``on_decision``: told every round's decision (the metrics)."""
         self.settings = settings
         self.section = settings.ha.failover
         self._timeout = min(settings.ha.peer_timeout, self.section.ping_interval)
@@ -113,6 +122,12 @@ class FailoverWatch:
         self._gateway: Target | None = None
         self._ssl: ssl.SSLContext | None = None
         self._prepared = False
+        self._current_alarm = current_alarm
+        self._on_decision = on_decision
+        self._wall_clock = wall_clock
+        #: the gateway and witnesses as last confirmed (``ha/failover_inputs.py``), for /ha/local
+        self.inputs: tuple[inputs.InputState, ...] = ()
+        self._confirm_checks = settings.ha.status_confirm_checks
 
     @property
     def primary_db(self) -> tuple[str | None, int | None]:
@@ -140,6 +155,7 @@ class FailoverWatch:
         if icmp and not self._probes.ping_available():
             log.warning("automatic failover: there is no 'ping' program: %s cannot be pinged (a witness counts "
                         "as unreachable, the gateway as unknown)", ", ".join(icmp))
+        self.inputs = inputs.initial([str(t) for t in self._witnesses], str(self._gateway) if self._gateway else None)
         if self._gateway is None and not self._witnesses:
             log.warning("automatic failover: no gateway known and no witness configured; this server cannot "
                         "tell its own network failure from the primary's")
@@ -189,12 +205,17 @@ class FailoverWatch:
                                                      self._app_ok(), self._bounded(self._writer))
         # the replica is read after the primary's position: what arrived meanwhile counts for it
         replica = await self._bounded(self._replica)
-        if not needs_witnesses(self.state, db_ok, self.policy):
-            return Observation(primary_db_ok=db_ok, primary_app_ok=app_ok, now=now, writer=writer, replica=replica)
+        # the targets, every round: whether the decision needs them now or not (their state is reported)
         targets: Sequence[Target] = [*self._witnesses, *([self._gateway] if self._gateway else [])]
         results = await asyncio.gather(*(self._target_ok(t) for t in targets))
-        witnesses = tuple(bool(r) for r in results[:len(self._witnesses)])  # no answer: unreachable
-        gateway_ok = results[len(self._witnesses)] if self._gateway else None  # no ping: unknown
+        # a witness that cannot be asked (no ping program) counts as unreachable, the gateway as unknown
+        witness_results: list[bool | None] = [bool(r) for r in results[:len(self._witnesses)]]
+        gateway_ok = results[len(self._witnesses)] if self._gateway else None
+        self.inputs = inputs.step(self.inputs, [*witness_results, *([gateway_ok] if self._gateway else [])],
+                                  self._confirm_checks, self._wall_clock())
+        if not needs_witnesses(self.state, db_ok, self.policy):
+            return Observation(primary_db_ok=db_ok, primary_app_ok=app_ok, now=now, writer=writer, replica=replica)
+        witnesses = tuple(bool(r) for r in witness_results)
         return Observation(primary_db_ok=db_ok, primary_app_ok=app_ok, gateway_ok=gateway_ok,
                            witnesses_ok=witnesses, now=now, writer=writer, replica=replica)
 
@@ -223,8 +244,30 @@ class FailoverWatch:
                         "guard is armed", self.state.contact.primary_lsn,
                         "streaming" if self.state.contact.streaming else "NOT streaming")
         self._log_round(before, obs, decision)
+        if self._on_decision is not None:
+            self._on_decision(decision)
         await self._carry_out(decision)
+        if not self.state.promoted:
+            await self._witness_alarm()
         return decision
+
+    async def _witness_alarm(self, *, ending: bool = False) -> None:
+        """Raise, update or clear the witness alarm (after the decision: its alarms take the server's alarm
+        first, and the witness alarm waits while another holds it)."""
+        current = self._current_alarm()
+        if current is not None and current[0] != inputs.WITNESS_UNREACHABLE:
+            return
+        ours = current[1] if current is not None else None
+        step = inputs.alarm_step(() if ending else self.inputs, ours)
+        if step.raise_text is not None:
+            log.warning("automatic failover: %s", step.raise_text)
+            await self._safe_alarm(inputs.WITNESS_UNREACHABLE, step.raise_text)
+        elif step.clear_text is not None:
+            log.warning("automatic failover: %s", "the watch has ended" if ending else step.clear_text)
+            try:
+                await self._clear_alarm("the automatic failover watch has ended" if ending else step.clear_text)
+            except Exception as exc:  # noqa: BLE001
+                log.error("automatic failover: clearing the alarm %s failed: %s", inputs.WITNESS_UNREACHABLE, exc)
 
     def _log_round(self, before: FailoverState, obs: Observation, decision: Decision) -> None:
         if before.promoted:
@@ -276,12 +319,16 @@ class FailoverWatch:
         host, port = self.primary_db
         log.info("automatic failover: watching the primary database %s:%s every %gs, promoting after %d failed "
                  "pings", host, port, self.section.ping_interval, self.policy.ping_iterations)
-        while not self.state.promoted:
-            started = time.monotonic()
-            await self.round()
-            if self.state.promoted:
-                break
-            await self._sleep(max(0.0, self.section.ping_interval - (time.monotonic() - started)))
+        try:
+            while not self.state.promoted:
+                started = time.monotonic()
+                await self.round()
+                if self.state.promoted:
+                    break
+                await self._sleep(max(0.0, self.section.ping_interval - (time.monotonic() - started)))
+        finally:  # promoted, or stopped (a policy change, shutdown): its targets are no longer watched here
+            self.inputs = ()
+            await asyncio.shield(self._witness_alarm(ending=True))
         log.info("automatic failover: promotion ordered; the watch has ended")
 
 
@@ -298,3 +345,42 @@ async def replica_report(rt: Runtime) -> ReplicaReport | None:
     heard = (None if view.last_msg_receipt_time is None
              else max(0.0, (dt.datetime.now(dt.UTC) - view.last_msg_receipt_time).total_seconds()))
     return ReplicaReport(view.streaming, view.receive_lsn, heard)
+
+
+def watch_for(agent: Any, settings: Settings) -> FailoverWatch:
+    """The watch a read-only server's HA agent runs (``ha/agent.py``) with the cluster's failover policy in
+    ``settings``: it promotes through the agent, raises and clears the agent's alarm (told to the alert
+    channels), and counts its decisions in the server's metrics."""
+    rt: Runtime = agent.rt
+    n = settings.ha.failover.ping_iterations
+
+    async def promote() -> None:
+        await agent.promote_self(reason=EventKind.FAILOVER, note=f"automatic failover after {n} failed pings of "
+                                                                 "the primary")
+
+    async def raise_alarm(condition: str, message: str) -> None:
+        agent.alarm = (condition, message)
+        agent.publish(EventKind.RAISE_ALARM, rt.identity.name, message, (condition, message))
+
+    async def clear_alarm(text: str) -> None:
+        agent.alarm = None
+        agent.publish(EventKind.CLEAR_ALARM, rt.identity.name, text, (text,))
+
+    async def writer() -> WriterReport | None:
+        """The primary database's WAL position as the app servers on it report it now (the furthest), and
+        the write lease of the one reporting it."""
+        async with rt.read() as conn:
+            rows = await server_store.all_servers(conn)
+        urls = [r.url for r in rows if r.id != rt.identity.id and r.url
+                and r.role in (ServerRole.PRIMARY, ServerRole.SECONDARY, ServerRole.STANDALONE)]
+        return writer_report(await agent.client.locals(urls))
+
+    def counted(decision: Decision) -> None:
+        counter = getattr(rt.metrics, "failover_decisions", None)
+        if counter is not None:
+            counter.labels(decision.action.value).inc()
+
+    return FailoverWatch(settings, promote=promote, raise_alarm=raise_alarm, clear_alarm=clear_alarm,
+                         primary_url=registry_primary_url(rt.engine), writer=writer,
+                         replica=lambda: replica_report(rt), current_alarm=lambda: agent.alarm,
+                         on_decision=counted)

@@ -47,14 +47,16 @@ def snapshot_of(view: ClusterView) -> Snapshot:
     # (a primary that was standalone when it last started is still registered as such)
     active = next((s.name for role in (ServerRole.PRIMARY, ServerRole.STANDALONE) for s in view.servers
                    if s.role == role), "")
-    return Snapshot(ha, rep, servers, standbys, active)
+    inputs = {f"{s.name}: {i.label}": Health.ALIVE if i.reachable else Health.FAILED
+              for s in view.servers for i in s.failover_inputs if i.reachable is not None}
+    return Snapshot(ha, rep, servers, standbys, active, inputs)
 
 
 def to_json(c: Confirmed) -> dict[str, Any]:
     """The confirmed snapshot as the database keeps it (the keys of earlier versions, ``streaks`` added)."""
     s = c.snapshot
     return {"ha": dict(s.ha), "replication": dict(s.replication), "servers": dict(s.servers),
-            "standbys": sorted(s.standbys), "active": s.active,
+            "standbys": sorted(s.standbys), "active": s.active, "inputs": dict(s.inputs),
             "streaks": [{"category": cat, "subject": subject, "state": st.state, "checks": st.checks}
                         for (cat, subject), st in sorted(c.streaks.items())]}
 
@@ -66,7 +68,8 @@ def from_json(d: dict[str, Any] | None) -> Confirmed | None:
     snapshot = Snapshot({k: Health(v) for k, v in d.get("ha", {}).items()},
                         {k: Health(v) for k, v in d.get("replication", {}).items()},
                         {k: Liveness(v) for k, v in d.get("servers", {}).items()},
-                        frozenset(d.get("standbys", [])), str(d.get("active", "")))
+                        frozenset(d.get("standbys", [])), str(d.get("active", "")),
+                        {k: Health(v) for k, v in d.get("inputs", {}).items()})
     streaks: dict[tuple[str, str], Streak] = {}
     for x in d.get("streaks", []):
         if isinstance(x, dict) and x.get("category") in CATEGORIES and isinstance(x.get("checks"), int):

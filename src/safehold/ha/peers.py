@@ -29,6 +29,7 @@ import httpx
 from safehold.config import Settings
 from safehold.crypto import peerauth
 from safehold.ha.failover import WriterReport
+from safehold.ha.failover_inputs import InputState, inputs_from_json
 from safehold.ha.lsn import parse_lsn
 
 LOCAL_PATH = "/api/v1/ha/local"
@@ -189,6 +190,8 @@ class LocalReport:
     write_lease: LeaseReport | None = None
     # a read-only server being promoted: it confirms no writer's lease until it is the acting primary
     promoting: bool = False
+    # a read-only server's automatic failover inputs (its gateway and witnesses) as its watch last confirmed
+    failover_inputs: tuple[InputState, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The JSON of ``GET /api/v1/ha/local`` (its field names and shapes are read by older peers)."""
@@ -202,7 +205,7 @@ class LocalReport:
             "alarm": self.alarm.to_json() if self.alarm is not None else None,
             "database_ok": self.database_ok, "wal_lsn": self.wal_lsn,
             "write_lease": self.write_lease.to_json() if self.write_lease is not None else None,
-            "promoting": self.promoting,
+            "promoting": self.promoting, "failover_inputs": [i.to_json() for i in self.failover_inputs],
         }
 
     @classmethod
@@ -217,7 +220,7 @@ class LocalReport:
             data_age_seconds=_num(d, "data_age_seconds"), url=_str(d, "url"),
             alarm=AlarmReport.from_json(_map(d, "alarm")), database_ok=_bool(d, "database_ok"),
             wal_lsn=_opt_str(d, "wal_lsn"), write_lease=LeaseReport.from_json(_map(d, "write_lease")),
-            promoting=_bool(d, "promoting") is True,
+            promoting=_bool(d, "promoting") is True, failover_inputs=inputs_from_json(d.get("failover_inputs")),
         )
 
     @property

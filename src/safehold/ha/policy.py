@@ -39,6 +39,9 @@ class EventKind(StrEnum):
     CLEAR_ALARM = "ClearAlarm"
     FENCED = "Fenced"
     EMERGENCY_MODE = "EmergencyMode"  # a read-only server served users itself (logged once it ships its spool)
+    # a read-only server's automatic failover gateway or witness stopped answering, or answers again
+    WITNESS_UNREACHABLE = "WitnessUnreachable"
+    WITNESS_REACHABLE = "WitnessReachable"
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,9 @@ class Snapshot:
     servers: Mapping[str, Liveness]     # server name -> active/inactive
     standbys: frozenset[str] = frozenset()  # names of servers with the readonly role
     active: str = ""  # name of the acting primary (the StandbyOffline event names it)
+    # "<server>: witness <target>" (or gateway) -> reachable (Alive) or not (Failed), as the read-only
+    # servers' failover watches report them
+    inputs: Mapping[str, Health] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -144,13 +150,22 @@ def transitions(before: Snapshot | None, now: Snapshot) -> list[Event]:
             if name in now.standbys:
                 events.append(Event(EventKind.STANDBY_OFFLINE, name, f"standby {name} is offline",
                                     (name, now.active)))
+    for subject, h in changes(before.inputs if before else None, now.inputs):
+        server, _, target = subject.partition(": ")
+        if h is Health.ALIVE:
+            events.append(Event(EventKind.WITNESS_REACHABLE, subject, f"{target} of {server} answers again",
+                                (server, target)))
+        else:
+            events.append(Event(EventKind.WITNESS_UNREACHABLE, subject, f"{target} of {server} does not answer: "
+                                "its automatic failover could not tell its own network failure from the primary's",
+                                (server, target)))
     return events
 
 
 # --- hysteresis: a new status is logged only once it held for several checks in a row --------------------------
 
 #: the parts of a :class:`Snapshot` whose states are confirmed before they are logged
-CATEGORIES = ("ha", "replication", "servers")
+CATEGORIES = ("ha", "replication", "servers", "inputs")
 S = TypeVar("S", Health, Liveness)
 
 
@@ -205,5 +220,6 @@ def confirm(before: Confirmed | None, probe: Snapshot, checks: int) -> Confirmed
         return result
 
     snapshot = Snapshot(one("ha", old.ha, probe.ha), one("replication", old.replication, probe.replication),
-                        one("servers", old.servers, probe.servers), probe.standbys, probe.active)
+                        one("servers", old.servers, probe.servers), probe.standbys, probe.active,
+                        one("inputs", old.inputs, probe.inputs))
     return Confirmed(snapshot, kept)

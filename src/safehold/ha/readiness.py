@@ -24,14 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from safehold import names
-from safehold.config import Settings
+from safehold.config import FailoverSection, Settings
 from safehold.crypto.keyfile import key_id_of, load_key_file
 from safehold.domain import ServerRole
 from safehold.errors import SafeholdError
+from safehold.ha.failover_inputs import InputKind, InputState, describe
 from safehold.ha.peers import PeerClient
+from safehold.ha.probe import Target, default_gateway, parse_target, target_reachable_async
 from safehold.runtime import engine_managed
 from safehold.storage import cluster as cluster_store
+from safehold.storage import cluster_settings as settings_store
 from safehold.storage import replication
 from safehold.storage import servers as server_store
 from safehold.storage.db import AsyncEngine, app_target, make_engine
@@ -120,6 +125,9 @@ class Facts:
     peers: tuple[PeerFacts, ...] = field(default_factory=tuple)
     data_dir: Path | None = None  # for the command that promotes this server
     engine_managed: bool = False  # an HA engine (Patroni, ...) owns the database's failover, not Safehold
+    # a read-only server's automatic failover gateway and witnesses as probed now (None: it runs no failover)
+    failover_inputs: tuple[InputState, ...] | None = None
+    failover_error: str | None = None  # the cluster's failover policy could not be read
 
 
 # --- evaluation (pure) -------------------------------------------------------------------------------
@@ -260,10 +268,28 @@ def _peer_checks(f: Facts) -> list[Check]:
     return out
 
 
+def _inputs_check(f: Facts) -> Check:
+    """A read-only server's automatic failover inputs: a dead witness found now, not when it is needed."""
+    name = "failover inputs"
+    if f.failover_error is not None:
+        return Check(name, False, f"the cluster's failover policy cannot be read: {f.failover_error}")
+    if f.failover_inputs is None:
+        return Check(name, True, "n/a (automatic failover is off on this server)")
+    if not f.failover_inputs:
+        return Check(name, True, "no gateway known and no witness configured: this server cannot tell its own "
+                                 "network failure from the primary's")
+    text = describe(f.failover_inputs)
+    if any(i.reachable is False for i in f.failover_inputs):
+        return Check(name, False, f"{text}: automatic failover may not promote this server")
+    return Check(name, True, text)
+
+
 def evaluate(f: Facts) -> list[Check]:
-    """One check per line: key file, audit spool, disks, replication, generation, each peer."""
+    """One check per line: key file, audit spool, disks, replication, generation, failover inputs (a
+    read-only server), each peer."""
+    inputs = [_inputs_check(f)] if f.role == ServerRole.READONLY else []
     return [_key_check(f), _spool_check(f), *(_disk_check(d) for d in f.disks), _replication_check(f),
-            _generation_check(f), *_peer_checks(f)]
+            _generation_check(f), *inputs, *_peer_checks(f)]
 
 
 # --- gathering (I/O) ------------------------------------------------------------------------------------
@@ -328,6 +354,7 @@ class _DbFacts:
     replica: replication.ReplicaView | None = None
     replica_error: str | None = None
     servers: list[Any] = field(default_factory=list)
+    failover: dict[str, Any] | None = None  # the cluster's failover policy as stored (None: none stored)
 
 
 async def _read_db(engine: AsyncEngine, readonly: bool) -> _DbFacts:
@@ -338,6 +365,8 @@ async def _read_db(engine: AsyncEngine, readonly: bool) -> _DbFacts:
             out.key_check, out.generation = row.key_check, row.generation
         out.servers = list(await server_store.all_servers(conn))
         if readonly:
+            stored = await settings_store.get(conn, "failover")  # the policy the server follows (its replica's)
+            out.failover = stored.value if stored is not None else None
             try:
                 out.replica = await replication.replica_view(conn)
             except Exception as exc:  # noqa: BLE001 - reported as a failed check
@@ -421,11 +450,51 @@ async def gather(settings: Settings, *, engine: AsyncEngine | None = None) -> Fa
         age = data_age(db.replica, dt.datetime.now(dt.UTC)) if db.replica is not None else None
         replica = ReplicaFacts(view=db.replica, data_age=age, error=db.replica_error)
     peers = await gather_peers(settings, db.servers)
+    inputs, failover_error = (None, None)
+    if readonly and db_error is None and not engine_managed(settings):
+        inputs, failover_error = await probe_failover_inputs(settings, db.failover)
     return Facts(role=role, key=key, db_error=db_error, db_key_check=db.key_check, generation=db.generation,
                  spool_path=spool_path, spool_error=spool_error, disks=tuple(disks), replica=replica,
                  lag_threshold_seconds=settings.ha.lag_threshold_seconds,
                  lag_threshold_bytes=settings.ha.lag_threshold_bytes, peers=peers, registry_read=db_error is None,
-                 data_dir=settings.data_dir, engine_managed=engine_managed(settings))
+                 data_dir=settings.data_dir, engine_managed=engine_managed(settings), failover_inputs=inputs,
+                 failover_error=failover_error)
+
+
+async def probe_failover_inputs(settings: Settings, stored: dict[str, Any] | None
+                                ) -> tuple[tuple[InputState, ...] | None, str | None]:
+    """Probe the gateway and witnesses of the failover policy in force (``stored``, else the settings file's)
+    now, once each, as the failover watch does (a witness that cannot be pinged counts as unreachable, the
+    gateway as unknown); None when automatic failover is off.  The second value: why the policy cannot
+    be read."""
+    try:
+        policy = FailoverSection.model_validate(stored) if stored is not None else settings.ha.failover
+    except ValidationError:
+        return None, "the stored policy is not valid (set it again with 'safehold ha failover')"
+    if not policy.enabled:
+        return None, None
+    try:
+        witnesses = [parse_target(t) for t in policy.witness_targets]
+        gateway = parse_target(policy.gateway) if policy.gateway else None
+    except ValueError as exc:
+        return None, str(exc)
+    if gateway is None:
+        found = await asyncio.to_thread(default_gateway)
+        gateway = Target(found) if found else None
+    targets = [*witnesses, *([gateway] if gateway else [])]
+    timeout = min(settings.ha.peer_timeout, policy.ping_interval)
+
+    async def reach(t: Target) -> bool | None:
+        try:
+            return await target_reachable_async(t, timeout)
+        except OSError:
+            return False
+
+    results = await asyncio.gather(*(reach(t) for t in targets))
+    out = [InputState(InputKind.WITNESS, str(t), bool(r)) for t, r in zip(witnesses, results, strict=False)]
+    if gateway is not None:
+        out.append(InputState(InputKind.GATEWAY, str(gateway), results[-1]))
+    return tuple(out), None
 
 
 async def run_checks(settings: Settings, *, engine: AsyncEngine | None = None) -> list[Check]:

@@ -2,7 +2,8 @@
 
 The first worker of a read-only server watches the cluster (its peer check, the audit shipper, the automatic
 failover watch) and writes what it concluded to ``run/readonly-view.json`` after every step: where users are
-sent, the peers as seen, how old the replica's data may be, its alarm, the shipper's last error.  The other
+sent, the peers as seen, how old the replica's data may be, its alarm, the shipper's last error, the
+automatic failover's gateway and witnesses as last probed.  The other
 workers answer from that file (re-read when it changed: a ``stat`` per look), so every request to the server
 is redirected, or served in emergency mode, alike; the server's status and alarm read the same on every
 worker, and its events and alerts are sent once.  A view older than :data:`STALE_CYCLES` check intervals (the
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safehold.domain import ServerRole
+from safehold.ha.failover_inputs import InputState, inputs_from_json
 from safehold.ha.policy import PeerObservation
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ class SharedView:
     data_age_seconds: float | None
     alarm: tuple[str, str] | None
     last_ship_error: str | None
+    inputs: tuple[InputState, ...] = ()
 
 
 def _peer(d: dict[str, Any]) -> PeerObservation:
@@ -57,6 +60,7 @@ def encode(view: SharedView) -> bytes:
         "written_at": view.written_at, "redirect": _peer_json(view.redirect) if view.redirect else None,
         "peers": [_peer_json(p) for p in view.peers], "data_age_seconds": view.data_age_seconds,
         "alarm": list(view.alarm) if view.alarm else None, "last_ship_error": view.last_ship_error,
+        "inputs": [i.to_json() for i in view.inputs],
     }).encode()
 
 
@@ -65,7 +69,8 @@ def decode(data: bytes) -> SharedView:
     alarm = d.get("alarm")
     return SharedView(float(d["written_at"]), _peer(d["redirect"]) if d.get("redirect") else None,
                       tuple(_peer(p) for p in d.get("peers") or ()), d.get("data_age_seconds"),
-                      (str(alarm[0]), str(alarm[1])) if alarm else None, d.get("last_ship_error"))
+                      (str(alarm[0]), str(alarm[1])) if alarm else None, d.get("last_ship_error"),
+                      inputs_from_json(d.get("inputs")))
 
 
 class SharedViewFile:
@@ -127,6 +132,7 @@ class FollowsFirstWorker:
     _data_age: float | None
     _alarm: tuple[str, str] | None
     _ship_error: str | None
+    _watch: Any  # the automatic failover watch (``ha/failover_agent.py``), while one runs in this worker
 
     def followed(self) -> SharedView | None:
         if self.first_worker or not self.rt.readonly or self.rt.fence is not None:
@@ -137,7 +143,17 @@ class FollowsFirstWorker:
         """The first worker of a read-only server: write its view for the others."""
         if self.first_worker and self.rt.readonly and self.rt.fence is None:
             self._view_file.write(SharedView(time.time(), self._redirect, tuple(self._peers), self._data_age,
-                                             self._alarm, self._ship_error))
+                                             self._alarm, self._ship_error, self._own_inputs()))
+
+    def _own_inputs(self) -> tuple[InputState, ...]:
+        return tuple(self._watch.inputs) if self._watch is not None else ()
+
+    @property
+    def failover_inputs(self) -> tuple[InputState, ...]:
+        """The automatic failover's gateway and witnesses as its watch last confirmed them (none while no
+        watch runs on this server)."""
+        v = self.followed()
+        return v.inputs if v is not None else self._own_inputs()
 
     @property
     def redirect(self) -> PeerObservation | None:

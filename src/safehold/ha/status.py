@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from safehold.config import Settings
 from safehold.domain import ServerRole
 from safehold.errors import DatabaseError
+from safehold.ha.failover_inputs import InputState
 from safehold.ha.patroni import EngineView, read_engine
 from safehold.ha.peers import (
     AlarmReport,
@@ -43,7 +44,8 @@ from safehold.storage.db import app_target, primary_target
 
 
 def local_report(rt: Runtime, data_age: float | None, alarm: tuple[str, str] | None = None,
-                 wal: tuple[bool, str] | None = None, *, promoting: bool = False) -> LocalReport:
+                 wal: tuple[bool, str] | None = None, *, promoting: bool = False,
+                 inputs: Sequence[InputState] = ()) -> LocalReport:
     db = rt.settings.database
     now = clock()
     lease = rt.lease
@@ -60,7 +62,7 @@ def local_report(rt: Runtime, data_age: float | None, alarm: tuple[str, str] | N
         write_lease=None if lease is None else LeaseReport(lease.duration, lease.valid(now),
                                                            round(lease.remaining(now), 3),
                                                            lease.how.value if lease.how else None),
-        promoting=promoting,
+        promoting=promoting, failover_inputs=tuple(inputs),
     )
 
 
@@ -106,6 +108,8 @@ class ServerStatus:
     last_seen: str | None = None
     # as the HA monitor confirmed it (held for ha.status_confirm_checks checks); None: not confirmed yet
     confirmed_status: Liveness | None = None
+    # a read-only server's automatic failover inputs (gateway, witnesses) as its watch confirmed them
+    failover_inputs: tuple[InputState, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -115,7 +119,8 @@ class ServerStatus:
         return {"id": self.id, "name": self.name, "hostname": self.hostname, "dns_name": self.dns_name,
                 "role": self.role, "url": self.url, "port": self.port, "status": self.status.value,
                 "confirmed_status": self.confirmed_status.value if self.confirmed_status is not None else None,
-                "sessions": self.sessions, "last_seen": self.last_seen}
+                "sessions": self.sessions, "last_seen": self.last_seen,
+                "failover_inputs": [i.to_json() for i in self.failover_inputs]}
 
 
 @dataclass(frozen=True)
@@ -231,16 +236,20 @@ class ClusterView:
 
 
 async def cluster_status(rt: Runtime, *, live_peers: dict[str, bool] | None = None,
-                         own_alarm: tuple[str, str] | None = None, ask_self: bool = False) -> dict[str, Any]:
+                         own_alarm: tuple[str, str] | None = None, ask_self: bool = False,
+                         own_inputs: Sequence[InputState] = ()) -> dict[str, Any]:
     """:func:`cluster_view` as JSON (the pages and the CLI read it so)."""
-    return (await cluster_view(rt, live_peers=live_peers, own_alarm=own_alarm, ask_self=ask_self)).to_json()
+    return (await cluster_view(rt, live_peers=live_peers, own_alarm=own_alarm, ask_self=ask_self,
+                               own_inputs=own_inputs)).to_json()
 
 
 async def cluster_view(rt: Runtime, *, live_peers: dict[str, bool] | None = None,
-                       own_alarm: tuple[str, str] | None = None, ask_self: bool = False) -> ClusterView:
+                       own_alarm: tuple[str, str] | None = None, ask_self: bool = False,
+                       own_inputs: Sequence[InputState] = ()) -> ClusterView:
     """Servers (active or not), databases, HA and replication status, the read-only servers' audit backlog
-    and the alarms.  ``own_alarm``: this server's own alarm (its agent's); ``ask_self``: ask this server's own
-    /ha/local too (a command beside the running server has no agent)."""
+    and the alarms.  ``own_alarm``, ``own_inputs``: this server's own alarm and automatic failover inputs
+    (its agent's); ``ask_self``: ask this server's own /ha/local too (a command beside the running server has
+    no agent)."""
     s = rt.settings
     now = dt.datetime.now(dt.UTC)
     stale_after = dt.timedelta(seconds=max(3 * s.ha.check_interval, 5))
@@ -280,6 +289,8 @@ async def cluster_view(rt: Runtime, *, live_peers: dict[str, bool] | None = None
             last_seen=now.isoformat() if r.id == rt.identity.id else
             (r.last_heartbeat.isoformat() if r.last_heartbeat else None),
             confirmed_status=_confirmed(stored, "servers", r.name, Liveness),
+            failover_inputs=tuple(own_inputs) if r.id == rt.identity.id and own_inputs
+            else report.failover_inputs if report is not None else (),
         ))
 
     replicas: list[ReplicaObservation] = []

@@ -44,7 +44,8 @@ async def status(request: Request, p: HaUser, rt: RuntimeDep) -> dict[str, Any]:
     read-only servers' audit backlog — as this server sees them (administrators)."""
     access.require(p.is_admin, "only administrators can see the HA status")
     agent = getattr(request.app.state, "agent", None)
-    view = await cluster_view(rt, live_peers=_live_peers(request), own_alarm=agent.alarm if agent else None)
+    view = await cluster_view(rt, live_peers=_live_peers(request), own_alarm=agent.alarm if agent else None,
+                             own_inputs=agent.failover_inputs if agent else ())
     return view.to_json()
 
 
@@ -68,7 +69,7 @@ async def local(request: Request, rt: RuntimeDep) -> dict[str, Any]:
     # asked last: an answer that may confirm a writer's lease is noted as late as it can be
     promoting = agent.promoting() if agent else False
     return local_report(rt, agent.data_age_seconds if agent else None, agent.alarm if agent else None,
-                        wal, promoting=promoting).to_json()
+                        wal, promoting=promoting, inputs=agent.failover_inputs if agent else ()).to_json()
 
 
 @router.options("/local", include_in_schema=False)

@@ -167,16 +167,22 @@ def _lag(status: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def when_epoch(t: float) -> str:
+    """A time in seconds since the epoch, as the pages show times."""
+    return when(dt.datetime.fromtimestamp(t, dt.UTC))
+
+
 async def live_context(request: Request, rt: Runtime) -> dict[str, Any]:
     """What the live part shows: the cluster status, its drawing, the event log."""
     agent = getattr(request.app.state, "agent", None)
     status = await cluster_status(rt, live_peers=live_peers(request),
-                                  own_alarm=agent.alarm if agent else None)
+                                  own_alarm=agent.alarm if agent else None,
+                                  own_inputs=agent.failover_inputs if agent else ())
     events = await recent_events(rt, EVENTS)
     servers = sorted(status["servers"], key=lambda s: (ROLE_ORDER.get(ServerRole(s["role"]), 3), s["name"].lower()))
     began = emergency.since(request)
     return {"st": status, "servers": servers, "topo": topology(status, rt.readonly), "events": events,
-            "lag": _lag(status), "when": when, "box_w": BOX_W, "box_h": BOX_H, "role_label": ROLE_LABEL,
+            "lag": _lag(status), "when": when, "when_epoch": when_epoch, "box_w": BOX_W, "box_h": BOX_H, "role_label": ROLE_LABEL,
             "ServerRole": ServerRole, "emergency_since": began,
             "emergency_for": emergency.for_how_long(began, dt.datetime.now(dt.UTC)) if began else ""}
 
