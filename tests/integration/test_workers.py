@@ -37,16 +37,19 @@ WORKERS = {"SAFEHOLD_HTTP__WORKERS": "2"}
 
 
 def workers_of(server: Server) -> list[int]:
-    """The supervisor's worker processes (its children that are Python, not a subprocess it ran)."""
+    """The supervisor's worker processes: its children forked from it (the same command line), not a program it
+    ran meanwhile (a PostgreSQL tool, ``ping``), and not dead."""
     assert server.proc is not None
+    with open(f"/proc/{server.proc.pid}/cmdline", "rb") as f:
+        command = f.read()
     pids = []
     for task in os.listdir(f"/proc/{server.proc.pid}/task"):
         with contextlib.suppress(OSError), open(f"/proc/{server.proc.pid}/task/{task}/children") as f:
             pids.extend(int(p) for p in f.read().split())
     alive = []
     for pid in pids:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
-            if f.read().split(") ")[-1].split()[0] != "Z":
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f, open(f"/proc/{pid}/cmdline", "rb") as c:
+            if f.read().split(") ")[-1].split()[0] != "Z" and c.read() == command:
                 alive.append(pid)
     return alive
 
@@ -163,9 +166,10 @@ def test_a_revocation_reaches_another_server_within_the_cache_life(server_root: 
 def test_a_dead_worker_is_replaced_and_sigterm_stops_everything(server: Server) -> None:
     first = workers_of(server)
     os.kill(first[0], signal.SIGKILL)
-    wait_until(lambda: len(workers_of(server)) == 2 and first[0] not in workers_of(server),
+    # (one listing per look: a worker being killed may be listed by one look and gone from the next)
+    wait_until(lambda: len(now := workers_of(server)) == 2 and first[0] not in now,
                what="the dead worker to be replaced")
-    assert "starting a new one" in server.log()
+    assert f"(pid {first[0]})" in server.log() and "starting a new one" in server.log(), server.log()
     token = server.login()
     with server.client(token) as c:
         assert c.post("/resources", json={"name": "after-the-crash"}).status_code == 201

@@ -460,6 +460,7 @@ class HaAgent(FollowsFirstWorker):
             return
         async with self._check_lock:
             if self.rt.readonly and await self._check_peers() is After.NEW_MODE:
+                self.redirect = None  # at once: the request that found the take-over is answered here
                 asyncio.get_running_loop().create_task(self._restart(), name="ha-restart")
 
     async def _check_peers(self) -> After:

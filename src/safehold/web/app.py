@@ -100,7 +100,10 @@ class Observe:
                 **SECURITY_HEADERS, "X-Safehold-Mode": "fenced", "X-Safehold-Acting-Primary": fence.acting_primary_url,
                 "Cache-Control": "no-store"})(scope, receive, send)
             return
-        if agent is not None and agent.redirect is not None and not _served_locally(path):
+        # (only a read-only or fenced server sends users elsewhere: a worker that has just taken over may still
+        # hold its read-only redirect until its loops are replaced)
+        if (agent is not None and rt is not None and (rt.readonly or fence is not None) and agent.redirect is not None
+                and not _served_locally(path)):
             target = agent.redirect.url.rstrip("/") + path
             if scope.get("query_string"):
                 target += "?" + scope["query_string"].decode("latin-1")
