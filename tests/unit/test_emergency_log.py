@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from safehold.audit.chain import GENESIS, AuditEvent, extend
-from safehold.ha.emergency_log import BEGAN, ENDED, events_of
+from safehold.audit.emergency import BEGAN, ENDED, events_of
 
 KEY = b"k" * 32
 SERVER = "11111111-1111-1111-1111-111111111111"
@@ -39,3 +39,10 @@ def test_the_start_and_the_end_of_a_period_are_events_and_nothing_else_is() -> N
 def test_a_record_without_details_still_names_its_server() -> None:
     (event,) = events_of(records(system(ENDED)))
     assert event[1] == SERVER and "from ? to 2026-12-05 12:00:00+00:00" in event[2]
+
+
+def test_the_event_is_named_as_the_ha_layer_names_it() -> None:
+    from safehold.audit.emergency import EVENT
+    from safehold.ha.policy import EventKind
+
+    assert EventKind.EMERGENCY_MODE.value == EVENT

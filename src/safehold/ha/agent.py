@@ -30,12 +30,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from safehold.audit import emergency as emergency_log
 from safehold.audit.delivery import AuditDelivery
 from safehold.audit.spool import ship
 from safehold.config import CONFIG_NAME, Settings, load_settings
 from safehold.domain import ServerRole
 from safehold.errors import DatabaseError, SafeholdError
-from safehold.ha import emergency_log
 from safehold.ha.cycle import (
     PROMOTION_GRACE,
     FencedAction,

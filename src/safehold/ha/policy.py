@@ -38,7 +38,7 @@ class EventKind(StrEnum):
     RAISE_ALARM = "RaiseAlarm"
     CLEAR_ALARM = "ClearAlarm"
     FENCED = "Fenced"
-    EMERGENCY_MODE = "EmergencyMode"  # a read-only server served users itself (logged once it ships its spool)
+    EMERGENCY_MODE = "EmergencyMode"  # a read-only server served users itself (safehold.audit.emergency.EVENT)
     # a read-only server's automatic failover gateway or witness stopped answering, or answers again
     WITNESS_UNREACHABLE = "WitnessUnreachable"
     WITNESS_REACHABLE = "WitnessReachable"

@@ -313,6 +313,7 @@ async def _record_offline(settings: Settings, master: MasterKey, *, replay: bool
 
 async def replay_spool(settings: Settings, audit_key: bytes, engine: AsyncEngine) -> int:
     """Ship a read-only server's pending spool into its own (promoted) database, once each."""
+    from safehold.audit import emergency
     from safehold.audit.chain import GENESIS
     from safehold.audit.spool import AuditSpool, ship
     from safehold.storage import audit as audit_store
@@ -323,4 +324,4 @@ async def replay_spool(settings: Settings, audit_key: bytes, engine: AsyncEngine
     async with engine.connect() as conn:
         head = await audit_store.head(conn, settings.server.id) or (0, GENESIS)
     spool = AuditSpool(directory, audit_key, settings.server.id, ServerRole.READONLY, head=head)
-    return await ship(spool, audit_store.shipper(engine))
+    return await ship(spool, emergency.shipper(engine))

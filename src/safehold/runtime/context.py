@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from safehold import __version__, names
+from safehold.audit import emergency
 from safehold.audit.chain import GENESIS, AuditEvent
 from safehold.audit.gate import SinkGate
 from safehold.audit.spool import AuditSpool
@@ -358,7 +359,7 @@ class Runtime:
         replayed = 0
         if self.spool is not None:  # closed first: no other worker of this server appends to it any more
             await asyncio.to_thread(self.spool.close)
-            replayed = await ship(self.spool, audit_store.shipper(self.engine))
+            replayed = await ship(self.spool, emergency.shipper(self.engine))  # its periods' events too
         self.settings = settings
         self.identity = ServerIdentity(self.identity.id, settings.server.name, ServerRole.PRIMARY)
         self.generation = generation
@@ -558,7 +559,7 @@ async def ship_leftover_spool(rt: Runtime) -> int:
         if not spool.backlog().pending:
             return 0
         try:
-            shipped = await ship(spool, audit_store.shipper(rt.engine))
+            shipped = await ship(spool, emergency.shipper(rt.engine))
         except SQLAlchemyError as exc:
             raise DatabaseError(f"the audit records left in {directory} could not be shipped into the database "
                                 f"({type(exc).__name__})") from None

@@ -88,9 +88,9 @@ async def _watch(app: FastAPI, clock: EmergencyClock) -> None:
 
 async def _audit_period(rt: Any, began: dt.datetime | None, since: dt.datetime | None, now: dt.datetime) -> None:
     """The start or the end of an emergency period, in this server's audit chain: spooled, and logged as an HA
-    event once shipped (safehold.ha.emergency_log)."""
+    event once shipped, or at once by a server promoted meanwhile (safehold.audit.emergency)."""
+    from safehold.audit.emergency import BEGAN, ENDED, record
     from safehold.errors import SafeholdError
-    from safehold.ha.emergency_log import BEGAN, ENDED
     from safehold.runtime import system_event
 
     detail: dict[str, object] = {"server": rt.identity.name}
@@ -103,7 +103,7 @@ async def _audit_period(rt: Any, began: dt.datetime | None, since: dt.datetime |
     else:
         return
     try:
-        await rt.record_audit(system_event(action, detail=detail))
+        await record(rt, system_event(action, detail=detail))
     except SafeholdError as exc:  # the spool cannot be written: its own alarm says so
         log.warning("the %s record could not be written: %s", action, exc.message)
 
