@@ -114,10 +114,14 @@ def test_engine_members_and_a_leader_killed(app_server: Server, patroni_cluster:
     kinds = {(e["kind"], e["subject"]) for e in events_of(app_server, token)}
     assert ("HAFailed", leader) in kinds  # the old leader, gone from the engine's list
 
-    engine = wait_until(lambda: (e := engine_of(app_server, token))["leader"] == replica and e,
-                        timeout=60, interval=0.5, what="the new leader in /ha/status")
-    new_leader = next(m for m in engine["members"] if m["name"] == replica)
-    assert new_leader["timeline"] > first_timeline
+    # (Patroni reports the new leader's timeline once its promotion has finished: wait for both)
+    def promoted() -> dict[str, Any] | None:
+        e = engine_of(app_server, token)
+        leader_now = next((m for m in e["members"] if m["name"] == replica), None)
+        ok = e["leader"] == replica and leader_now is not None and (leader_now["timeline"] or 0) > first_timeline
+        return e if ok else None
+
+    engine = wait_until(promoted, timeout=60, interval=0.5, what="the new leader, on a new timeline, in /ha/status")
 
     # --- the old leader back, as a replica: HAAlive
     cluster.start_member(leader)
