@@ -100,6 +100,8 @@ class HttpSection(_Section):
     workers: int | None = Field(default=None, ge=1, le=64)
     # the largest request body accepted (the CSV import has its own, larger limit); refused before reading
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
+    # the Vault-compatible API's KV version 2 mount: /v1/<vault_mount>/data/<resource>/<account> (docs/VAULT-API.md)
+    vault_mount: str = Field(default="safehold", max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
     @property
     def processes(self) -> int:

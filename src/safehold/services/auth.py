@@ -407,9 +407,11 @@ async def totp_disable(rt: Runtime, actor: Principal | str, user_id: str, source
 # --- API tokens ---------------------------------------------------------------
 
 async def create_api_token(
-    rt: Runtime, user_id: str, name: str, *, days: int | None, actor: str, source_ip: str = ""
+    rt: Runtime, user_id: str, name: str, *, days: int | None, actor: str, source_ip: str = "",
+    expires_at: dt.datetime | None = None,
 ) -> tuple[str, str]:
-    """A personal API token (shown once); returns (token id, token)."""
+    """A personal API token (shown once); returns (token id, token).  ``expires_at`` instead of ``days``: an
+    expiry to the second (the Vault-compatible API's child tokens)."""
     if not name.strip() or len(name) > 100:
         raise InvalidInput("a token needs a name of 1-100 characters", field="name")
     if days is not None and not 1 <= days <= 3650:
@@ -422,7 +424,7 @@ async def create_api_token(
         await user_store.add_token(
             conn, id=token_id, token_hash=hash_token(token), kind="api", user_id=user_id, name=name.strip(),
             server_id=rt.identity.id, source_ip=source_ip[:64], created_at=t, last_used_at=t,
-            expires_at=t + dt.timedelta(days=days) if days else None,
+            expires_at=t + dt.timedelta(days=days) if days else expires_at,
         )
         await rt.append_audit(conn, AuditEvent(actor=actor, action=AuditAction.TOKEN_CREATED,
                                                result=AuditResult.SUCCESS, source_ip=source_ip,

@@ -222,15 +222,22 @@ async def get_account(rt: Runtime, p: Principal, account_id: str) -> AccountView
     return _account_public(row, perm)
 
 
-async def retrieve_password(rt: Runtime, p: Principal, account_id: str, *, reason: str = "") -> RevealedPassword:
+def _retrieval(reason: str, via: str) -> dict[str, str]:
+    """What a retrieval's audit record says of it: the caller's reason, and the interface it came through
+    when not the REST API or the pages (``vault-api``: the Vault-compatible API)."""
+    detail = {"reason": reason[:200]} if reason else {}
+    return {**detail, "via": via} if via else detail
+
+
+async def retrieve_password(rt: Runtime, p: Principal, account_id: str, *, reason: str = "",
+                            via: str = "") -> RevealedPassword:
     """Decrypt and return a password — only after its retrieval is durably audited."""
     async with rt.read() as conn:
         row, _ = await _account_for(rt, conn, p, account_id)
     password = _barrier(rt).open_str(PASSWORD, row.id, bytes(row.password_enc))
     notes = _barrier(rt).open_str(NOTES, row.id, bytes(row.notes_enc)) if row.notes_enc else None
-    detail = {"reason": reason[:200]} if reason else {}
     await rt.record_audit(_ev(p, AuditAction.PASSWORD_RETRIEVED, "account", row.id,
-                              f"{row.resource_name}/{row.username}", **detail))
+                              f"{row.resource_name}/{row.username}", **_retrieval(reason, via)))
     rt.metrics.retrievals.labels("success").inc()
     return RevealedPassword(row.id, row.username, password, notes)
 
@@ -299,18 +306,21 @@ async def delete_account(rt: Runtime, p: Principal, account_id: str, *, if_match
                                         f"{row.resource_name}/{row.username}"))
 
 
-async def password_history(rt: Runtime, p: Principal, account_id: str, *, reveal: bool = False
-                           ) -> list[HistoryEntry]:
-    """Earlier passwords of an account (modify permission needed); revealing them is audited."""
+async def password_history(rt: Runtime, p: Principal, account_id: str, *, reveal: bool = False,
+                           only: str | None = None, reason: str = "", via: str = "") -> list[HistoryEntry]:
+    """Earlier passwords of an account (modify permission needed), newest first; revealing them is audited.
+    ``only``: just the entry with this id (none if the account has no such entry)."""
     async with rt.read() as conn:
         row, _ = await _account_for(rt, conn, p, account_id, Permission.MODIFY)
-        items = await store.history(conn, row.id)
+        items = [h for h in await store.history(conn, row.id) if only is None or h.id == only]
     out = [HistoryEntry(h.id, h.changed_by, h.retired_at,
                         _barrier(rt).open_str(HISTORY, h.id, bytes(h.password_enc)) if reveal else None)
            for h in items]
-    if reveal:
+    if reveal and (out or only is None):  # revealing nothing of a named entry reveals nothing
+        entry = {"entry": only} if only is not None else {}
         await rt.record_audit(_ev(p, AuditAction.PASSWORD_RETRIEVED, "account", row.id,
-                                  f"{row.resource_name}/{row.username}", history=True, count=len(out)))
+                                  f"{row.resource_name}/{row.username}", history=True, count=len(out),
+                                  **entry, **_retrieval(reason, via)))
     return out
 
 

@@ -31,6 +31,7 @@ from safehold.web import errors, metrics_view, ui
 from safehold.web.api import alerts, audit, auth, ha, ha_checks, ha_peer, system, users, vault
 from safehold.web.api.health import router as health_router
 from safehold.web.api.health import vault_router
+from safehold.web.api.vault_kv import router as vault_kv_router
 from safehold.web.limits import BodyLimit
 from safehold.web.ui.core import LoginRequired, login_redirect
 
@@ -233,6 +234,7 @@ def create_app(settings: Settings, master: MasterKey | None = None, *, runtime: 
     # health for load balancers: Patroni's convention under /api/v1/health/, Vault's at /v1/sys/health
     app.include_router(health_router, prefix=API)
     app.include_router(vault_router)
+    app.include_router(vault_kv_router)  # Vault's KV version 2 read API, after its health (docs/VAULT-API.md)
 
     app.add_middleware(BodyLimit, default=settings.http.max_body_bytes, routes={f"{API}/import": vault.MAX_IMPORT})
     app.add_middleware(Observe)  # outside the body limit: its refusals get the headers and are counted
