@@ -255,6 +255,9 @@ def test_audit_sequences_survive_promote_switchover_back_and_promote(server_root
             assert "is the primary" in out.stdout, out.stdout + out.stderr
             wait_until(lambda: local(to)["role"] == "primary", timeout=30, what=f"{to.data_dir.name} as primary")
             wait_until(lambda: local(away)["role"] == "readonly", timeout=30, what=f"{away.data_dir.name} to follow")
+            # once one worker says so, every worker does: none answers as a writer on a database that is a replica
+            # (each look is a new connection, so both workers answer some)
+            assert [local(away)["role"] for _ in range(8)] == ["readonly"] * 8
 
         spooled_in_emergency(1)
         switch(readonly, primary)  # promoted: its own chain goes on in its database

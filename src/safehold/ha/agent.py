@@ -126,6 +126,7 @@ class HaAgent(FollowsFirstWorker):
         self.lease: ScheduleLease | None = None
         self.alerts: Any = None  # the alert dispatcher (safehold.alerts), set by the app
         self._promote_lock = asyncio.Lock()
+        self._follow_lock = asyncio.Lock()  # one follow of the database at a time: the heartbeat's, or a request's
         # the writers' leases /ha/local confirmed, on any worker of this server
         self._leases = ConfirmedLeases(rt.settings.ha.write_lease, SharedCounter(rt.settings.data_dir / LEASE_ANSWERS))
         self._config_mtime: int | None = None
@@ -317,7 +318,10 @@ class HaAgent(FollowsFirstWorker):
     async def _carry_out(self, view: WriterView, d: WriterDecision, loaded: Settings | None) -> After:
         self._say("heartbeat", d.sentence, logging.INFO if d.action is WriterAction.HEARTBEAT else logging.WARNING)
         if d.action is WriterAction.FOLLOW and loaded is not None:
-            await self._become_readonly(loaded)
+            async with self._follow_lock:
+                if self.rt.readonly:  # a request followed it first (follow_demotion): its restart replaces us
+                    return After.NEXT
+                await self._become_readonly(loaded)
             return After.NEW_MODE
         if d.action is WriterAction.FENCE and view.newer is not None:
             await asyncio.to_thread(save_fence, self.rt.settings, view.newer)
@@ -462,6 +466,19 @@ class HaAgent(FollowsFirstWorker):
             if self.rt.readonly and await self._check_peers() is After.NEW_MODE:
                 self.redirect = None  # at once: the request that found the take-over is answered here
                 asyncio.get_running_loop().create_task(self._restart(), name="ha-restart")
+
+    async def follow_demotion(self) -> None:
+        """Before a request on a primary's or secondary's worker: if the server was made read-only (a switchover
+        back; another worker, or the command, rewrote its role) and its database is a replica already, follow
+        it first, so that no request is answered as a writer on a database that refuses writes."""
+        if self.rt.readonly or self.rt.fence is not None or role_on_disk(self.rt.settings) != ServerRole.READONLY:
+            return
+        async with self._follow_lock:
+            if self.rt.readonly or not await self._database_is_replica():
+                return
+            await self._become_readonly(await asyncio.to_thread(load_settings, self.rt.settings.data_dir))
+            self._say("heartbeat", "the database is a replica now: following it as a read-only server")
+        asyncio.get_running_loop().create_task(self._restart(), name="ha-restart")
 
     async def _check_peers(self) -> After:
         try:

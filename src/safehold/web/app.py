@@ -91,6 +91,8 @@ class Observe:
         path: str = scope["path"]
         if rt is not None and agent is not None and rt.readonly:
             await agent.follow_takeover()  # another worker promoted this server: never answer as read-only
+        elif rt is not None and agent is not None and rt.fence is None:
+            await agent.follow_demotion()  # the server was made read-only: never answer as a writer
         fence = rt.fence if rt is not None else None
         if (fence is not None and scope["method"] not in ("GET", "HEAD", "OPTIONS") and not _served_locally(path)
                 and not _reads_by_post(path)):
